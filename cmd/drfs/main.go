@@ -1,0 +1,40 @@
+// Command drfs is the disaster-recovery layer for virtual machine disks: a
+// tracking mount that logs every changed block, and the commands around it.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/alecthomas/kong"
+)
+
+// cli is the whole command line; each command lives in its own file.
+type cli struct {
+	Mount   mountCmd   `cmd:"" help:"Mount a directory of disk images through the tracking mount."`
+	Log     logCmd     `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`
+	Bench   benchCmd   `cmd:"" help:"Run benchmarks."`
+	Version versionCmd `cmd:"" help:"Print the version."`
+}
+
+var version = "dev"
+
+type versionCmd struct{}
+
+func (versionCmd) Run() error {
+	fmt.Println("drfs", version)
+	return nil
+}
+
+func main() {
+	var c cli
+	ctx := kong.Parse(&c,
+		kong.Name("drfs"),
+		kong.Description("drfs replicates virtual machine disk images, block by block, to a recovery site."),
+		kong.UsageOnError(),
+	)
+	if err := ctx.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "drfs:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,68 @@
+package fs
+
+import "io"
+
+// Recorder learns of every change made to the files of the source directory
+// through the mount. It is how fs reports to the change log without knowing it
+// (fs never imports the tracker).
+//
+// Methods may be called concurrently from many FUSE server goroutines.
+type Recorder interface {
+	// OpenDisk returns the change log of the regular file at rel (slash
+	// separated, relative to the source directory) whose size is now size,
+	// or nil when the file is not a tracked disk. fs calls it once per inode,
+	// on the first open or create of the file through the mount, and uses the
+	// result until the inode is forgotten. An error fails the open.
+	OpenDisk(rel string, size int64) (DiskRecorder, error)
+
+	// Renamed reports that the file or directory at from is now at to. A
+	// Recorder must not lose track of the changes of a renamed disk; it may
+	// mark it for resynchronization.
+	Renamed(from, to string)
+
+	// Removed reports that the file at rel was unlinked.
+	Removed(rel string)
+}
+
+// DiskRecorder records the changes of one disk.
+//
+// fs calls the Written, Zeroed, Changed and Resized methods after it changed
+// the backing file and before it replies to the kernel, while it holds an
+// exclusive lock on every block (of BlockSize bytes) that the change touched,
+// so that reading those blocks back from src shows exactly the state this
+// change left. Resized is called with the whole file locked. Calls for
+// disjoint block ranges run concurrently.
+//
+// None of these methods returns an error: the workload's I/O must not fail
+// because the log did. A DiskRecorder that cannot record a change marks the
+// disk for resynchronization itself (invariant 2).
+type DiskRecorder interface {
+	// BlockSize is the tracking granularity, a power of two.
+	BlockSize() int
+
+	// Written: data was written at off. Blocks only partly covered by data
+	// are read back whole from src.
+	Written(off int64, data []byte, src io.ReaderAt)
+
+	// Zeroed: [off, off+n) now reads as zeros (punch hole, zero range).
+	// Blocks partly inside the range are read back from src.
+	Zeroed(off, n int64, src io.ReaderAt)
+
+	// Changed: [off, off+n) changed and fs has not got the data
+	// (copy_file_range destination); the recorder reads it from src.
+	Changed(off, n int64, src io.ReaderAt)
+
+	// Resized: the file is now size bytes long (truncate, setattr,
+	// fallocate past the end). Writes past the end do not call Resized:
+	// Written implies the growth.
+	Resized(size int64, src io.ReaderAt)
+
+	// Sync returns once the records of every change reported before the
+	// call are durable. fs calls it from fsync/fdatasync after the backing
+	// file has been synced, and returns its error to the caller.
+	Sync() error
+
+	// Release tells the recorder that fs no longer uses it (the inode was
+	// forgotten or the mount is closing).
+	Release()
+}
