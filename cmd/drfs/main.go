@@ -13,6 +13,7 @@ import (
 type cli struct {
 	Mount   mountCmd   `cmd:"" help:"Mount a directory of disk images through the tracking mount."`
 	Log     logCmd     `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`
+	Rotate  rotateCmd  `cmd:"" help:"Freeze the active generation of a VM on a running mount."`
 	Bench   benchCmd   `cmd:"" help:"Run benchmarks."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/tracker"
+)
+
+type logCmd struct {
+	State string `arg:"" help:"State directory of the change log (as given to drfs mount --state)." type:"existingdir"`
+	JSON  bool   `help:"Print JSON instead of a table."`
+}
+
+func (c *logCmd) Run() error {
+	st, err := readStatus(c.State)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	printStatus(os.Stdout, st)
+	return nil
+}
+
+// readStatus asks the running mount, or reads the state directory when no
+// mount holds it.
+func readStatus(state string) ([]tracker.VMStatus, error) {
+	st, err := control.NewClient(filepath.Join(state, control.SocketName)).Status()
+	if !errors.Is(err, control.ErrNotRunning) {
+		return st, err
+	}
+	log, err := tracker.Open(tracker.Options{Dir: state, ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	return log.Status(), nil
+}
+
+func printStatus(w io.Writer, vms []tracker.VMStatus) {
+	if len(vms) == 0 {
+		fmt.Fprintln(w, "no VMs in the change log yet")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	for i, vm := range vms {
+		if i > 0 {
+			fmt.Fprintln(tw)
+		}
+		fmt.Fprintf(tw, "VM %s\tactive generation %d\n", vm.VM, vm.Active)
+		fmt.Fprintln(tw, "  DISK\tSIZE\tLOG\tRESYNC")
+		for _, d := range vm.Disks {
+			resync := "no"
+			if d.Resync {
+				resync = fmt.Sprintf("REQUIRED since %s: %s", d.ResyncSince.Format(time.RFC3339), d.ResyncReason)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", d.Name, bytesString(d.Size), bytesString(d.LogBytes), resync)
+		}
+		fmt.Fprintln(tw, "  GENERATION\tSTATE\tCREATED\tDISK\tBLOCKS\tZERO BLOCKS\tBYTES\tSIZE")
+		for _, g := range vm.Generations {
+			state := "active"
+			if g.Frozen {
+				state = "frozen"
+			}
+			if len(g.Disks) == 0 {
+				fmt.Fprintf(tw, "  %d\t%s\t%s\t-\t0\t0\t0\t-\n", g.Gen, state, g.Created.Format(time.RFC3339))
+			}
+			for _, d := range g.Disks {
+				fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", g.Gen, state, g.Created.Format(time.RFC3339),
+					d.Disk, d.DataBlocks, d.ZeroBlocks, bytesString(d.Bytes), bytesString(d.Size))
+			}
+		}
+	}
+	tw.Flush()
+}
+
+// bytesString prints n in binary units.
+func bytesString(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	drfsfs "github.com/drfs-project/drfs/fs"
+	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/internal/tracked"
+	"github.com/drfs-project/drfs/tracker"
+)
+
+type mountCmd struct {
+	Source     string `arg:"" help:"Directory of disk images: each top-level folder is a VM, each file inside it a disk; a top-level file is a one-disk VM." type:"path"`
+	Mountpoint string `arg:"" help:"Empty directory where the tracked view of SOURCE appears; run VMs from here." type:"path"`
+	State      string `required:"" help:"State directory of the change log (created if missing; keep it off the mount)." type:"path"`
+	BlockSize  int    `default:"4096" help:"Tracking block size in bytes, a power of two (fixed when the state directory is created)."`
+	Debug      bool   `help:"Log every FUSE request (slow)."`
+}
+
+func (c *mountCmd) Run() error {
+	if err := checkMountArgs(c.Source, c.Mountpoint, c.State); err != nil {
+		return err
+	}
+	log, err := tracker.Open(tracker.Options{Dir: c.State, Source: c.Source, BlockSize: c.BlockSize})
+	if err != nil {
+		return err
+	}
+	srv, err := drfsfs.Mount(c.Source, c.Mountpoint, tracked.Recorder(log), drfsfs.Options{Debug: c.Debug})
+	if err != nil {
+		log.Close()
+		return err
+	}
+	ctl, err := control.Serve(filepath.Join(c.State, control.SocketName), log)
+	if err != nil {
+		srv.Unmount()
+		log.Close()
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "drfs: %s mounted at %s, change log in %s; Ctrl-C or SIGTERM unmounts\n", c.Source, c.Mountpoint, c.State)
+
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	for unmounted := false; !unmounted; {
+		select {
+		case <-done:
+			// Unmounted from outside (umount, fusermount -u).
+			unmounted = true
+		case s := <-sig:
+			fmt.Fprintf(os.Stderr, "drfs: %v: unmounting %s\n", s, c.Mountpoint)
+			if err := srv.Unmount(); err != nil {
+				fmt.Fprintf(os.Stderr, "drfs: cannot unmount %s: %v (close the files open on it, then signal again)\n", c.Mountpoint, err)
+				continue
+			}
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+			}
+			unmounted = true
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ctl.Shutdown(ctx)
+	if err := log.Close(); err != nil {
+		return fmt.Errorf("closing the change log in %s: %w", c.State, err)
+	}
+	fmt.Fprintln(os.Stderr, "drfs: unmounted; change log closed cleanly")
+	return nil
+}
+
+// checkMountArgs refuses bad input before anything is created or changed.
+func checkMountArgs(source, mountpoint, state string) error {
+	st, err := os.Stat(source)
+	if err != nil {
+		return fmt.Errorf("source %s: %w (give the directory that holds the disk images)", source, errors.Unwrap(err))
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("source %s is not a directory (give the directory that holds the disk images)", source)
+	}
+	if within(state, source) {
+		return fmt.Errorf("state directory %s is inside the source %s: put it elsewhere so the log does not track itself", state, source)
+	}
+	if within(state, mountpoint) {
+		return fmt.Errorf("state directory %s is inside the mountpoint %s: put it elsewhere", state, mountpoint)
+	}
+	if within(mountpoint, source) || within(source, mountpoint) {
+		return fmt.Errorf("mountpoint %s and source %s overlap: mount somewhere outside the source", mountpoint, source)
+	}
+	return drfsfs.CheckMount(source, mountpoint)
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !filepath.IsAbs(rel) && (rel == "." || len(rel) < 3 || rel[:3] != "../")
+}

@@ -1,0 +1,135 @@
+// Package control is the local control socket of a running drfs mount: a
+// unix socket in the state directory, readable by root only, over which the
+// other commands read the change log and ask for rotations while the mount
+// holds the log open.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/drfs-project/drfs/tracker"
+)
+
+// SocketName is the socket's file name inside the state directory.
+const SocketName = "control.sock"
+
+// ErrNotRunning means no mount serves the socket.
+var ErrNotRunning = errors.New("no running drfs mount serves this state directory")
+
+// Log is what the socket exposes of the change log.
+type Log interface {
+	Status() []tracker.VMStatus
+	Rotate(vm string) (uint64, error)
+}
+
+// Server serves one control socket.
+type Server struct {
+	http *http.Server
+	path string
+}
+
+// Serve listens on the unix socket at path. A stale socket left by a killed
+// mount is replaced; a live one is an error.
+func Serve(path string, log Log) (*Server, error) {
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s is served by another drfs process: is this state directory mounted already?", path)
+		}
+		os.Remove(path)
+	}
+	old := syscall.Umask(0o077)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, log.Status())
+	})
+	mux.HandleFunc("POST /v1/rotate", func(w http.ResponseWriter, r *http.Request) {
+		gen, err := log.Rotate(r.URL.Query().Get("vm"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, map[string]uint64{"generation": gen})
+	})
+	s := &Server{http: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, path: path}
+	go s.http.Serve(ln)
+	return s, nil
+}
+
+// Shutdown stops serving and removes the socket.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	os.Remove(s.path)
+	return err
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// Client talks to the socket at a path.
+type Client struct {
+	path string
+	http *http.Client
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(path string) *Client {
+	return &Client{path: path, http: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+// Status returns the change log's status. It returns ErrNotRunning when no
+// mount serves the socket.
+func (c *Client) Status() ([]tracker.VMStatus, error) {
+	var st []tracker.VMStatus
+	return st, c.call(http.MethodGet, "/v1/status", &st)
+}
+
+// Rotate freezes the active generation of vm and returns its number.
+func (c *Client) Rotate(vm string) (uint64, error) {
+	var out struct{ Generation uint64 }
+	err := c.call(http.MethodPost, "/v1/rotate?vm="+url.QueryEscape(vm), &out)
+	return out.Generation, err
+}
+
+func (c *Client) call(method, path string, out any) error {
+	req, err := http.NewRequest(method, "http://drfs"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return ErrNotRunning
+		}
+		return fmt.Errorf("control socket %s: %w", c.path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var msg [512]byte
+		n, _ := resp.Body.Read(msg[:])
+		return fmt.Errorf("%s", string(msg[:n]))
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
