@@ -1,0 +1,142 @@
+// Package target is the contract between the source side (shipper, resync,
+// orchestrator) and the places replicas live: a directory store, a remote
+// server in front of any store, or Azure Blob page blobs. It defines only the
+// interface, its capabilities and its error kinds; each store is a peer
+// package under target/, and every one passes target/storetest.
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Point is a recovery point: the state of every disk of a VM at the cut
+// between generation Generation and the next one.
+type Point struct {
+	VM         string     `json:"vm"`
+	Generation uint64     `json:"generation"`
+	Frozen     time.Time  `json:"frozen"`  // when the source froze the generation
+	Applied    time.Time  `json:"applied"` // when the store made the point visible
+	Kind       PointKind  `json:"kind"`
+	Disks      []DiskInfo `json:"disks"`
+	Bytes      int64      `json:"bytes"` // uncompressed bytes of data applied for this point
+	// AppConsistent is set when an application-consistency hook succeeded
+	// around the rotation; otherwise the point is crash-consistent.
+	AppConsistent bool `json:"app_consistent"`
+}
+
+// ID names the point on the command line.
+func (p Point) ID() string { return fmt.Sprint(p.Generation) }
+
+// PointKind says how a point came to be.
+type PointKind string
+
+const (
+	KindGeneration PointKind = "generation" // a shipped generation of the change log
+	KindResync     PointKind = "resync"     // the end of a resynchronization
+	KindInitial    PointKind = "initial"    // the end of initial replication
+)
+
+// DiskInfo is one disk of a point.
+type DiskInfo struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// Commit describes the point a Commit creates.
+type Commit struct {
+	Source        string // identity of the source host; a store refuses a VM owned by another source
+	Frozen        time.Time
+	Kind          PointKind
+	Disks         []string // every disk of the VM at the cut, staged or not (unchanged disks stage nothing)
+	AppConsistent bool
+}
+
+// Store holds the replicas of VMs and their recovery points.
+//
+// A store receives a generation in two steps: Stage, once per disk that
+// changed, then Commit. Nothing is visible before Commit, and Commit either
+// applies every staged disk of the generation or none (invariant 5).
+//
+// All methods are safe for concurrent use on different VMs. Calls on one
+// VM are serialised by the caller (one shipper per VM); a store may reject
+// concurrent ones with a retryable error.
+//
+// Errors: an error for which IsPermanent reports true will fail again if
+// retried unchanged (bad input, wrong source, corrupt data, unknown VM,
+// missing point, authentication); any other error is retryable (network,
+// timeout, a full disk that may be freed).
+type Store interface {
+	// Stage stores the stream (internal/frame format) of one disk of
+	// generation gen of vm, verifying every checksum, durably but not
+	// visibly. Idempotent: staging the same disk again replaces what was
+	// staged. A stream that fails verification or is cut short stages
+	// nothing and returns an error wrapping ErrCorrupt (permanent) or a
+	// retryable error.
+	Stage(ctx context.Context, vm string, gen uint64, disk string, stream io.Reader) error
+
+	// Commit applies the staged disks of generation gen and makes it the
+	// newest recovery point of vm. Idempotent: committing a generation the
+	// store already holds returns nil and changes nothing. A generation
+	// older than the newest point, or a commit whose staged disks are
+	// missing, is a permanent error.
+	Commit(ctx context.Context, vm string, gen uint64, c Commit) error
+
+	// VMs lists the VMs the store holds, sorted.
+	VMs(ctx context.Context) ([]string, error)
+
+	// Points lists the recovery points of vm, oldest first. An unknown VM
+	// is ErrNotFound.
+	Points(ctx context.Context, vm string) ([]Point, error)
+
+	// Open reads disk of vm as it was at recovery point gen. An unknown
+	// VM, disk or point (or one that expired) is ErrNotFound.
+	Open(ctx context.Context, vm string, gen uint64, disk string) (DiskReader, error)
+
+	// Expire drops the recovery points of vm older than before, keeping at
+	// least keep points; the newest point is never dropped. Expiring a
+	// point merges it into its successor for good.
+	Expire(ctx context.Context, vm string, before time.Time, keep int) error
+}
+
+// DiskReader reads one disk of a recovery point.
+type DiskReader interface {
+	io.ReaderAt
+	io.Closer
+	// Size is the disk's size at the point.
+	Size() int64
+	// Extents lists the allocated byte ranges in order; ranges outside them
+	// read as zeros, so a restore can keep the copy sparse.
+	Extents() ([]Extent, error)
+}
+
+// Extent is a byte range [Off, Off+Len).
+type Extent struct{ Off, Len int64 }
+
+// Error kinds. Stores wrap them with context; callers test with errors.Is.
+var (
+	ErrNotFound    = errors.New("not found")
+	ErrCorrupt     = errors.New("corrupt stream")
+	ErrWrongSource = errors.New("belongs to another source")
+	ErrBadName     = errors.New("invalid name")
+	ErrOutOfOrder  = errors.New("generation out of order")
+	ErrAuth        = errors.New("not authorised")
+)
+
+// IsPermanent reports whether err will fail again if the call is retried
+// unchanged.
+func IsPermanent(err error) bool {
+	var p interface{ Permanent() bool }
+	if errors.As(err, &p) {
+		return p.Permanent()
+	}
+	for _, kind := range []error{ErrNotFound, ErrCorrupt, ErrWrongSource, ErrBadName, ErrOutOfOrder, ErrAuth} {
+		if errors.Is(err, kind) {
+			return true
+		}
+	}
+	return false
+}
