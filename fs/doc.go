@@ -6,4 +6,13 @@
 // Kernel FUSE passthrough is never used for a tracked file: with it, writes
 // would go straight from the kernel to the backing file and never reach the
 // daemon (invariant 1 in DESIGN.md).
+//
+// Mount starts a mount. The first open of a regular file asks the Recorder
+// for the file's DiskRecorder, kept per inode until the kernel forgets it.
+// Each change is reported under the inode's block lock: changes of disjoint
+// blocks run in parallel (O_DIRECT opens get parallel direct writes), while
+// changes of a common block, and size changes, are serialized, so that a
+// block read back for the log shows exactly the state its change left.
+// Reads take no lock. A mount without a Recorder is the same loopback
+// without the reports, as a baseline.
 package fs

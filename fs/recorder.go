@@ -11,8 +11,10 @@ type Recorder interface {
 	// OpenDisk returns the change log of the regular file at rel (slash
 	// separated, relative to the source directory) whose size is now size,
 	// or nil when the file is not a tracked disk. fs calls it once per inode,
-	// on the first open or create of the file through the mount, and uses the
-	// result until the inode is forgotten. An error fails the open.
+	// on the first open or create of the file through the mount (or the first
+	// truncate(2) by path, which changes the file without opening it), and
+	// uses the result until the inode is forgotten. An error fails the open
+	// (or truncate), with the errno it wraps, else EIO.
 	OpenDisk(rel string, size int64) (DiskRecorder, error)
 
 	// Renamed reports that the file or directory at from is now at to. A
@@ -32,6 +34,9 @@ type Recorder interface {
 // so that reading those blocks back from src shows exactly the state this
 // change left. Resized is called with the whole file locked. Calls for
 // disjoint block ranges run concurrently.
+//
+// data and src are valid only during the call: fs reuses the request
+// buffer and may close the descriptor behind src afterwards.
 //
 // None of these methods returns an error: the workload's I/O must not fail
 // because the log did. A DiskRecorder that cannot record a change marks the

@@ -379,9 +379,7 @@ func withExt4(t *testing.T, image string, mkfs bool, fn func(root string)) {
 		}
 	}()
 	fn(root)
-	if err := unix.Sync(); err != nil {
-		t.Log(err)
-	}
+	unix.Sync()
 }
 
 // TestQcow2 creates a qcow2 image through the mount and writes to it with
