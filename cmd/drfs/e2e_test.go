@@ -159,7 +159,7 @@ func logStatus(t *testing.T, state string) []tracker.VMStatus {
 func diskStatus(t *testing.T, st []tracker.VMStatus, vm, disk string) tracker.DiskStatus {
 	t.Helper()
 	for _, v := range st {
-		if v.VM != vm {
+		if v.Name != vm {
 			continue
 		}
 		for _, d := range v.Disks {
@@ -201,7 +201,7 @@ func TestMountBadInput(t *testing.T) {
 	}{
 		{"source missing", []string{"mount", d.src + "-nope", d.mnt, "--state", d.state}, "source"},
 		{"source is a file", []string{"mount", file, d.mnt, "--state", d.state}, "not a directory"},
-		{"mountpoint missing", []string{"mount", d.src, d.mnt + "-nope", "--state", d.state}, "mountpoint"},
+		{"mountpoint missing", []string{"mount", d.src, d.mnt + "-nope", "--state", d.state}, "mount point"},
 		{"state inside source", []string{"mount", d.src, d.mnt, "--state", filepath.Join(d.src, "st")}, "inside the source"},
 		{"no state", []string{"mount", d.src, d.mnt}, "--state"},
 	}
@@ -273,7 +273,7 @@ func TestMountLogUnmount(t *testing.T) {
 		t.Errorf("log holds %d data blocks after a 10-block dd, want 10: %+v", blocks, st)
 	}
 	if ds := diskStatus(t, st, "vm1", "disk.img"); ds.Resync {
-		t.Errorf("disk flagged for resync on a fresh mount: %s", ds.ResyncReason)
+		t.Errorf("disk flagged for resync on a fresh mount: %s", ds.Reason)
 	}
 	m.stop(t)
 	if !strings.Contains(m.stderr.String(), "closed cleanly") {
@@ -286,7 +286,7 @@ func TestMountLogUnmount(t *testing.T) {
 	}
 	m = startMount(t, d.src, d.mnt, d.state)
 	if ds := diskStatus(t, logStatus(t, d.state), "vm1", "disk.img"); ds.Resync {
-		t.Errorf("disk flagged after a clean unmount and remount: %s", ds.ResyncReason)
+		t.Errorf("disk flagged after a clean unmount and remount: %s", ds.Reason)
 	}
 	m.stop(t)
 }
@@ -332,7 +332,7 @@ func TestKillNine(t *testing.T) {
 	if !ds.Resync {
 		t.Errorf("disk not flagged for resynchronization after SIGKILL")
 	} else {
-		t.Logf("flagged: %s", ds.ResyncReason)
+		t.Logf("flagged: %s", ds.Reason)
 	}
 	if out, err := drfsRun(t, "rotate", d.state, "vm1"); err != nil {
 		t.Fatalf("drfs rotate: %v: %s", err, out)
@@ -394,10 +394,10 @@ func TestEditedOutsideMount(t *testing.T) {
 	if ds := diskStatus(t, st, "vm1", "disk.img"); !ds.Resync {
 		t.Errorf("disk edited outside the mount is not flagged")
 	} else {
-		t.Logf("flagged: %s", ds.ResyncReason)
+		t.Logf("flagged: %s", ds.Reason)
 	}
 	if ds := diskStatus(t, st, "vm1", "other.img"); ds.Resync {
-		t.Errorf("untouched disk flagged: %s", ds.ResyncReason)
+		t.Errorf("untouched disk flagged: %s", ds.Reason)
 	}
 	m.stop(t)
 }

@@ -53,20 +53,22 @@ func printStatus(w io.Writer, vms []tracker.VMStatus) {
 		fmt.Fprintln(w, "no VMs in the change log yet")
 		return
 	}
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	for i, vm := range vms {
 		if i > 0 {
-			fmt.Fprintln(tw)
+			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(tw, "VM %s\tactive generation %d\n", vm.VM, vm.Active)
+		fmt.Fprintf(w, "VM %s (active generation %d)\n", vm.Name, vm.Active)
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  DISK\tSIZE\tLOG\tRESYNC")
 		for _, d := range vm.Disks {
 			resync := "no"
 			if d.Resync {
-				resync = fmt.Sprintf("REQUIRED since %s: %s", d.ResyncSince.Format(time.RFC3339), d.ResyncReason)
+				resync = fmt.Sprintf("REQUIRED since %s: %s", d.Since.Format(time.RFC3339), d.Reason)
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", d.Name, bytesString(d.Size), bytesString(d.LogBytes), resync)
 		}
+		tw.Flush()
+		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  GENERATION\tSTATE\tCREATED\tDISK\tBLOCKS\tZERO BLOCKS\tBYTES\tSIZE")
 		for _, g := range vm.Generations {
 			state := "active"
@@ -74,15 +76,15 @@ func printStatus(w io.Writer, vms []tracker.VMStatus) {
 				state = "frozen"
 			}
 			if len(g.Disks) == 0 {
-				fmt.Fprintf(tw, "  %d\t%s\t%s\t-\t0\t0\t0\t-\n", g.Gen, state, g.Created.Format(time.RFC3339))
+				fmt.Fprintf(tw, "  %d\t%s\t%s\t-\t0\t0\t0 B\t-\n", g.Gen, state, g.Created.Format(time.RFC3339))
 			}
 			for _, d := range g.Disks {
 				fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", g.Gen, state, g.Created.Format(time.RFC3339),
 					d.Disk, d.DataBlocks, d.ZeroBlocks, bytesString(d.Bytes), bytesString(d.Size))
 			}
 		}
+		tw.Flush()
 	}
-	tw.Flush()
 }
 
 // bytesString prints n in binary units.

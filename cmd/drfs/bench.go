@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/drfs-project/drfs/bench"
+)
+
+// benchCmd groups the benchmarks, one subcommand each.
+type benchCmd struct {
+	Mount benchMountCmd `cmd:"" help:"Compare the drfs mount with the backing directory and with a plain FUSE loopback: sequential and random I/O, and peak memory. Needs root and /dev/fuse."`
+}
+
+type benchMountCmd struct {
+	Dir        string        `type:"path" default:"." placeholder:"DIR" help:"Scratch directory on the filesystem to measure: the one your disk images live on, not tmpfs. The benchmark works in a new directory inside it and removes it at the end. Default: the current directory."`
+	Size       byteSize      `default:"1GiB" help:"Size of the benchmark file, written in full on each target before its jobs (units KiB, MiB, GiB; needs 1.25x this free)."`
+	Runtime    time.Duration `default:"10s" help:"Time limit of each job."`
+	Rotate     time.Duration `default:"0" help:"Rotate the change log at this interval during the drfs write jobs and drop the frozen generations, as a shipper that keeps up would (0: never)."`
+	Engine     string        `enum:"auto,fio,go" default:"auto" help:"Workload generator: fio (libaio, direct=1), go (built in: pread/pwrite from one goroutine per queue slot, O_DIRECT), or auto (fio when installed)."`
+	BlockSize  int           `default:"4096" help:"Tracking block size of the change log in bytes, a power of two."`
+	Targets    []string      `default:"native,loopback,drfs" enum:"native,loopback,drfs,drfs-untracked" help:"Targets in the order they run: native (the backing directory), loopback (go-fuse's plain loopback with drfs's mount options), drfs, drfs-untracked (the drfs mount without a change log)."`
+	Workloads  []string      `default:"seqwrite-1m,randwrite-4k-qd1,randwrite-4k-qd16,randread-4k-qd16,seqread-1m" enum:"seqwrite-1m,randwrite-4k-qd1,randwrite-4k-qd16,randread-4k-qd16,seqread-1m" help:"Jobs to run on each target; the write jobs run first, in the order given, then the read jobs."`
+	JSON       bool          `help:"Print the report as JSON instead of a table."`
+	CPUProfile string        `name:"cpuprofile" type:"path" placeholder:"PREFIX" help:"Write a CPU profile of the process (FUSE servers and change log) during each write job on each mount to PREFIX-TARGET-WORKLOAD.pprof, for go tool pprof."`
+}
+
+func (c *benchMountCmd) Run() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("bench mount mounts FUSE filesystems: run it as root")
+	}
+	workloads, err := bench.WorkloadsNamed(c.Workloads)
+	if err != nil {
+		return err
+	}
+	cfg := bench.MountConfig{
+		Workloads:  workloads,
+		Dir:        c.Dir,
+		Size:       int64(c.Size),
+		Runtime:    c.Runtime,
+		Rotate:     c.Rotate,
+		BlockSize:  c.BlockSize,
+		Targets:    c.Targets,
+		CPUProfile: c.CPUProfile,
+		Progress:   os.Stderr,
+	}
+	switch c.Engine {
+	case "fio":
+		fio, ok := bench.LookFio()
+		if !ok {
+			return fmt.Errorf("--engine fio: fio is not installed (install it, or use --engine go)")
+		}
+		cfg.Engine = fio
+	case "go":
+		cfg.Engine = bench.GoEngine{}
+	}
+	// Ctrl-C stops the job in progress; the mounts are then unmounted and
+	// the scratch directory removed.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := bench.RunMount(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return rep.WriteTable(os.Stdout)
+}
+
+// byteSize is a flag value in bytes, written with an optional binary unit:
+// 4096, 64KiB, 512M, 1GiB.
+type byteSize int64
+
+func (s *byteSize) UnmarshalText(text []byte) error {
+	t := strings.TrimSpace(string(text))
+	num := strings.TrimRightFunc(t, func(r rune) bool { return r < '0' || r > '9' })
+	unit := strings.ToLower(strings.TrimSpace(t[len(num):]))
+	shift, ok := map[string]uint{
+		"": 0, "b": 0,
+		"k": 10, "kb": 10, "kib": 10,
+		"m": 20, "mb": 20, "mib": 20,
+		"g": 30, "gb": 30, "gib": 30,
+		"t": 40, "tb": 40, "tib": 40,
+	}[unit]
+	n, err := strconv.ParseInt(num, 10, 64)
+	if !ok || err != nil || n <= 0 {
+		return fmt.Errorf("size %q: give a positive number of bytes with an optional unit, such as 512MiB or 1GiB", t)
+	}
+	if n > (1<<62)>>shift {
+		return fmt.Errorf("size %q is too large", t)
+	}
+	*s = byteSize(n << shift)
+	return nil
+}
