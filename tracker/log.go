@@ -167,10 +167,15 @@ func Open(opts Options) (*Log, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("tracker: no state directory given")
 	}
-	if !filepath.IsAbs(opts.Source) {
+	// A read-only inspection may leave Source and BlockSize out: the log
+	// knows its own.
+	inspect := opts.ReadOnly && opts.Source == ""
+	if !inspect && !filepath.IsAbs(opts.Source) {
 		return nil, fmt.Errorf("tracker: source directory %q is not an absolute path", opts.Source)
 	}
-	opts.Source = filepath.Clean(opts.Source)
+	if !inspect {
+		opts.Source = filepath.Clean(opts.Source)
+	}
 	if opts.BlockSize == 0 {
 		opts.BlockSize = 4096
 	}
@@ -328,6 +333,9 @@ func (l *Log) load() error {
 			return &openError{ErrFormat, fmt.Sprintf(
 				"tracker: state directory %s has format version %d and this drfs reads version %d: run a drfs of that version, or start over with an empty state directory (every disk is then resynchronized)",
 				dir, fr.version, formatVersion)}
+		}
+		if l.opts.ReadOnly && l.opts.Source == "" {
+			l.opts.Source, l.opts.BlockSize, l.bs = fr.source, int(fr.blockSize), int64(fr.blockSize)
 		}
 		if int64(fr.blockSize) != l.bs {
 			return &openError{ErrBlockSize, fmt.Sprintf(

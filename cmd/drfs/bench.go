@@ -28,13 +28,17 @@ type benchMountCmd struct {
 	BlockSize  int           `default:"4096" help:"Tracking block size of the change log in bytes, a power of two."`
 	Targets    []string      `default:"native,loopback,drfs" enum:"native,loopback,drfs,drfs-untracked" help:"Targets in the order they run: native (the backing directory), loopback (go-fuse's plain loopback with drfs's mount options), drfs, drfs-untracked (the drfs mount without a change log)."`
 	Workloads  []string      `default:"seqwrite-1m,randwrite-4k-qd1,randwrite-4k-qd16,randread-4k-qd16,seqread-1m" enum:"seqwrite-1m,randwrite-4k-qd1,randwrite-4k-qd16,randread-4k-qd16,seqread-1m" help:"Jobs to run on each target; the write jobs run first, in the order given, then the read jobs."`
+	Rounds     int           `default:"1" help:"Run every target this many times and report each job's median: one round can mislead on a machine that does other work."`
 	JSON       bool          `help:"Print the report as JSON instead of a table."`
-	CPUProfile string        `name:"cpuprofile" type:"path" placeholder:"PREFIX" help:"Write a CPU profile of the process (FUSE servers and change log) during each write job on each mount to PREFIX-TARGET-WORKLOAD.pprof, for go tool pprof."`
+	CPUProfile string        `name:"cpuprofile" type:"path" placeholder:"PREFIX" help:"Write a CPU profile of the process (FUSE servers and change log) during each job on each mount to PREFIX-TARGET-WORKLOAD.pprof, for go tool pprof."`
 }
 
 func (c *benchMountCmd) Run() error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("bench mount mounts FUSE filesystems: run it as root")
+	}
+	if c.Rounds < 1 {
+		return fmt.Errorf("--rounds %d: give 1 or more", c.Rounds)
 	}
 	workloads, err := bench.WorkloadsNamed(c.Workloads)
 	if err != nil {
@@ -48,6 +52,7 @@ func (c *benchMountCmd) Run() error {
 		Rotate:     c.Rotate,
 		BlockSize:  c.BlockSize,
 		Targets:    c.Targets,
+		Rounds:     c.Rounds,
 		CPUProfile: c.CPUProfile,
 		Progress:   os.Stderr,
 	}
