@@ -98,13 +98,6 @@ func (e *extents) ascend(fn func(extent) bool) {
 	}
 }
 
-func (e *extents) len() int {
-	if e.t == nil {
-		return 0
-	}
-	return e.t.Len()
-}
-
 // genDisk is the index of one disk in one generation: which blocks hold
 // data and where in the segment, which read as zeros, and the disk's size.
 // Data blocks and zero extents never overlap: a data write takes its blocks
