@@ -69,6 +69,10 @@ type Commit struct {
 // retried unchanged (bad input, wrong source, corrupt data, unknown VM,
 // missing point, authentication); any other error is retryable (network,
 // timeout, a full disk that may be freed).
+//
+// Names: a VM name is one path element, a disk name a relative
+// slash-separated path; neither may be empty, longer than 255 bytes, invalid
+// UTF-8, contain NUL, or have an empty, "." or ".." element (ErrBadName).
 type Store interface {
 	// Stage stores the stream (internal/frame format) of one disk of
 	// generation gen of vm, verifying every checksum, durably but not
@@ -83,6 +87,12 @@ type Store interface {
 	// store already holds returns nil and changes nothing. A generation
 	// older than the newest point, or a commit whose staged disks are
 	// missing, is a permanent error.
+	//
+	// Each staged stream applies on the newest point: its frame header's
+	// Base is that point's generation. A disk the newest point does not
+	// hold (new, or removed and added again) starts empty, and its stream
+	// has Base 0 or the newest generation. Any other Base is a broken chain:
+	// ErrOutOfOrder.
 	Commit(ctx context.Context, vm string, gen uint64, c Commit) error
 
 	// VMs lists the VMs the store holds, sorted.
@@ -93,12 +103,15 @@ type Store interface {
 	Points(ctx context.Context, vm string) ([]Point, error)
 
 	// Open reads disk of vm as it was at recovery point gen. An unknown
-	// VM, disk or point (or one that expired) is ErrNotFound.
+	// VM, disk or point (or one that expired) is ErrNotFound. The reader
+	// keeps reading that point while later generations are committed.
 	Open(ctx context.Context, vm string, gen uint64, disk string) (DiskReader, error)
 
-	// Expire drops the recovery points of vm older than before, keeping at
-	// least keep points; the newest point is never dropped. Expiring a
-	// point merges it into its successor for good.
+	// Expire drops the recovery points of vm older than before (by their
+	// Frozen time, or Applied where Frozen is zero), keeping at least keep
+	// points; the newest point is never dropped. Expiring a point merges it
+	// into its successor for good. A store may keep a point longer while a
+	// DiskReader of it is open.
 	Expire(ctx context.Context, vm string, before time.Time, keep int) error
 }
 

@@ -14,6 +14,7 @@ type cli struct {
 	Mount   mountCmd   `cmd:"" help:"Mount a directory of disk images through the tracking mount."`
 	Log     logCmd     `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`
 	Rotate  rotateCmd  `cmd:"" help:"Freeze the active generation of a VM on a running mount."`
+	Target  targetCmd  `cmd:"" help:"Serve replicas to source hosts: the recovery site's end of replication."`
 	Bench   benchCmd   `cmd:"" help:"Run benchmarks."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }

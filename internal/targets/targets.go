@@ -1,0 +1,67 @@
+// Package targets opens the target.Store a user names by URL: dir:///path
+// for a directory store (local or a mounted recovery site), https://host:port
+// for a `drfs target serve` over mutual TLS.
+package targets
+
+import (
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/target/dirstore"
+	"github.com/drfs-project/drfs/target/remote"
+)
+
+// TLS names the files a source host authenticates with to a remote target.
+type TLS struct {
+	Cert string `name:"tls-cert" placeholder:"FILE" type:"path" help:"Client certificate (PEM) for an https:// target; its CommonName is this host's identity there." env:"DRFS_TLS_CERT"`
+	Key  string `name:"tls-key" placeholder:"FILE" type:"path" help:"Private key (PEM) of --tls-cert." env:"DRFS_TLS_KEY"`
+	CA   string `name:"tls-ca" placeholder:"FILE" type:"path" help:"CA certificates (PEM) that sign the target server's certificate." env:"DRFS_TLS_CA"`
+}
+
+// Store is a target.Store that holds resources until closed.
+type Store interface {
+	target.Store
+	io.Closer
+}
+
+// Open opens the store at rawURL.
+func Open(rawURL string, tlsFiles TLS) (Store, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("target %q: %w", rawURL, err)
+	}
+	switch u.Scheme {
+	case "dir":
+		path := u.Path
+		if u.Host != "" || !filepath.IsAbs(path) {
+			return nil, fmt.Errorf("target %q: a directory target is dir:///absolute/path", rawURL)
+		}
+		if err := os.MkdirAll(path, 0o700); err != nil {
+			return nil, fmt.Errorf("target %s: %w", rawURL, err)
+		}
+		s, err := dirstore.Open(path, dirstore.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", rawURL, err)
+		}
+		return s, nil
+	case "https":
+		if tlsFiles.Cert == "" || tlsFiles.Key == "" || tlsFiles.CA == "" {
+			return nil, fmt.Errorf("target %s: an https target needs --tls-cert, --tls-key and --tls-ca", rawURL)
+		}
+		c, err := remote.Dial(rawURL, remote.ClientOptions{CertFile: tlsFiles.Cert, KeyFile: tlsFiles.Key, CAFile: tlsFiles.CA})
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", rawURL, err)
+		}
+		return c, nil
+	case "":
+		if strings.HasPrefix(rawURL, "/") {
+			return nil, fmt.Errorf("target %q: write a directory target as dir://%s", rawURL, rawURL)
+		}
+	}
+	return nil, fmt.Errorf("target %q: unknown kind %q: use dir:///path or https://host:port", rawURL, u.Scheme)
+}

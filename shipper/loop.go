@@ -1,0 +1,233 @@
+package shipper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/tracker"
+)
+
+// LoopOptions configure a Loop.
+type LoopOptions struct {
+	// Interval is how often each VM is rotated and shipped. Required.
+	Interval time.Duration
+	// Clock paces the rounds; SystemClock if nil.
+	Clock Clock
+	// VMs limits the loop to these VMs; nil means every VM of the log,
+	// listed again at each round.
+	VMs []string
+	// Parallel is how many VMs are shipped at once; 1 if 0.
+	Parallel int
+	// OnShip, if set, is called after each VM's ship with its state.
+	OnShip func(VMState)
+}
+
+// VMState is what a Loop knows of one VM.
+type VMState struct {
+	VM string
+	// LastGeneration is the newest generation committed to the target and
+	// dropped from the log, and LastShipped when that was; 0 and the zero
+	// Time if none yet.
+	LastGeneration uint64
+	LastShipped    time.Time
+	// Pending is the number of frozen generations waiting in the log after
+	// the last round.
+	Pending int
+	// LastError is the error of the last round, nil if it succeeded.
+	// Failures counts the rounds in a row that failed and FailingSince is
+	// when the first of them ended, for the orchestrator's back-off.
+	LastError    error
+	Failures     int
+	FailingSince time.Time
+	// Stopped: a permanent error (LastError) stopped the VM; the loop
+	// neither rotates nor ships it until Resume.
+	Stopped bool
+	// Totals since the loop started.
+	Generations uint64
+	RawBytes    uint64
+	WireBytes   uint64
+	// Last is the Stats of the last round.
+	Last Stats
+}
+
+// Loop rotates every VM of a log at an interval and ships what froze. A
+// permanent error stops that VM (the others go on); a retryable one is
+// tried again at the next round.
+type Loop struct {
+	sh   *Shipper
+	rot  Rotator
+	opts LoopOptions
+
+	mu     sync.Mutex
+	states map[string]*VMState
+}
+
+// NewLoop returns a loop that rotates VMs with rot and ships them with sh.
+func NewLoop(sh *Shipper, rot Rotator, opts LoopOptions) *Loop {
+	if opts.Clock == nil {
+		opts.Clock = SystemClock{}
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = 1
+	}
+	return &Loop{sh: sh, rot: rot, opts: opts, states: map[string]*VMState{}}
+}
+
+// Run ships what is frozen already (a restart leaves generations behind),
+// then rotates and ships every VM each Interval until ctx is done, and
+// returns ctx's error. A round that takes longer than Interval is followed
+// at once by the next; missed rounds are not made up.
+func (l *Loop) Run(ctx context.Context) error {
+	if l.opts.Interval <= 0 {
+		return errors.New("shipper: loop interval must be positive")
+	}
+	l.round(ctx, false)
+	next := l.opts.Clock.Now()
+	for {
+		next = next.Add(l.opts.Interval)
+		if wait := next.Sub(l.opts.Clock.Now()); wait > 0 {
+			t := l.opts.Clock.NewTimer(wait)
+			select {
+			case <-t.C():
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
+		} else {
+			next = l.opts.Clock.Now()
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		l.round(ctx, true)
+	}
+}
+
+// Round rotates and ships every VM once, now.
+func (l *Loop) Round(ctx context.Context) { l.round(ctx, true) }
+
+func (l *Loop) round(ctx context.Context, rotate bool) {
+	vms := l.opts.VMs
+	if vms == nil {
+		vms = l.rot.VMs()
+	}
+	sem := make(chan struct{}, l.opts.Parallel)
+	var wg sync.WaitGroup
+	for _, vm := range vms {
+		if l.stopped(vm) {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			l.ship(ctx, vm, rotate)
+		}()
+	}
+	wg.Wait()
+}
+
+func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
+	var err error
+	if rotate {
+		if _, rerr := l.rot.Rotate(vm); rerr != nil {
+			err = fmt.Errorf("shipper: rotating %s: %w", vm, rerr)
+			if errors.Is(rerr, tracker.ErrUnknownVM) {
+				err = permanent(err)
+			}
+		}
+	}
+	// Ship what froze even if the rotation failed: older generations may
+	// be waiting.
+	st, serr := l.sh.Ship(ctx, vm)
+	if serr != nil && (err == nil || target.IsPermanent(serr)) {
+		err = serr
+	}
+	now := l.opts.Clock.Now()
+	pending := len(l.sh.src.Frozen(vm))
+
+	l.mu.Lock()
+	s := l.stateLocked(vm)
+	s.Pending = pending
+	s.Last = st
+	s.Generations += uint64(st.Generations)
+	s.RawBytes += st.RawBytes
+	s.WireBytes += st.WireBytes
+	if st.Generations > 0 {
+		s.LastGeneration, s.LastShipped = st.Last, now
+	}
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// Shutting down: says nothing of the VM's health.
+	case err == nil:
+		s.LastError, s.Failures, s.FailingSince = nil, 0, time.Time{}
+	default:
+		if s.Failures == 0 {
+			s.FailingSince = now
+		}
+		s.LastError = err
+		s.Failures++
+		s.Stopped = target.IsPermanent(err)
+	}
+	out := *s
+	l.mu.Unlock()
+	if l.opts.OnShip != nil {
+		l.opts.OnShip(out)
+	}
+}
+
+func (l *Loop) stateLocked(vm string) *VMState {
+	s := l.states[vm]
+	if s == nil {
+		s = &VMState{VM: vm}
+		l.states[vm] = s
+	}
+	return s
+}
+
+func (l *Loop) stopped(vm string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.states[vm]
+	return s != nil && s.Stopped
+}
+
+// Resume lets a stopped VM be rotated and shipped again from the next
+// round, once the cause of its permanent error was dealt with.
+func (l *Loop) Resume(vm string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := l.states[vm]; s != nil {
+		s.Stopped = false
+	}
+}
+
+// State returns the state of vm, and false if the loop has not shipped it
+// yet.
+func (l *Loop) State(vm string) (VMState, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.states[vm]
+	if s == nil {
+		return VMState{}, false
+	}
+	return *s, true
+}
+
+// States returns the state of every VM the loop has shipped, by name.
+func (l *Loop) States() []VMState {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]VMState, 0, len(l.states))
+	for _, s := range l.states {
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b VMState) int { return strings.Compare(a.VM, b.VM) })
+	return out
+}

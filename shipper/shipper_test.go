@@ -1,0 +1,495 @@
+package shipper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/tracker"
+)
+
+// smallVM makes a VM "vm" with two disks, writes to both and rotates
+// once; it returns the generation and the disks.
+func smallVM(t *testing.T, e *env, rng *rand.Rand) (uint64, []*disk) {
+	t.Helper()
+	disks := []*disk{e.openDisk("vm/a.img"), e.openDisk("vm/b/c.img")}
+	for _, dk := range disks {
+		for range 8 {
+			dk.write(rng.Int64N(64<<10), randomData(rng, 1+rng.Int64N(16<<10)))
+		}
+	}
+	return rotateModel(t, e, "vm"), disks
+}
+
+func rotateModel(t *testing.T, e *env, vm string) uint64 {
+	t.Helper()
+	gen, err := e.log.Rotate(vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gen
+}
+
+func snap(disks []*disk) snapshot {
+	s := snapshot{}
+	for _, dk := range disks {
+		s[dk.name] = slices.Clone(dk.img.b)
+	}
+	return s
+}
+
+// events records the order of commits and drops.
+type events struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (ev *events) add(format string, args ...any) {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	ev.log = append(ev.log, fmt.Sprintf(format, args...))
+}
+
+func (ev *events) list() []string {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	return slices.Clone(ev.log)
+}
+
+// TestDropOnlyAfterCommit fails Commit: the generation stays in the log,
+// and the next Ship sends it again and drops it only after its commit.
+func TestDropOnlyAfterCommit(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 1))
+	e := newEnv(t, 4096)
+	ctx := context.Background()
+	gen1, disks := smallVM(t, e, rng)
+	want := map[uint64]snapshot{gen1: snap(disks)}
+	disks[0].write(4096, randomData(rng, 8192))
+	gen2 := rotateModel(t, e, "vm")
+	want[gen2] = snap(disks)
+
+	ev := &events{}
+	fail := 2 // commits of gen2 that fail
+	store := &hookStore{Store: e.store}
+	store.commit = func(ctx context.Context, vm string, gen uint64, c target.Commit) error {
+		if gen == gen2 && fail > 0 {
+			fail--
+			ev.add("commit %d failed", gen)
+			return retryable{"connection reset"}
+		}
+		err := e.store.Commit(ctx, vm, gen, c)
+		if err == nil {
+			ev.add("commit %d", gen)
+		}
+		return err
+	}
+	src := &hookSource{Source: e.source()}
+	src.drop = func(vm string, gen uint64) error {
+		ev.add("drop %d", gen)
+		return e.log.Drop(vm, gen)
+	}
+	sh := New(src, store, Options{Source: "host-a"})
+
+	st, err := sh.Ship(ctx, "vm")
+	if err == nil || target.IsPermanent(err) {
+		t.Fatalf("Ship: %v, want a retryable error", err)
+	}
+	if st.Generations != 1 || st.Last != gen1 {
+		t.Fatalf("Ship stats %+v, want generation %d only", st, gen1)
+	}
+	if f := e.log.Frozen("vm"); !slices.Equal(f, []uint64{gen2}) {
+		t.Fatalf("frozen after a failed commit: %v, want [%d]", f, gen2)
+	}
+	if _, err := sh.Ship(ctx, "vm"); err == nil {
+		t.Fatal("second Ship succeeded, want the second commit failure")
+	}
+	st, err = sh.Ship(ctx, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Generations != 1 || st.Last != gen2 || st.Streams != 1 {
+		t.Fatalf("third Ship: %+v, want generation %d in one stream", st, gen2)
+	}
+	wantEv := []string{
+		fmt.Sprintf("commit %d", gen1), fmt.Sprintf("drop %d", gen1),
+		fmt.Sprintf("commit %d failed", gen2), fmt.Sprintf("commit %d failed", gen2),
+		fmt.Sprintf("commit %d", gen2), fmt.Sprintf("drop %d", gen2),
+	}
+	if got := ev.list(); !slices.Equal(got, wantEv) {
+		t.Fatalf("events %q, want %q", got, wantEv)
+	}
+	if f := e.log.Frozen("vm"); len(f) != 0 {
+		t.Fatalf("frozen after success: %v", f)
+	}
+	checkPoints(t, e.store, "vm", want, nil)
+}
+
+// TestCrashBetweenCommitAndDrop: the shipper stops after the store
+// committed a generation but before the log dropped it. After a restart
+// of both sides the generation is committed again, which changes nothing,
+// and dropped, without being staged again.
+func TestCrashBetweenCommitAndDrop(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 2))
+	e := newEnv(t, 4096)
+	ctx := context.Background()
+	gen, disks := smallVM(t, e, rng)
+	want := map[uint64]snapshot{gen: snap(disks)}
+
+	src := &hookSource{Source: e.source()}
+	src.drop = func(string, uint64) error { return errors.New("killed") }
+	if _, err := New(src, e.store, Options{Source: "host-a"}).Ship(ctx, "vm"); err == nil {
+		t.Fatal("Ship succeeded although Drop failed")
+	}
+	if f := e.log.Frozen("vm"); !slices.Equal(f, []uint64{gen}) {
+		t.Fatalf("frozen: %v, want [%d]", f, gen)
+	}
+	before, err := e.store.Points(ctx, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	e.restart()
+	for _, dk := range disks {
+		e.reopen(dk)
+	}
+	var staged, commits int
+	store := &hookStore{Store: e.store}
+	store.stage = func(ctx context.Context, vm string, g uint64, d string, r io.Reader) error {
+		staged++
+		return e.store.Stage(ctx, vm, g, d, r)
+	}
+	store.commit = func(ctx context.Context, vm string, g uint64, c target.Commit) error {
+		commits++
+		return e.store.Commit(ctx, vm, g, c)
+	}
+	st, err := New(e.source(), store, Options{Source: "host-a"}).Ship(ctx, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Generations != 1 || st.Last != gen || staged != 0 || commits != 1 {
+		t.Fatalf("resumed Ship: %+v, %d stages, %d commits; want generation %d committed again without staging", st, staged, commits, gen)
+	}
+	if f := e.log.Frozen("vm"); len(f) != 0 {
+		t.Fatalf("frozen after resume: %v", f)
+	}
+	after, err := e.store.Points(ctx, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) || after[0].Applied != before[0].Applied {
+		t.Fatalf("points changed by the repeated commit: %+v, was %+v", after, before)
+	}
+	checkPoints(t, e.store, "vm", want, nil)
+}
+
+// TestWrongSourceIsPermanent: a VM the store replicates from another
+// source stops with a permanent error and stays in the log.
+func TestWrongSourceIsPermanent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 3))
+	e := newEnv(t, 4096)
+	ctx := context.Background()
+	gen, disks := smallVM(t, e, rng)
+	if _, err := New(e.source(), e.store, Options{Source: "host-a"}).Ship(ctx, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	disks[1].write(0, randomData(rng, 100))
+	gen2 := rotateModel(t, e, "vm")
+	_, err := New(e.source(), e.store, Options{Source: "host-b"}).Ship(ctx, "vm")
+	if !errors.Is(err, target.ErrWrongSource) || !target.IsPermanent(err) {
+		t.Fatalf("Ship from another source: %v, want a permanent ErrWrongSource", err)
+	}
+	if f := e.log.Frozen("vm"); !slices.Equal(f, []uint64{gen2}) {
+		t.Fatalf("frozen: %v, want [%d] (after %d)", f, gen2, gen)
+	}
+}
+
+// corruptReader flips one byte of a stream.
+type corruptReader struct {
+	r   io.Reader
+	at  int64 // offset of the byte to flip
+	pos int64
+}
+
+func (c *corruptReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if c.pos <= c.at && c.at < c.pos+int64(n) {
+		p[c.at-c.pos] ^= 0x40
+	}
+	c.pos += int64(n)
+	return n, err
+}
+
+// TestCorruptStreamIsPermanent: a stream damaged on the way is refused by
+// the store, and Ship reports that as permanent; nothing is dropped.
+func TestCorruptStreamIsPermanent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 4))
+	e := newEnv(t, 4096)
+	gen, _ := smallVM(t, e, rng)
+	store := &hookStore{Store: e.store}
+	store.stage = func(ctx context.Context, vm string, g uint64, d string, r io.Reader) error {
+		return e.store.Stage(ctx, vm, g, d, &corruptReader{r: r, at: 200})
+	}
+	_, err := New(e.source(), Retry(store, Policy{}, newFakeClock()), Options{Source: "host-a"}).Ship(context.Background(), "vm")
+	if !errors.Is(err, target.ErrCorrupt) || !target.IsPermanent(err) {
+		t.Fatalf("Ship through a damaging link: %v, want a permanent ErrCorrupt", err)
+	}
+	if f := e.log.Frozen("vm"); !slices.Equal(f, []uint64{gen}) {
+		t.Fatalf("frozen: %v, want [%d]", f, gen)
+	}
+	if _, err := e.store.Points(context.Background(), "vm"); !errors.Is(err, target.ErrNotFound) {
+		t.Fatalf("Points after a refused stream: %v, want ErrNotFound", err)
+	}
+}
+
+// flakyReader fails after n bytes.
+type flakyReader struct {
+	r io.Reader
+	n int64
+}
+
+func (f *flakyReader) Read(p []byte) (int, error) {
+	if f.n <= 0 {
+		return 0, retryable{"connection reset by peer"}
+	}
+	if int64(len(p)) > f.n {
+		p = p[:f.n]
+	}
+	n, err := f.r.Read(p)
+	f.n -= int64(n)
+	return n, err
+}
+
+// TestRetryRewindsStream: a connection cut in the middle of each disk's
+// stream; Retry seeks the shipper's stream back, which encodes the disk
+// again from the log, and the point comes out whole.
+func TestRetryRewindsStream(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 5))
+	e := newEnv(t, 4096)
+	ctx := context.Background()
+	disks := []*disk{e.openDisk("vm/a.img"), e.openDisk("vm/b.img"), e.openDisk("vm/c.img")}
+	for _, dk := range disks {
+		// Enough for several flushes of the frame writer.
+		for range 40 {
+			dk.write(rng.Int64N(4<<20), randomData(rng, 1+rng.Int64N(32<<10)))
+		}
+	}
+	gen := rotateModel(t, e, "vm")
+	want := map[uint64]snapshot{gen: snap(disks)}
+
+	cuts := map[string]int{}
+	store := &hookStore{Store: e.store}
+	store.stage = func(ctx context.Context, vm string, g uint64, d string, r io.Reader) error {
+		cuts[d]++
+		if cuts[d] <= 2 {
+			// Read part of the stream, then fail as a network would.
+			err := e.store.Stage(ctx, vm, g, d, &flakyReader{r: r, n: int64(cuts[d]) * 100 << 10})
+			if err == nil || target.IsPermanent(err) {
+				t.Errorf("Stage of a cut stream: %v, want a retryable error", err)
+			}
+			return err
+		}
+		return e.store.Stage(ctx, vm, g, d, r)
+	}
+	clock := newFakeClock()
+	clock.auto = true
+	st, err := New(e.source(), Retry(store, Policy{}, clock), Options{Source: "host-a"}).Ship(ctx, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dk := range disks {
+		if cuts[dk.name] != 3 {
+			t.Errorf("disk %s staged %d times, want 3", dk.name, cuts[dk.name])
+		}
+	}
+	if st.Streams != 3 {
+		t.Errorf("stats: %+v, want 3 streams", st)
+	}
+	checkPoints(t, e.store, "vm", want, nil)
+}
+
+// TestStageSkipsUnreadStreams: a store may return from Stage without
+// reading the whole stream (dirstore does for a generation it holds); the
+// encoder gives up that disk quietly and the next disk goes on.
+func TestStageSkipsUnreadStreams(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 6))
+	e := newEnv(t, 4096)
+	gen, disks := smallVM(t, e, rng)
+	want := map[uint64]snapshot{gen: snap(disks)}
+	store := &hookStore{Store: e.store}
+	store.stage = func(ctx context.Context, vm string, g uint64, d string, r io.Reader) error {
+		io.CopyN(io.Discard, r, 10)
+		return nil
+	}
+	var streams []string
+	store.commit = func(ctx context.Context, vm string, g uint64, c target.Commit) error {
+		streams = c.Disks
+		return retryable{"later"}
+	}
+	if _, err := New(e.source(), store, Options{Source: "host-a"}).Ship(context.Background(), "vm"); err == nil {
+		t.Fatal("Ship succeeded with a failing commit")
+	}
+	if !slices.Equal(streams, []string{"a.img", "b/c.img"}) {
+		t.Fatalf("commit disks %q", streams)
+	}
+	if _, err := New(e.source(), e.store, Options{Source: "host-a"}).Ship(context.Background(), "vm"); err != nil {
+		t.Fatal(err)
+	}
+	checkPoints(t, e.store, "vm", want, nil)
+}
+
+// TestOutOfOrder: a store whose newest point is past a generation it does
+// not hold stops the VM: the log and the target disagree.
+func TestOutOfOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 7))
+	e := newEnv(t, 4096)
+	ctx := context.Background()
+	_, disks := smallVM(t, e, rng)
+	sh := New(e.source(), e.store, Options{Source: "host-a"})
+	if _, err := sh.Ship(ctx, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	disks[0].write(0, randomData(rng, 10))
+	gen2 := rotateModel(t, e, "vm")
+	disks[0].write(0, randomData(rng, 10))
+	gen3 := rotateModel(t, e, "vm")
+	// Ship only gen3 by hiding gen2 from the shipper.
+	src := &frozenFilter{Source: e.source(), hide: gen2}
+	if _, err := New(src, e.store, Options{Source: "host-a"}).Ship(ctx, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := sh.Ship(ctx, "vm")
+	if !errors.Is(err, target.ErrOutOfOrder) || !target.IsPermanent(err) {
+		t.Fatalf("Ship of %d after %d: %v, want a permanent ErrOutOfOrder", gen2, gen3, err)
+	}
+}
+
+type frozenFilter struct {
+	Source
+	hide uint64
+}
+
+func (f *frozenFilter) Frozen(vm string) []uint64 {
+	return slices.DeleteFunc(f.Source.Frozen(vm), func(g uint64) bool { return g == f.hide })
+}
+
+// TestEmptyGenerations: a generation without changes makes a point with
+// the same disks; one of a VM the store never saw goes without a point.
+func TestEmptyGenerations(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 8))
+	e := newEnv(t, 4096)
+	ctx := context.Background()
+	gen, disks := smallVM(t, e, rng)
+	want := map[uint64]snapshot{gen: snap(disks)}
+	gen2 := rotateModel(t, e, "vm")
+	want[gen2] = snap(disks)
+	// A VM whose only disk was created and removed before any rotation.
+	ghost := e.openDisk("ghost.img")
+	ghost.write(0, []byte("boo"))
+	e.log.Removed("ghost.img")
+	if _, err := e.log.Rotate("ghost.img"); err != nil {
+		t.Fatal(err)
+	}
+	sh := New(e.source(), e.store, Options{Source: "host-a"})
+	for _, vm := range []string{"vm", "ghost.img"} {
+		if _, err := sh.Ship(ctx, vm); err != nil {
+			t.Fatalf("Ship(%s): %v", vm, err)
+		}
+		if f := e.log.Frozen(vm); len(f) != 0 {
+			t.Fatalf("%s: frozen after Ship: %v", vm, f)
+		}
+	}
+	checkPoints(t, e.store, "vm", want, nil)
+	if _, err := e.store.Points(ctx, "ghost.img"); !errors.Is(err, target.ErrNotFound) {
+		t.Fatalf("Points(ghost.img): %v, want ErrNotFound", err)
+	}
+}
+
+// TestPointFrozenTime: the point carries the time of the rotation that
+// froze the generation.
+func TestPointFrozenTime(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 9))
+	e := newEnv(t, 4096)
+	dk := e.openDisk("vm/a.img")
+	dk.write(0, randomData(rng, 5000))
+	before := time.Now()
+	rotateModel(t, e, "vm")
+	after := time.Now()
+	if _, err := New(e.source(), e.store, Options{Source: "host-a"}).Ship(context.Background(), "vm"); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := e.store.Points(context.Background(), "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := ps[0].Frozen; f.Before(before.Truncate(time.Microsecond)) || f.After(after) || ps[0].Kind != target.KindGeneration {
+		t.Fatalf("point %+v: frozen %v, want between %v and %v", ps[0], f, before, after)
+	}
+}
+
+// TestBlockSizeMismatch: a source that misstates the log's block size is
+// caught at the first data record, and nothing is dropped.
+func TestBlockSizeMismatch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 10))
+	e := newEnv(t, 4096)
+	gen, _ := smallVM(t, e, rng)
+	_, err := New(FromLog(e.log, 8192), e.store, Options{Source: "host-a"}).Ship(context.Background(), "vm")
+	if err == nil || !target.IsPermanent(err) {
+		t.Fatalf("Ship with the wrong block size: %v, want a permanent error", err)
+	}
+	t.Log(err)
+	if f := e.log.Frozen("vm"); !slices.Equal(f, []uint64{gen}) {
+		t.Fatalf("frozen: %v, want [%d]", f, gen)
+	}
+}
+
+// failingRead fails ReadGeneration after a number of records.
+type failingRead struct {
+	Source
+	after int
+	err   error
+}
+
+func (f *failingRead) ReadGeneration(vm string, gen uint64, fn func(tracker.Record) error) error {
+	n := 0
+	return f.Source.ReadGeneration(vm, gen, func(r tracker.Record) error {
+		if n++; n > f.after {
+			return f.err
+		}
+		return fn(r)
+	})
+}
+
+// TestLogReadError: a log that fails in the middle of a generation cuts
+// the stream; Ship reports the log's error (retryable), not the store's
+// complaint, and the next Ship sends the generation whole.
+func TestLogReadError(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 11))
+	e := newEnv(t, 4096)
+	gen, disks := smallVM(t, e, rng)
+	want := map[uint64]snapshot{gen: snap(disks)}
+	ioErr := errors.New("input/output error")
+	for _, after := range []int{0, 1, 3, 100} {
+		src := &failingRead{Source: e.source(), after: after, err: ioErr}
+		_, err := New(src, e.store, Options{Source: "host-a"}).Ship(context.Background(), "vm")
+		if after == 100 {
+			if err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if !errors.Is(err, ioErr) || target.IsPermanent(err) {
+			t.Fatalf("Ship failing after %d records: %v, want the log's error", after, err)
+		}
+		if f := e.log.Frozen("vm"); !slices.Equal(f, []uint64{gen}) {
+			t.Fatalf("frozen: %v, want [%d]", f, gen)
+		}
+	}
+	checkPoints(t, e.store, "vm", want, nil)
+}

@@ -1,0 +1,488 @@
+// Package dirstore is a target.Store on a local directory: one replica file
+// per disk that always holds the newest recovery point, and for every older
+// retained point an undo journal of the blocks later generations overwrote.
+//
+// Every file access goes through an os.Root on the store's directory, so no
+// name (nor a symbolic link planted inside the directory) reaches outside it.
+// docs/dirstore-format.md specifies the layout and the undo file format.
+//
+// A generation arrives as one staged, verified frame stream per changed disk;
+// Commit saves the undo data of every staged disk, writes an "applying"
+// marker, applies the streams to the replicas, and writes the new manifest.
+// A Store opened on a directory left by a crash finishes a commit that got as
+// far as its marker and forgets one that did not, so the store is always at a
+// complete recovery point (invariant 5).
+//
+// Concurrency: calls on different VMs run in parallel. On one VM, Stage calls
+// run in parallel with each other (a stream is received without the VM lock
+// and moved into place under it); Commit and Expire take the VM exclusively.
+// A DiskReader keeps reading its point while later generations are
+// committed, and Expire does not drop a point while a reader of it is open.
+package dirstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/drfs-project/drfs/target"
+)
+
+// Options configure a Store.
+type Options struct {
+	// Now is the clock of Point.Applied; time.Now if nil.
+	Now func() time.Time
+}
+
+// Store is a directory store. Create it with Open and release it with Close.
+type Store struct {
+	root  *os.Root
+	lockf *os.File
+	now   func() time.Time
+
+	mu  sync.Mutex          // guards vms
+	vms map[string]*vmState // created on first use, never removed
+
+	// Test hooks, nil in production: stepHook is called after each durable
+	// step of Commit, Expire and recovery (a test may exit the process
+	// there); faultHook may fail a write of the named kind.
+	stepHook  func(step string)
+	faultHook func(op string) error
+}
+
+var _ target.Store = (*Store)(nil)
+
+// vmState is what the store knows of one VM.
+type vmState struct {
+	name   string
+	mu     sync.RWMutex // Commit, Expire and loading hold it exclusively; reads share it
+	loaded atomic.Bool  // written under mu held exclusively
+
+	// Guarded by mu.
+	cleaned bool // temporary files of earlier processes removed
+	owner   string
+	points  []target.Point // oldest first
+
+	pinMu sync.Mutex
+	pins  map[uint64]int // open DiskReaders per point: Expire keeps these points
+}
+
+// Open opens (creating it if needed) the store in dir and finishes or forgets
+// any commit a crash interrupted. Only one Store may have a directory open at
+// a time, across processes.
+func Open(dir string, opts Options) (*Store, error) {
+	return open(dir, opts, nil)
+}
+
+// open is Open with a step hook for crash tests, set before recovery runs.
+func open(dir string, opts Options, stepHook func(string)) (*Store, error) {
+	if err := os.MkdirAll(dir, dirPerm); err != nil {
+		return nil, fmt.Errorf("dirstore: %w", err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("dirstore: %w", err)
+	}
+	lockf, err := root.OpenFile(lockName, os.O_RDWR|os.O_CREATE, filePerm)
+	if err == nil {
+		if err = lockFile(lockf); err != nil {
+			lockf.Close()
+		}
+	}
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("dirstore: %s: %w", dir, err)
+	}
+	s := &Store{root: root, lockf: lockf, now: opts.Now, vms: map[string]*vmState{}, stepHook: stepHook}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if err := s.recoverAll(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// recoverAll loads every VM, which finishes interrupted commits. A VM that
+// fails to load is retried on its next use, where its error is returned.
+func (s *Store) recoverAll() error {
+	names, err := s.vmDirs()
+	if err != nil {
+		return err
+	}
+	for _, vm := range names {
+		s.load(vm)
+	}
+	return nil
+}
+
+// Close releases the directory. Open DiskReaders keep working.
+func (s *Store) Close() error {
+	err := s.lockf.Close()
+	if rerr := s.root.Close(); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+func (s *Store) step(name string) {
+	if s.stepHook != nil {
+		s.stepHook(name)
+	}
+}
+
+func (s *Store) fault(op string) error {
+	if s.faultHook != nil {
+		return s.faultHook(op)
+	}
+	return nil
+}
+
+// Layout; docs/dirstore-format.md.
+func ownerPath(vm string) string         { return vm + "/owner" }
+func manifestPath(vm string) string      { return vm + "/points.json" }
+func markerPath(vm string) string        { return vm + "/applying" }
+func tmpDir(vm string) string            { return vm + "/tmp" }
+func replicaDir(vm string) string        { return vm + "/replica" }
+func replicaPath(vm, disk string) string { return replicaDir(vm) + "/" + disk }
+func stagingRoot(vm string) string       { return vm + "/staging" }
+func stagingDir(vm string, gen uint64) string {
+	return stagingRoot(vm) + "/" + strconv.FormatUint(gen, 10)
+}
+func stagedPath(vm string, gen uint64, d string) string { return stagingDir(vm, gen) + "/" + d }
+func undoRoot(vm string) string                         { return vm + "/undo" }
+func undoDir(vm string, gen uint64) string              { return undoRoot(vm) + "/" + strconv.FormatUint(gen, 10) }
+func undoPath(vm string, gen uint64, d string) string   { return undoDir(vm, gen) + "/" + d }
+
+// manifest is the content of points.json.
+type manifest struct {
+	Format int            `json:"format"`
+	VM     string         `json:"vm"`
+	Points []target.Point `json:"points"`
+}
+
+// marker is the content of the applying marker: the commit in progress.
+type marker struct {
+	Format int          `json:"format"`
+	Point  target.Point `json:"point"` // the point to add; Applied is set when it is
+	Disks  []planDisk   `json:"disks"` // the staged disks, in apply order
+}
+
+// planDisk is one staged disk of a commit.
+type planDisk struct {
+	Name  string `json:"name"`
+	Reset bool   `json:"reset"` // new to the VM: the replica starts empty
+	Size  int64  `json:"size"`  // after the generation
+}
+
+const formatVersion = 1
+
+// state returns the vmState of vm, created if needed.
+func (s *Store) state(vm string) *vmState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.vms[vm]
+	if v == nil {
+		v = &vmState{name: vm, pins: map[uint64]int{}}
+		s.vms[vm] = v
+	}
+	return v
+}
+
+// load loads vm if it is not loaded and returns its state.
+func (s *Store) load(vm string) (*vmState, error) {
+	v := s.state(vm)
+	if v.loaded.Load() {
+		return v, nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.loaded.Load() {
+		if err := s.loadLocked(v); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+// rlock returns vm's state, loaded, with its lock held shared.
+func (s *Store) rlock(vm string) (*vmState, error) {
+	for {
+		v, err := s.load(vm)
+		if err != nil {
+			return nil, err
+		}
+		v.mu.RLock()
+		if v.loaded.Load() {
+			return v, nil
+		}
+		v.mu.RUnlock() // a failed commit unloaded it: load again
+	}
+}
+
+// wlock returns vm's state, loaded, with its lock held exclusively.
+func (s *Store) wlock(vm string) (*vmState, error) {
+	v := s.state(vm)
+	v.mu.Lock()
+	if !v.loaded.Load() {
+		if err := s.loadLocked(v); err != nil {
+			v.mu.Unlock()
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+// loadLocked reads the owner, manifest and marker of v, finishes or forgets
+// an interrupted commit and removes what crashes left behind.
+func (s *Store) loadLocked(v *vmState) error {
+	vm := v.name
+	owner, err := s.readFile(ownerPath(vm))
+	if err != nil {
+		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
+	}
+	var man manifest
+	if b, err := s.readFile(manifestPath(vm)); err != nil {
+		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
+	} else if b != nil {
+		if err := json.Unmarshal(b, &man); err != nil || man.Format != formatVersion {
+			return brokenError{fmt.Errorf("dirstore: VM %s: manifest (format %d): %v", vm, man.Format, err)}
+		}
+	}
+	v.owner, v.points = strings.TrimSuffix(string(owner), "\n"), man.Points
+
+	if b, err := s.readFile(markerPath(vm)); err != nil {
+		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
+	} else if b != nil {
+		var mk marker
+		if err := json.Unmarshal(b, &mk); err != nil || mk.Format != formatVersion {
+			return brokenError{fmt.Errorf("dirstore: VM %s: applying marker (format %d): %v", vm, mk.Format, err)}
+		}
+		if n := v.newest(); n == nil || mk.Point.Generation > n.Generation {
+			if err := s.rollForwardLocked(v, &mk); err != nil {
+				return err
+			}
+		} else if err := s.finishLocked(v, mk.Point.Generation); err != nil {
+			return err
+		}
+	}
+	s.cleanLocked(v)
+	v.loaded.Store(true)
+	return nil
+}
+
+// cleanLocked removes leftovers of crashes: temporary files (on the first
+// load only: later ones could belong to a running Stage), undo data of
+// expired or uncommitted generations, staging of committed ones and replicas
+// of disks no point holds. Failures only leave garbage.
+func (s *Store) cleanLocked(v *vmState) {
+	vm := v.name
+	if !v.cleaned {
+		s.root.RemoveAll(tmpDir(vm))
+		v.cleaned = true
+	}
+	var oldest, newest uint64
+	if len(v.points) > 0 {
+		oldest, newest = v.points[0].Generation, v.newest().Generation
+	}
+	for _, g := range s.genDirs(undoRoot(vm)) {
+		if len(v.points) == 0 || g <= oldest || g > newest {
+			s.removeAll(undoDir(vm, g))
+		}
+	}
+	for _, g := range s.genDirs(stagingRoot(vm)) {
+		if len(v.points) > 0 && g <= newest {
+			s.removeAll(stagingDir(vm, g))
+		}
+	}
+	s.removeOrphansLocked(v)
+}
+
+// removeOrphansLocked removes the replicas of disks that no point holds.
+func (s *Store) removeOrphansLocked(v *vmState) {
+	held := map[string]bool{}
+	for _, p := range v.points {
+		for _, d := range p.Disks {
+			held[d.Name] = true
+		}
+	}
+	var orphans []string
+	s.walkFiles(replicaDir(v.name), func(rel string) error {
+		if !held[rel] {
+			orphans = append(orphans, rel)
+		}
+		return nil
+	})
+	for _, d := range orphans {
+		s.step("remove replica " + d)
+		if s.root.Remove(replicaPath(v.name, d)) == nil {
+			s.removeEmptyParents(replicaPath(v.name, d), replicaDir(v.name))
+		}
+	}
+}
+
+// genDirs lists the generation directories under dir, ascending.
+func (s *Store) genDirs(dir string) []uint64 {
+	f, err := s.root.Open(dir)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(-1)
+	var gens []uint64
+	for _, n := range names {
+		if g, err := strconv.ParseUint(n, 10, 64); err == nil && strconv.FormatUint(g, 10) == n {
+			gens = append(gens, g)
+		}
+	}
+	slices.Sort(gens)
+	return gens
+}
+
+// vmDirs lists the directories at the top of the store with valid VM names.
+func (s *Store) vmDirs() ([]string, error) {
+	f, err := s.root.Open(".")
+	if err != nil {
+		return nil, fmt.Errorf("dirstore: %w", err)
+	}
+	defer f.Close()
+	ents, err := f.ReadDir(-1)
+	if err != nil {
+		return nil, fmt.Errorf("dirstore: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if e.IsDir() && checkVM(e.Name()) == nil {
+			names = append(names, e.Name())
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+func (v *vmState) newest() *target.Point {
+	if len(v.points) == 0 {
+		return nil
+	}
+	return &v.points[len(v.points)-1]
+}
+
+func (v *vmState) find(gen uint64) *target.Point {
+	for i := range v.points {
+		if v.points[i].Generation == gen {
+			return &v.points[i]
+		}
+	}
+	return nil
+}
+
+func (s *Store) writeManifest(vm string, points []target.Point) error {
+	b, err := json.MarshalIndent(manifest{Format: formatVersion, VM: vm, Points: points}, "", "\t")
+	if err != nil {
+		return err
+	}
+	return s.writeAtomic("manifest", manifestPath(vm), append(b, '\n'))
+}
+
+// VMs lists the VMs with at least one recovery point (and those whose
+// manifest cannot be loaded: their Points says why).
+func (s *Store) VMs(ctx context.Context) ([]string, error) {
+	names, err := s.vmDirs()
+	if err != nil {
+		return nil, err
+	}
+	out := []string{}
+	for _, vm := range names {
+		v, err := s.rlock(vm)
+		if err != nil {
+			// Listed, so that its Points reports the error.
+			if ok, _ := s.exists(manifestPath(vm)); ok {
+				out = append(out, vm)
+			}
+			continue
+		}
+		if len(v.points) > 0 {
+			out = append(out, vm)
+		}
+		v.mu.RUnlock()
+	}
+	return out, nil
+}
+
+// Points lists the recovery points of vm, oldest first.
+func (s *Store) Points(ctx context.Context, vm string) ([]target.Point, error) {
+	if err := checkVM(vm); err != nil {
+		return nil, err
+	}
+	v, err := s.rlock(vm)
+	if err != nil {
+		return nil, err
+	}
+	defer v.mu.RUnlock()
+	if len(v.points) == 0 {
+		return nil, notFoundVM(vm)
+	}
+	out := make([]target.Point, len(v.points))
+	for i, p := range v.points {
+		p.Disks = slices.Clone(p.Disks)
+		out[i] = p
+	}
+	return out, nil
+}
+
+func notFoundVM(vm string) error {
+	return fmt.Errorf("dirstore: VM %s: %w", vm, target.ErrNotFound)
+}
+
+// exists reports whether name exists in the store.
+func (s *Store) exists(name string) (bool, error) {
+	_, err := s.root.Lstat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// diskSizes maps the disks of p to their sizes.
+func diskSizes(p *target.Point) map[string]int64 {
+	m := map[string]int64{}
+	if p != nil {
+		for _, d := range p.Disks {
+			m[d.Name] = d.Size
+		}
+	}
+	return m
+}
+
+// heldDisks returns every disk name some point of v holds, plus extra.
+func heldDisks(v *vmState, extra []string) []string {
+	set := map[string]bool{}
+	for _, p := range v.points {
+		for _, d := range p.Disks {
+			set[d.Name] = true
+		}
+	}
+	for _, d := range extra {
+		set[d] = true
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+// brokenError is a state of the store that retrying will not mend (a
+// damaged manifest or undo file): permanent, for an operator to look at.
+type brokenError struct{ err error }
+
+func (e brokenError) Error() string   { return e.err.Error() }
+func (e brokenError) Unwrap() error   { return e.err }
+func (e brokenError) Permanent() bool { return true }

@@ -1,0 +1,73 @@
+package dirstore
+
+import (
+	"errors"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// punchHole makes [off, off+n) of f read as zeros and frees its blocks,
+// keeping the file size. Where the file system cannot punch holes it writes
+// zeros.
+func punchHole(f *os.File, off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var perr error
+	if err := rc.Control(func(fd uintptr) {
+		perr = unix.Fallocate(int(fd), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	}); err != nil {
+		return err
+	}
+	if errors.Is(perr, unix.EOPNOTSUPP) || errors.Is(perr, unix.ENOSYS) {
+		return writeZeros(f, off, n)
+	}
+	if perr != nil {
+		return &os.PathError{Op: "fallocate", Path: f.Name(), Err: perr}
+	}
+	return nil
+}
+
+// dataExtents returns the ranges of [off, end) of f that hold data (the
+// rest are holes), by SEEK_DATA and SEEK_HOLE. Where the file system has no
+// holes it returns the whole range.
+func dataExtents(f *os.File, off, end int64) ([]extent, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var out []extent
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for off < end {
+			data, err := unix.Seek(int(fd), off, unix.SEEK_DATA)
+			if errors.Is(err, unix.ENXIO) || (err == nil && data >= end) {
+				return
+			}
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+				out = append(out, extent{off, end - off})
+				return
+			}
+			if err != nil {
+				serr = &os.PathError{Op: "seek data", Path: f.Name(), Err: err}
+				return
+			}
+			hole, err := unix.Seek(int(fd), data, unix.SEEK_HOLE)
+			if err != nil {
+				serr = &os.PathError{Op: "seek hole", Path: f.Name(), Err: err}
+				return
+			}
+			hole = min(hole, end)
+			out = append(out, extent{data, hole - data})
+			off = hole
+		}
+	}); err != nil {
+		return nil, err
+	}
+	return out, serr
+}
