@@ -48,7 +48,7 @@ func TestNameClash(t *testing.T) {
 	st := openT(t, t.TempDir())
 	defer st.Close()
 	rng := rand.New(rand.NewPCG(1, 3))
-	m, g := storetest.NewVM(rng, "vm", "a", "a/b")
+	_, g := storetest.NewVM(rng, "vm", "a", "a/b")
 	must(t, g.Build())
 	err := g.Stage(bg, st)
 	if err == nil {
