@@ -58,7 +58,7 @@ func TestNameClash(t *testing.T) {
 		t.Fatalf("disks a and a/b: %v, want ErrBadName", err)
 	}
 	// Across points: "x" held by a retained point, "x/y" new.
-	m, g = storetest.NewVM(rng, "vm2", "x")
+	m, g := storetest.NewVM(rng, "vm2", "x")
 	must(t, g.Apply(bg, st))
 	g = m.Next(2)
 	g.Remove("x")
