@@ -26,6 +26,13 @@ type LoopOptions struct {
 	Parallel int
 	// OnShip, if set, is called after each VM's ship with its state.
 	OnShip func(VMState)
+	// Copies, if set, is asked at each round which disks of vm must be
+	// sent whole from their files (name → path) rather than from the log:
+	// disks the target does not hold yet, or whose tracking was lost. The
+	// round then drains the log, rotates, and ships the copies on that
+	// generation as a point of kind (see Shipper.ShipCopy); done is told
+	// how it went.
+	Copies func(vm string) (files map[string]string, kind target.PointKind, done func(error))
 }
 
 // VMState is what a Loop knows of one VM.
@@ -134,8 +141,20 @@ func (l *Loop) round(ctx context.Context, rotate bool) {
 }
 
 func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
-	var err error
-	if rotate {
+	var (
+		err   error
+		st    Stats
+		files map[string]string
+		kind  target.PointKind
+		done  func(error)
+	)
+	if rotate && l.opts.Copies != nil {
+		files, kind, done = l.opts.Copies(vm)
+	}
+	if len(files) > 0 {
+		st, err = l.shipCopy(ctx, vm, files, kind)
+		done(err)
+	} else if rotate {
 		if _, rerr := l.rot.Rotate(vm); rerr != nil {
 			err = fmt.Errorf("shipper: rotating %s: %w", vm, rerr)
 			if errors.Is(rerr, tracker.ErrUnknownVM) {
@@ -143,11 +162,14 @@ func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
 			}
 		}
 	}
-	// Ship what froze even if the rotation failed: older generations may
-	// be waiting.
-	st, serr := l.sh.Ship(ctx, vm)
-	if serr != nil && (err == nil || target.IsPermanent(serr)) {
-		err = serr
+	if len(files) == 0 {
+		// Ship what froze even if the rotation failed: older generations
+		// may be waiting.
+		var serr error
+		st, serr = l.sh.Ship(ctx, vm)
+		if serr != nil && (err == nil || target.IsPermanent(serr)) {
+			err = serr
+		}
 	}
 	now := l.opts.Clock.Now()
 	pending := len(l.sh.src.Frozen(vm))
@@ -180,6 +202,22 @@ func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
 	if l.opts.OnShip != nil {
 		l.opts.OnShip(out)
 	}
+}
+
+// shipCopy drains what is frozen, rotates, and ships files whole on the
+// new generation.
+func (l *Loop) shipCopy(ctx context.Context, vm string, files map[string]string, kind target.PointKind) (Stats, error) {
+	st, err := l.sh.Ship(ctx, vm)
+	if err != nil {
+		return st, err
+	}
+	gen, err := l.rot.Rotate(vm)
+	if err != nil {
+		return st, fmt.Errorf("shipper: rotating %s: %w", vm, err)
+	}
+	cst, err := l.sh.ShipCopy(ctx, vm, gen, files, kind)
+	st.Add(cst)
+	return st, err
 }
 
 func (l *Loop) stateLocked(vm string) *VMState {

@@ -12,6 +12,7 @@ import (
 
 	drfsfs "github.com/drfs-project/drfs/fs"
 	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/internal/tracked"
 	"github.com/drfs-project/drfs/tracker"
 )
@@ -22,15 +23,34 @@ type mountCmd struct {
 	State      string `required:"" help:"State directory of the change log (created if missing; keep it off the mount)." type:"path"`
 	BlockSize  int    `default:"4096" help:"Tracking block size in bytes, a power of two (fixed when the state directory is created)."`
 	Debug      bool   `help:"Log every FUSE request (slow)."`
+	replicationFlags
 }
 
 func (c *mountCmd) Run() error {
 	if err := checkMountArgs(c.Source, c.Mountpoint, c.State); err != nil {
 		return err
 	}
+	if err := c.replicationFlags.validate(); err != nil {
+		return err
+	}
+	var store targets.Store
+	if c.Target != "" {
+		var err error
+		if store, err = openTarget(&c.replicationFlags); err != nil {
+			return err
+		}
+		defer store.Close()
+	}
 	log, err := tracker.Open(tracker.Options{Dir: c.State, Source: c.Source, BlockSize: c.BlockSize})
 	if err != nil {
 		return err
+	}
+	var repl *replication
+	if store != nil {
+		if repl, err = startReplication(context.Background(), &c.replicationFlags, c.Source, log, store, c.BlockSize); err != nil {
+			log.Close()
+			return err
+		}
 	}
 	srv, err := drfsfs.Mount(c.Source, c.Mountpoint, tracked.Recorder(log), drfsfs.Options{Debug: c.Debug})
 	if err != nil {
@@ -42,6 +62,14 @@ func (c *mountCmd) Run() error {
 		srv.Unmount()
 		log.Close()
 		return err
+	}
+	replCtx, stopRepl := context.WithCancel(context.Background())
+	replDone := make(chan struct{})
+	if repl != nil {
+		go func() { repl.run(replCtx); close(replDone) }()
+		fmt.Fprintf(os.Stderr, "drfs: replicating every %v to %s\n", c.Interval, c.Target)
+	} else {
+		close(replDone)
 	}
 	fmt.Fprintf(os.Stderr, "drfs: %s mounted at %s, change log in %s; Ctrl-C or SIGTERM unmounts\n", c.Source, c.Mountpoint, c.State)
 
@@ -70,6 +98,14 @@ func (c *mountCmd) Run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ctl.Shutdown(ctx)
+	stopRepl()
+	<-replDone
+	if repl != nil {
+		// The mount is gone, so no write can land any more: one last
+		// rotation gives the target the source's final state.
+		fmt.Fprintln(os.Stderr, "drfs: shipping the last generation")
+		repl.final(2 * time.Minute)
+	}
 	if err := log.Close(); err != nil {
 		return fmt.Errorf("closing the change log in %s: %w", c.State, err)
 	}

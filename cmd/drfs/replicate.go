@@ -1,0 +1,293 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/shipper"
+	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/tracker"
+)
+
+// replicationFlags are the mount's flags for shipping to a target.
+type replicationFlags struct {
+	Target    string            `placeholder:"URL" help:"Replicate to this target: dir:///path (a directory, local or mounted) or https://host:port (a drfs target serve). Without it the mount only records."`
+	Interval  time.Duration     `default:"5m" help:"Replication interval: every VM is rotated and shipped this often (30s, 5m, 15m, or any duration from 1s)."`
+	Retention time.Duration     `default:"24h" help:"Keep recovery points this long on the target (the newest is always kept)."`
+	Bandwidth shipper.Bandwidth `default:"0" help:"Upload limit, e.g. 50MiB/s; 0 means unlimited."`
+	SourceID  string            `name:"source-id" placeholder:"NAME" help:"Identity of this source host on the target; a target refuses VMs of another source (default: the host name)."`
+	targets.TLS
+}
+
+func (f *replicationFlags) validate() error {
+	if f.Target == "" {
+		return nil
+	}
+	if f.Interval < time.Second {
+		return fmt.Errorf("--interval %v is too short: use at least 1s (30s, 5m and 15m are the usual choices)", f.Interval)
+	}
+	if f.Retention < f.Interval {
+		return fmt.Errorf("--retention %v is shorter than --interval %v: no older point would ever be kept", f.Retention, f.Interval)
+	}
+	if f.SourceID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("no --source-id given and the host name is unknown: %w", err)
+		}
+		f.SourceID = h
+	}
+	return nil
+}
+
+// replication ships a mounted source's change log to a target, continuously.
+type replication struct {
+	flags  *replicationFlags
+	source string
+	log    *tracker.Log
+	store  targets.Store
+	loop   *shipper.Loop
+
+	mu struct {
+		sync.Mutex
+		// unverified: disks the log did not know before this mount although
+		// the target may hold them: their replica may predate changes made
+		// while nobody tracked them, so they are copied whole once.
+		unverified map[string]bool // "vm\x00disk"
+	}
+}
+
+// openTarget opens and checks the target before anything is mounted: a
+// permanent error (bad URL, refused certificate, a store of another kind)
+// stops the mount; an unreachable target only warns, as the workload must
+// run and the log keeps every change until the target is back.
+func openTarget(f *replicationFlags) (targets.Store, error) {
+	store, err := targets.Open(f.Target, f.TLS)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := store.VMs(ctx); err != nil {
+		if target.IsPermanent(err) {
+			store.Close()
+			return nil, fmt.Errorf("target %s: %w", f.Target, err)
+		}
+		fmt.Fprintf(os.Stderr, "drfs: warning: target %s is not reachable now (%v); changes are kept in the log and shipped when it is\n", f.Target, err)
+	}
+	return store, nil
+}
+
+// startReplication registers every disk of the source with the log and
+// starts shipping.
+func startReplication(ctx context.Context, f *replicationFlags, source string, log *tracker.Log, store targets.Store, blockSize int) (*replication, error) {
+	r := &replication{flags: f, source: source, log: log, store: store}
+	r.mu.unverified = map[string]bool{}
+	known := map[string]bool{}
+	for _, vm := range log.Status() {
+		for _, d := range vm.Disks {
+			known[vm.Name+"\x00"+d.Name] = true
+		}
+	}
+	// The log learns of a disk when it is first opened through the mount;
+	// tell it of all of them now so that each VM is replicated whole.
+	err := walkDisks(source, func(vm, disk, path string, size int64) error {
+		d, err := log.OpenDisk(relPath(source, path), size)
+		if err != nil {
+			return err
+		}
+		if d != nil {
+			d.Release()
+		}
+		if !known[vm+"\x00"+disk] {
+			r.mu.unverified[vm+"\x00"+disk] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registering the disks of %s: %w", source, err)
+	}
+	var st target.Store = store
+	if f.Bandwidth > 0 {
+		st = shipper.RateLimit(st, f.Bandwidth)
+	}
+	st = shipper.Retry(st, shipper.DefaultPolicy, nil)
+	sh := shipper.New(shipper.FromLog(log, blockSize), st, shipper.Options{Source: f.SourceID})
+	r.loop = shipper.NewLoop(sh, log, shipper.LoopOptions{
+		Interval: f.Interval,
+		Copies:   r.copies,
+		OnShip:   r.shipped,
+	})
+	return r, nil
+}
+
+// run replicates until ctx is done.
+func (r *replication) run(ctx context.Context) { r.loop.Run(ctx) }
+
+// final rotates and ships every VM once more, after the mount is gone, so
+// the target holds the source's last state.
+func (r *replication) final(timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	r.loop.Round(ctx)
+}
+
+// copies says which disks of vm must be sent whole: all of them when the
+// target does not hold the VM, those it lacks, those flagged for
+// resynchronization, and those the log did not know before this mount.
+func (r *replication) copies(vm string) (map[string]string, target.PointKind, func(error)) {
+	none := func(error) {}
+	disks := map[string]string{}
+	walkVM(r.source, vm, func(_, disk, path string, _ int64) error {
+		disks[disk] = path
+		return nil
+	})
+	if len(disks) == 0 {
+		return nil, "", none
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	points, err := r.store.Points(ctx, vm)
+	if errors.Is(err, target.ErrNotFound) || err == nil && len(points) == 0 {
+		fmt.Fprintf(os.Stderr, "drfs: %s: initial replication of %d disk(s) to %s\n", vm, len(disks), r.flags.Target)
+		return disks, target.KindInitial, r.afterCopy(vm, disks, nil)
+	}
+	if err != nil {
+		return nil, "", none // the ship that follows reports the target's error
+	}
+	onTarget := map[string]bool{}
+	for _, d := range points[len(points)-1].Disks {
+		onTarget[d.Name] = true
+	}
+	files := map[string]string{}
+	reasons := map[string]string{}
+	kind := target.KindInitial
+	for _, st := range r.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, d := range st.Disks {
+			if d.Resync && disks[d.Name] != "" {
+				files[d.Name], reasons[d.Name], kind = disks[d.Name], d.Reason, target.KindResync
+			}
+		}
+	}
+	r.mu.Lock()
+	for disk, path := range disks {
+		switch {
+		case !onTarget[disk]:
+			files[disk] = path
+		case r.mu.unverified[vm+"\x00"+disk]:
+			files[disk], kind = path, target.KindResync
+		}
+	}
+	r.mu.Unlock()
+	if len(files) == 0 {
+		return nil, "", none
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	fmt.Fprintf(os.Stderr, "drfs: %s: copying %v whole to %s (%s)\n", vm, names, r.flags.Target, kind)
+	// Clear the flags before the copy: a tracking loss during it must
+	// flag the disk again, not be wiped by this copy's success.
+	for disk := range reasons {
+		r.log.ClearResync(vm, disk)
+	}
+	return files, kind, r.afterCopy(vm, files, reasons)
+}
+
+// afterCopy returns the callback of a copy of files of vm: on success the
+// disks are verified; on failure their resync flags are set again.
+func (r *replication) afterCopy(vm string, files map[string]string, reasons map[string]string) func(error) {
+	return func(err error) {
+		if err != nil {
+			for disk, why := range reasons {
+				r.log.MarkResync(vm, disk, why)
+			}
+			return
+		}
+		r.mu.Lock()
+		for disk := range files {
+			delete(r.mu.unverified, vm+"\x00"+disk)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// shipped reports a round and expires old points.
+func (r *replication) shipped(s shipper.VMState) {
+	switch {
+	case s.LastError != nil && s.Stopped:
+		fmt.Fprintf(os.Stderr, "drfs: %s: replication STOPPED: %v\n", s.VM, s.LastError)
+	case s.LastError != nil:
+		fmt.Fprintf(os.Stderr, "drfs: %s: shipping failed (%d in a row, retried next interval): %v\n", s.VM, s.Failures, s.LastError)
+	case s.Last.DataBlocks+s.Last.ZeroBlocks > 0:
+		fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: %d block(s), %s raw, %s sent (LZ4 %.2fx) in %v\n",
+			s.VM, s.LastGeneration, s.Last.DataBlocks, bytesString(int64(s.Last.RawBytes)), bytesString(int64(s.Last.WireBytes)),
+			s.Last.Ratio(), s.Last.Duration.Round(time.Millisecond))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := r.store.Expire(ctx, s.VM, time.Now().Add(-r.flags.Retention), 1); err != nil {
+			fmt.Fprintf(os.Stderr, "drfs: %s: expiring points older than %v: %v\n", s.VM, r.flags.Retention, err)
+		}
+	case s.Last.Generations > 0:
+		// Nothing changed: the new point only moves the RPO forward.
+	}
+}
+
+// walkDisks calls fn for every disk of the source directory: every
+// regular file in a top-level folder (a VM) and every top-level regular
+// file (a VM of one disk).
+func walkDisks(source string, fn func(vm, disk, path string, size int64) error) error {
+	entries, err := os.ReadDir(source)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := walkVM(source, e.Name(), fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// walkVM calls fn for every disk of vm.
+func walkVM(source, vm string, fn func(vm, disk, path string, size int64) error) error {
+	root := filepath.Join(source, vm)
+	st, err := os.Lstat(root)
+	if err != nil {
+		return nil
+	}
+	if st.Mode().IsRegular() {
+		return fn(vm, vm, root, st.Size())
+	}
+	if !st.IsDir() {
+		return nil
+	}
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		return fn(vm, filepath.ToSlash(rel), path, info.Size())
+	})
+}
+
+func relPath(source, path string) string {
+	rel, _ := filepath.Rel(source, path)
+	return filepath.ToSlash(rel)
+}
