@@ -148,7 +148,10 @@ func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
 		kind  target.PointKind
 		done  func(error)
 	)
-	if rotate && l.opts.Copies != nil {
+	// Copies are asked for even in the first round, which otherwise only
+	// ships what a restart left frozen: an initial copy should not wait an
+	// interval.
+	if l.opts.Copies != nil {
 		files, kind, done = l.opts.Copies(vm)
 	}
 	if len(files) > 0 {

@@ -77,9 +77,10 @@ func isMounted(path string) bool {
 }
 
 // startMount starts `drfs mount` and waits until the mount is up.
-func startMount(t *testing.T, src, mnt, state string) *mounted {
+func startMount(t *testing.T, src, mnt, state string, extra ...string) *mounted {
 	t.Helper()
-	m := &mounted{cmd: exec.Command(drfsBin, "mount", src, mnt, "--state", state), mnt: mnt,
+	args := append([]string{"mount", src, mnt, "--state", state}, extra...)
+	m := &mounted{cmd: exec.Command(drfsBin, args...), mnt: mnt,
 		stderr: &bytes.Buffer{}, done: make(chan error, 1)}
 	m.cmd.Stderr = m.stderr
 	if err := m.cmd.Start(); err != nil {

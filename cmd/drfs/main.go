@@ -13,6 +13,7 @@ import (
 type cli struct {
 	Mount   mountCmd   `cmd:"" help:"Mount a directory of disk images through the tracking mount."`
 	Log     logCmd     `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`
+	Status  statusCmd  `cmd:"" help:"Show the replication of a running mount: last point per VM, pending generations, errors."`
 	Rotate  rotateCmd  `cmd:"" help:"Freeze the active generation of a VM on a running mount."`
 	Points  pointsCmd  `cmd:"" help:"List the recovery points of VMs on a target."`
 	Restore restoreCmd `cmd:"" help:"Write a VM's disks as they were at a recovery point into a directory."`

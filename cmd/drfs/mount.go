@@ -57,7 +57,11 @@ func (c *mountCmd) Run() error {
 		log.Close()
 		return err
 	}
-	ctl, err := control.Serve(filepath.Join(c.State, control.SocketName), log)
+	var states func() []control.Replication
+	if repl != nil {
+		states = repl.states
+	}
+	ctl, err := control.Serve(filepath.Join(c.State, control.SocketName), log, states)
 	if err != nil {
 		srv.Unmount()
 		log.Close()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/shipper"
 	"github.com/drfs-project/drfs/target"
@@ -131,11 +132,29 @@ func startReplication(ctx context.Context, f *replicationFlags, source string, l
 // run replicates until ctx is done.
 func (r *replication) run(ctx context.Context) { r.loop.Run(ctx) }
 
+// states reports the replication of every VM for the control socket.
+func (r *replication) states() []control.Replication {
+	var out []control.Replication
+	for _, s := range r.loop.States() {
+		c := control.Replication{VM: s.VM, Target: r.flags.Target, LastGeneration: s.LastGeneration, LastShipped: s.LastShipped,
+			Pending: s.Pending, Failures: s.Failures, Stopped: s.Stopped, BytesRaw: s.RawBytes, BytesSent: s.WireBytes}
+		if s.LastError != nil {
+			c.LastError = s.LastError.Error()
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
 // final rotates and ships every VM once more, after the mount is gone, so
 // the target holds the source's last state.
 func (r *replication) final(timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	r.loop.Round(ctx)
+	// If that round was a whole copy, its point is fuzzy by kind although
+	// nothing wrote during it: one more (empty) generation makes the
+	// consistent point.
 	r.loop.Round(ctx)
 }
 

@@ -31,6 +31,21 @@ type Log interface {
 	Rotate(vm string) (uint64, error)
 }
 
+// Replication is the state of the replication of one VM, as a running
+// mount reports it.
+type Replication struct {
+	VM             string    `json:"vm"`
+	Target         string    `json:"target"`
+	LastGeneration uint64    `json:"last_generation"` // newest point committed on the target by this mount
+	LastShipped    time.Time `json:"last_shipped"`
+	Pending        int       `json:"pending"` // frozen generations waiting in the log
+	LastError      string    `json:"last_error,omitempty"`
+	Failures       int       `json:"failures"`
+	Stopped        bool      `json:"stopped"` // a permanent error stopped the VM's replication
+	BytesRaw       uint64    `json:"bytes_raw"`
+	BytesSent      uint64    `json:"bytes_sent"`
+}
+
 // Server serves one control socket.
 type Server struct {
 	http *http.Server
@@ -39,7 +54,7 @@ type Server struct {
 
 // Serve listens on the unix socket at path. A stale socket left by a killed
 // mount is replaced; a live one is an error.
-func Serve(path string, log Log) (*Server, error) {
+func Serve(path string, log Log, replication func() []Replication) (*Server, error) {
 	if _, err := os.Lstat(path); err == nil {
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
@@ -56,6 +71,13 @@ func Serve(path string, log Log) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, log.Status())
+	})
+	mux.HandleFunc("GET /v1/replication", func(w http.ResponseWriter, r *http.Request) {
+		out := []Replication{}
+		if replication != nil {
+			out = replication()
+		}
+		writeJSON(w, out)
 	})
 	mux.HandleFunc("POST /v1/rotate", func(w http.ResponseWriter, r *http.Request) {
 		gen, err := log.Rotate(r.URL.Query().Get("vm"))
@@ -104,6 +126,13 @@ func NewClient(path string) *Client {
 func (c *Client) Status() ([]tracker.VMStatus, error) {
 	var st []tracker.VMStatus
 	return st, c.call(http.MethodGet, "/v1/status", &st)
+}
+
+// Replication returns the replication state of every VM; none when the
+// mount does not replicate.
+func (c *Client) Replication() ([]Replication, error) {
+	var st []Replication
+	return st, c.call(http.MethodGet, "/v1/replication", &st)
 }
 
 // Rotate freezes the active generation of vm and returns its number.

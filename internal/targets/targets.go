@@ -46,7 +46,7 @@ func Open(rawURL string, tlsFiles TLS) (Store, error) {
 		}
 		s, err := dirstore.Open(path, dirstore.Options{})
 		if err != nil {
-			return nil, fmt.Errorf("target %s: %w", rawURL, err)
+			return nil, fmt.Errorf("target %s: %w (a directory target is used by one drfs process at a time: to reach it while a mount replicates to it, serve it with drfs target serve)", rawURL, err)
 		}
 		return s, nil
 	case "https":
