@@ -1,44 +1,61 @@
 #!/usr/bin/env bash
-# A demo of drfs on an embedded default: a temporary directory with one VM,
-# whose disk gets an ext4 file system and files through the tracking mount.
-# Needs root and /dev/fuse. Everything lives under one temp dir, removed at the end.
+# A demo of drfs on an embedded default: a temporary source directory with
+# one VM, replicated to a local directory target every 2 seconds while its
+# disk gets an ext4 file system and files through the tracking mount; then
+# the VM is restored from the target and checked. Needs root and /dev/fuse.
+# Everything lives under one temp dir, removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRFS=${DRFS:-./bin/drfs}
 [ -x "$DRFS" ] || go build -o bin/drfs ./cmd/drfs
 work=$(mktemp -d /tmp/drfs-demo.XXXXXX)
-src=$work/source mnt=$work/mnt state=$work/state
-mkdir -p "$src/web" "$mnt"
+src=$work/source mnt=$work/mnt state=$work/state tgt=$work/target
+mkdir -p "$src/web" "$mnt" "$work/ext4"
 loop= ; pid=
 cleanup() {
   set +e
-  [ -n "$loop" ] && { umount "$work/ext4" 2>/dev/null; losetup -d "$loop"; }
+  mountpoint -q "$work/ext4" && umount "$work/ext4"
+  [ -n "$loop" ] && losetup -d "$loop"
   [ -n "$pid" ] && { kill -TERM "$pid"; wait "$pid"; }
   rm -rf "$work"
 }
 trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
 
-step "a VM 'web' with one 256 MiB raw disk"
+step "a VM 'web' with a 256 MiB raw disk, mounted through drfs, replicating to dir://$tgt"
 truncate -s 256M "$src/web/disk0.img"
-"$DRFS" mount "$src" "$mnt" --state "$state" &
+"$DRFS" mount "$src" "$mnt" --state "$state" --target "dir://$tgt" --interval 2s &
 pid=$!
-for _ in $(seq 50); do mountpoint -q "$mnt" && break; sleep 0.1; done
+for _ in $(seq 100); do [ -S "$state/control.sock" ] && break; sleep 0.1; done
 mountpoint -q "$mnt" || { echo "mount did not come up"; exit 1; }
 
-step "ext4 on the disk through the mount (losetup + mkfs.ext4), then some files"
+step "ext4 on the disk through the mount (losetup + mkfs.ext4), then files"
 loop=$(losetup -f --show "$mnt/web/disk0.img")
 mkfs.ext4 -q "$loop"
-mkdir -p "$work/ext4" && mount "$loop" "$work/ext4"
-cp -r /usr/share/doc/bash "$work/ext4/" 2>/dev/null || seq 100000 > "$work/ext4/numbers"
-sync
-"$DRFS" rotate "$state" web
-dd if=/dev/urandom of="$work/ext4/random.bin" bs=1M count=8 status=none
+mount "$loop" "$work/ext4"
+cp -r /usr/share/doc "$work/ext4/doc" 2>/dev/null || true
+dd if=/dev/urandom of="$work/ext4/random.bin" bs=1M count=16 status=none
+(cd "$work/ext4" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$work/files.sha256"
 umount "$work/ext4"; losetup -d "$loop"; loop=
+sleep 3
 
-step "the change log (generation 1 frozen, generation 2 active)"
+step "the change log and the replication while the VM runs"
 "$DRFS" log "$state"
+echo
+"$DRFS" status "$state"
 
-step "unmount (SIGTERM) and read the log offline"
+step "stop: unmount (SIGTERM) ships the last generation"
 kill -TERM "$pid"; wait "$pid"; pid=
-"$DRFS" log "$state"
+
+step "recovery points on the target"
+"$DRFS" points --target "dir://$tgt"
+
+step "restore the latest point and check it: e2fsck, then every file's checksum"
+"$DRFS" restore --target "dir://$tgt" web --to "$work/restored"
+cmp "$work/restored/disk0.img" "$src/web/disk0.img" && echo "restored disk is byte-identical to the source"
+e2fsck -fn "$work/restored/disk0.img"
+loop=$(losetup -f --show -r "$work/restored/disk0.img")
+mount -o ro "$loop" "$work/ext4"
+(cd "$work/ext4" && sha256sum --quiet -c "$work/files.sha256") && echo "all $(wc -l < "$work/files.sha256") files match"
+umount "$work/ext4"; losetup -d "$loop"; loop=
+step "done"
