@@ -23,6 +23,7 @@ type replicationFlags struct {
 	Target    string            `placeholder:"URL" help:"Replicate to this target: dir:///path (a directory, local or mounted) or https://host:port (a drfs target serve). Without it the mount only records."`
 	Interval  time.Duration     `default:"5m" help:"Replication interval: every VM is rotated and shipped this often (30s, 5m, 15m, or any duration from 1s)."`
 	Retention time.Duration     `default:"24h" help:"Keep recovery points this long on the target (the newest is always kept)."`
+	MaxPoints int               `name:"max-points" default:"0" help:"Keep at most this many recovery points per VM as well (0: no limit but --retention)."`
 	Bandwidth shipper.Bandwidth `default:"0" help:"Upload limit, e.g. 50MiB/s; 0 means unlimited."`
 	SourceID  string            `name:"source-id" placeholder:"NAME" help:"Identity of this source host on the target; a target refuses VMs of another source (default: the host name)."`
 	targets.TLS
@@ -34,6 +35,9 @@ func (f *replicationFlags) validate() error {
 	}
 	if f.Interval < time.Second {
 		return fmt.Errorf("--interval %v is too short: use at least 1s (30s, 5m and 15m are the usual choices)", f.Interval)
+	}
+	if f.MaxPoints < 0 {
+		return fmt.Errorf("--max-points %d: give 0 (no limit) or a positive count", f.MaxPoints)
 	}
 	if f.Retention < f.Interval {
 		return fmt.Errorf("--retention %v is shorter than --interval %v: no older point would ever be kept", f.Retention, f.Interval)
@@ -254,13 +258,34 @@ func (r *replication) shipped(s shipper.VMState) {
 		fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: %d block(s), %s raw, %s sent (LZ4 %.2fx) in %v\n",
 			s.VM, s.LastGeneration, s.Last.DataBlocks, bytesString(int64(s.Last.RawBytes)), bytesString(int64(s.Last.WireBytes)),
 			s.Last.Ratio(), s.Last.Duration.Round(time.Millisecond))
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := r.store.Expire(ctx, s.VM, time.Now().Add(-r.flags.Retention), 1); err != nil {
-			fmt.Fprintf(os.Stderr, "drfs: %s: expiring points older than %v: %v\n", s.VM, r.flags.Retention, err)
+	}
+	// Even a point with no change moves the RPO on, and ages the others.
+	if s.LastError == nil && s.Last.Generations > 0 {
+		r.expire(s.VM)
+	}
+}
+
+// expire drops the points of vm older than the retention, and beyond
+// --max-points the oldest ones.
+func (r *replication) expire(vm string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	before := time.Now().Add(-r.flags.Retention)
+	if n := r.flags.MaxPoints; n > 0 {
+		points, err := r.store.Points(ctx, vm)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "drfs: %s: listing points to expire: %v\n", vm, err)
+			return
 		}
-	case s.Last.Generations > 0:
-		// Nothing changed: the new point only moves the RPO forward.
+		if len(points) > n {
+			// Everything cut before the n-th newest point goes.
+			if cut := points[len(points)-n].Frozen; cut.After(before) {
+				before = cut
+			}
+		}
+	}
+	if err := r.store.Expire(ctx, vm, before, 1); err != nil {
+		fmt.Fprintf(os.Stderr, "drfs: %s: expiring old points: %v\n", vm, err)
 	}
 }
 

@@ -156,6 +156,25 @@ func TestReplicateRestore(t *testing.T) {
 	restoreAndCompare(t, tgt, "vm1", "latest", readAll(t, filepath.Join(d.src, "vm1"), disks...))
 }
 
+// TestRetentionMaxPoints: --max-points keeps the newest N points.
+func TestRetentionMaxPoints(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	tgt := "dir://" + filepath.Join(filepath.Dir(d.src), "target")
+	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s", "--max-points", "3")
+	rng := rand.New(rand.NewPCG(8, 9))
+	for i := 0; i < 3; i++ {
+		writeRandom(t, rng, filepath.Join(d.mnt, "vm1", "disk.img"), 64<<20, 3)
+		waitCut(t, d.state, "vm1", time.Now())
+	}
+	m.stop(t)
+	pts := points(t, tgt, "vm1")
+	if len(pts) != 3 {
+		t.Errorf("%d points kept with --max-points 3", len(pts))
+	}
+	restoreAndCompare(t, tgt, "vm1", "latest", readAll(t, filepath.Join(d.src, "vm1"), "disk.img"))
+}
+
 // TestReplicateExt4: ext4 made and filled through a loop device on a
 // replicated disk; the restored latest point passes e2fsck and holds the files.
 func TestReplicateExt4(t *testing.T) {
