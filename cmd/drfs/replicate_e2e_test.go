@@ -347,3 +347,55 @@ func TestRestoreBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestKillNineRepairs: the mount is killed while it replicates and a
+// writer runs; at the next mount the disk is flagged (tracking may have
+// been lost), replication repairs it by itself, and the latest point equals
+// the source.
+func TestKillNineRepairs(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	tgt := "dir://" + filepath.Join(filepath.Dir(d.src), "target")
+	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
+	waitCut(t, d.state, "vm1", time.Now())
+	f, err := os.OpenFile(filepath.Join(d.mnt, "vm1", "disk.img"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	go func() {
+		defer close(stop)
+		rng := rand.New(rand.NewPCG(10, 11))
+		buf := make([]byte, 64<<10)
+		for {
+			for i := range buf {
+				buf[i] = byte(rng.Uint32())
+			}
+			if _, err := f.WriteAt(buf, rng.Int64N(64<<20-int64(len(buf)))); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	m.kill(t)
+	<-stop
+	f.Close()
+	// Behind the dead mount's back, as a VM host might after a crash.
+	g, _ := os.OpenFile(filepath.Join(d.src, "vm1", "disk.img"), os.O_RDWR, 0)
+	g.WriteAt([]byte("written while drfs was down"), 4<<20)
+	g.Close()
+
+	m = startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
+	if ds := diskStatus(t, logStatus(t, d.state), "vm1", "disk.img"); !ds.Resync && !strings.Contains(m.stderr.String(), "resync") {
+		t.Logf("disk not flagged at the remount (it may already be repaired): %+v", ds)
+	}
+	waitCut(t, d.state, "vm1", time.Now())
+	m.stop(t)
+	if !strings.Contains(m.stderr.String(), "copying") {
+		t.Errorf("the flagged disk was not repaired:\n%s", m.stderr)
+	}
+	restoreAndCompare(t, tgt, "vm1", "latest", readAll(t, filepath.Join(d.src, "vm1"), "disk.img"))
+	if ds := diskStatus(t, logStatus(t, d.state), "vm1", "disk.img"); ds.Resync {
+		t.Errorf("disk still flagged after the repair: %s", ds.Reason)
+	}
+}
