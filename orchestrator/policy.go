@@ -1,0 +1,161 @@
+package orchestrator
+
+import (
+	"fmt"
+	"math/bits"
+	"time"
+)
+
+// Policy is how one VM is replicated. The agent's configuration gives every
+// VM the defaults, overridden per VM.
+type Policy struct {
+	// Interval: how often the VM is rotated and shipped.
+	Interval time.Duration
+	// Retention: how long recovery points are kept (the newest always is),
+	// and MaxPoints, if not 0, how many at most.
+	Retention time.Duration
+	MaxPoints int
+	// RPOWarning: the age of the newest recovery point beyond which health
+	// turns Warning; 0 means twice Interval.
+	RPOWarning time.Duration
+	// ResyncWindow: when a resynchronization may run unless asked for now.
+	ResyncWindow Window
+	// ResyncThreshold: a disk whose change log reaches this percentage of
+	// its size is resynchronized instead (the log would cost more than the
+	// comparison); 0 means DefaultResyncThreshold.
+	ResyncThreshold int
+}
+
+// Defaults and limits of a Policy.
+const (
+	DefaultInterval        = 5 * time.Minute
+	DefaultRetention       = 24 * time.Hour
+	DefaultResyncThreshold = 50 // percent
+
+	MinInterval  = 30 * time.Second
+	MaxInterval  = 24 * time.Hour
+	MaxRetention = 30 * 24 * time.Hour // retention runs from Interval to this
+	MaxRPO       = 7 * 24 * time.Hour  // RPOWarning runs from Interval to this
+	MaxMaxPoints = 100000
+)
+
+// DefaultPolicy returns the policy of a VM nothing overrides: every 5
+// minutes, points kept a day, the default resync window and threshold.
+func DefaultPolicy() Policy {
+	return Policy{Interval: DefaultInterval, Retention: DefaultRetention, ResyncWindow: DefaultWindow(),
+		ResyncThreshold: DefaultResyncThreshold}
+}
+
+// RPOLimit returns the age of the newest recovery point beyond which
+// health turns Warning.
+func (p Policy) RPOLimit() time.Duration {
+	if p.RPOWarning > 0 {
+		return p.RPOWarning
+	}
+	return 2 * p.Interval
+}
+
+// Threshold returns ResyncThreshold, or its default.
+func (p Policy) Threshold() int {
+	if p.ResyncThreshold > 0 {
+		return p.ResyncThreshold
+	}
+	return DefaultResyncThreshold
+}
+
+// LogOverThreshold reports whether a change log of logBytes for a disk of
+// diskSize bytes has reached the resync threshold. An empty disk never
+// has.
+func (p Policy) LogOverThreshold(logBytes, diskSize int64) bool {
+	if diskSize <= 0 || logBytes <= 0 {
+		return false
+	}
+	// logBytes*100 >= diskSize*threshold, without overflow.
+	lh, ll := bits.Mul64(uint64(logBytes), 100)
+	dh, dl := bits.Mul64(uint64(diskSize), uint64(p.Threshold()))
+	return lh > dh || lh == dh && ll >= dl
+}
+
+// Validate checks every value against its range and against Interval.
+func (p Policy) Validate() error {
+	for _, err := range p.check() {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// check returns the error of each setting, nil where it is fine, in the
+// order interval, retention, max-points, rpo-warning, resync-threshold:
+// the configuration reports each one at its own line.
+func (p Policy) check() [5]error {
+	var errs [5]error
+	if p.Interval < MinInterval || p.Interval > MaxInterval {
+		errs[0] = fmt.Errorf("interval %s is out of range (%s..%s)", fmtDuration(p.Interval), fmtDuration(MinInterval), fmtDuration(MaxInterval))
+	}
+	if p.Retention < p.Interval || p.Retention > MaxRetention {
+		errs[1] = fmt.Errorf("retention %s is out of range (interval %s..%s)", fmtDuration(p.Retention), fmtDuration(p.Interval), fmtDuration(MaxRetention))
+	}
+	if p.MaxPoints < 0 || p.MaxPoints > MaxMaxPoints {
+		errs[2] = fmt.Errorf("max-points %d is out of range (0..%d, 0 for no limit)", p.MaxPoints, MaxMaxPoints)
+	}
+	if p.RPOWarning != 0 && (p.RPOWarning < p.Interval || p.RPOWarning > MaxRPO) {
+		errs[3] = fmt.Errorf("rpo-warning %s is out of range (interval %s..%s)", fmtDuration(p.RPOWarning), fmtDuration(p.Interval), fmtDuration(MaxRPO))
+	}
+	if p.ResyncThreshold < 0 || p.ResyncThreshold > 100 {
+		errs[4] = fmt.Errorf("resync-threshold %d%% is out of range (1%%..100%%)", p.ResyncThreshold)
+	}
+	return errs
+}
+
+// The back-off of recoverable failures: the waits before the first retries,
+// then retryEvery.
+var retryDelays = [...]time.Duration{1 * time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 10 * time.Minute}
+
+const retryEvery = 30 * time.Minute
+
+// RetryDelay returns how long after its failures-th failure in a row
+// (from 1) a VM is tried again: 1, 2, 4, 8 and 10 minutes, then every 30
+// minutes. Until a round succeeds these retries replace the rounds of the
+// VM's interval.
+func RetryDelay(failures int) time.Duration {
+	if failures < 1 {
+		return 0
+	}
+	if failures <= len(retryDelays) {
+		return retryDelays[failures-1]
+	}
+	return retryEvery
+}
+
+// fmtDuration writes d without zero units, and whole days from two on
+// as days: 5m, 1h30m, 90s → 1m30s, 24h, 36h, 7d.
+func fmtDuration(d time.Duration) string {
+	if d < time.Second || d%time.Second != 0 {
+		return d.String()
+	}
+	neg := d < 0
+	if neg {
+		d = -d
+	}
+	s := ""
+	if day := 24 * time.Hour; d >= 2*day && d%day == 0 {
+		s, d = fmt.Sprintf("%dd", d/day), 0
+	}
+	if h := d / time.Hour; h > 0 {
+		s += fmt.Sprintf("%dh", h)
+		d -= h * time.Hour
+	}
+	if m := d / time.Minute; m > 0 {
+		s += fmt.Sprintf("%dm", m)
+		d -= m * time.Minute
+	}
+	if d > 0 {
+		s += fmt.Sprintf("%ds", d/time.Second)
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s
+}
