@@ -129,6 +129,50 @@ type DiskReader interface {
 // Extent is a byte range [Off, Off+Len).
 type Extent struct{ Off, Len int64 }
 
+// Checksummer is a capability of a Store: it computes checksums of chunks
+// of a point's disk where the replica lives, so that resynchronization
+// compares a source disk with its replica by moving checksums rather than
+// the replica's bytes. Callers detect it with a type assertion; package
+// resync falls back to reading through Open for a store without it (or
+// whose Checksums returns an error wrapping errors.ErrUnsupported).
+//
+// Checksums returns the sums of the chunks of disk of vm at point gen that
+// make up ranges, in order: for each range, its chunks from Off up to
+// Off+Len. chunk is a power of two from MinChunk to MaxChunk; every range
+// starts at a multiple of chunk, has a length that is a non-zero multiple
+// of chunk, and comes after the previous one without overlap; the ranges
+// hold at most MaxSums chunks in all. A request that breaks these rules is
+// a permanent error. Ranges may reach past the disk's size: the disk reads
+// as zeros there.
+//
+// The sum of a chunk is defined on its chunk bytes, those past the disk's
+// end counted as zeros: ZeroSum (the zero Sum) if every byte is zero,
+// otherwise the 128-bit XXH3 hash of the bytes (XXH3_128bits, seed 0), high
+// half first, each half big-endian. A chunk that holds only holes needs no
+// read: an implementation should find holes (Extents, SEEK_DATA) and read
+// only allocated bytes. Package resync has the reference implementation
+// (resync.ChunkSums).
+//
+// Checksums is safe for concurrent use and changes nothing; it is
+// idempotent. Errors are as for Open (ErrNotFound for an unknown VM, point
+// or disk; ErrBadName), and retryable ones for the transport or the disk.
+type Checksummer interface {
+	Checksums(ctx context.Context, vm string, gen uint64, disk string, chunk int64, ranges []Extent) ([]Sum, error)
+}
+
+// Sum is the checksum of one chunk; see Checksummer.
+type Sum [16]byte
+
+// ZeroSum is the sum of a chunk that reads as zeros.
+var ZeroSum Sum
+
+// Limits of a Checksums request.
+const (
+	MinChunk = 512
+	MaxChunk = 64 << 20
+	MaxSums  = 1 << 16
+)
+
 // Error kinds. Stores wrap them with context; callers test with errors.Is.
 var (
 	ErrNotFound    = errors.New("not found")

@@ -58,6 +58,8 @@ type Store struct {
 	// there); faultHook may fail a write of the named kind.
 	stepHook  func(step string)
 	faultHook func(op string) error
+
+	sumRead atomic.Int64 // bytes of replicas and undo data read by Checksums, for tests
 }
 
 var _ target.Store = (*Store)(nil)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -56,8 +58,9 @@ type Client struct {
 }
 
 var (
-	_ target.Store      = (*Client)(nil)
-	_ target.DiskReader = (*diskReader)(nil)
+	_ target.Store       = (*Client)(nil)
+	_ target.Checksummer = (*Client)(nil)
+	_ target.DiskReader  = (*diskReader)(nil)
 )
 
 // Dial returns a Client for the server at rawURL ("https://host:port",
@@ -591,4 +594,55 @@ func (r *diskReader) closeID(id string) error {
 	ctx, cancel := r.ctx()
 	defer cancel()
 	return r.c.call(ctx, request{op: "close", method: http.MethodDelete, path: pathReaders + "/" + id}, nil)
+}
+
+// Checksums asks the server for the sums of chunks of disk of vm at point
+// gen: the server computes them where the replica lives and only the sums
+// cross the network (1 byte for a chunk of zeros, 17 for another). A
+// server that does not know the call (an older version) gives an error
+// wrapping errors.ErrUnsupported.
+func (c *Client) Checksums(ctx context.Context, vm string, gen uint64, disk string, chunk int64, ranges []target.Extent) ([]target.Sum, error) {
+	if err := resync.CheckRequest(chunk, ranges); err != nil {
+		return nil, err
+	}
+	body := make([]byte, 0, rangeBytes*len(ranges))
+	var n int
+	for _, rg := range ranges {
+		body = binary.BigEndian.AppendUint64(body, uint64(rg.Off))
+		body = binary.BigEndian.AppendUint64(body, uint64(rg.Len))
+		n += int(rg.Len / chunk)
+	}
+	q := nameQuery(vm, gen, disk)
+	q.Set("chunk", strconv.FormatInt(chunk, 10))
+	resp, err := c.do(ctx, request{op: "sums", method: http.MethodPost, path: pathSums, query: q, body: bytes.NewReader(body)})
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.wireKind == "" && e.Kind == nil && (e.Status == http.StatusNotFound || e.Status == http.StatusMethodNotAllowed) {
+			return nil, fmt.Errorf("%w (%w)", err, errors.ErrUnsupported)
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	limit := int64(n) * (1 + int64(len(target.Sum{})))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("remote: sums: reading the answer: %w", err)
+	}
+	sums := make([]target.Sum, 0, n)
+	for len(b) > 0 && len(sums) < n {
+		switch {
+		case b[0] == sumZero:
+			sums = append(sums, target.ZeroSum)
+			b = b[1:]
+		case b[0] == sumData && len(b) >= 1+len(target.Sum{}):
+			sums = append(sums, target.Sum(b[1:1+len(target.Sum{})]))
+			b = b[1+len(target.Sum{}):]
+		default:
+			return nil, fmt.Errorf("remote: sums: malformed answer at sum %d", len(sums))
+		}
+	}
+	if len(sums) != n || len(b) != 0 {
+		return nil, fmt.Errorf("remote: sums: %d sums and %d bytes more in the answer, want %d sums", len(sums), len(b), n)
+	}
+	return sums, nil
 }

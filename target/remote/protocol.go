@@ -48,6 +48,7 @@ const (
 	pathPoints  = "/v1/points"
 	pathExpire  = "/v1/expire"
 	pathReaders = "/v1/readers"
+	pathSums    = "/v1/sums"
 )
 
 // maxRead is the longest range one read request returns; the client splits
@@ -56,6 +57,18 @@ const maxRead = 4 << 20
 
 // maxJSON bounds the JSON request bodies the server accepts.
 const maxJSON = 1 << 20
+
+// Checksums on the wire: a request body is its ranges, 16 bytes each (offset
+// and length, big-endian uint64); an answer is one byte per sum, sumZero
+// for target.ZeroSum, or sumData followed by the sum's 16 bytes.
+const (
+	rangeBytes = 16
+	sumZero    = 0
+	sumData    = 1
+)
+
+// maxSumsBody bounds a checksum request body: target.MaxSums ranges.
+const maxSumsBody = rangeBytes * target.MaxSums
 
 // commitRequest is the body of POST /v1/commit.
 type commitRequest struct {

@@ -5,12 +5,14 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -18,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -304,6 +307,7 @@ func (s *Server) routes() http.Handler {
 		"GET " + pathReaders + "/{id}":         s.readAt,
 		"GET " + pathReaders + "/{id}/extents": s.extents,
 		"DELETE " + pathReaders + "/{id}":      s.closeReader,
+		"POST " + pathSums:                     s.sums,
 	} {
 		mux.Handle(pattern, s.handle(fn))
 	}
@@ -640,6 +644,83 @@ func (s *Server) extents(c *call) error {
 	}
 	writeJSON(c.w, http.StatusOK, resp)
 	return nil
+}
+
+// sums answers a checksum request: the store computes the sums where the
+// replica lives (target.Checksummer), or the server does from a DiskReader
+// of the point; either way only the sums go back.
+func (s *Server) sums(c *call) error {
+	q := c.r.URL.Query()
+	g, err := gen(c)
+	if err != nil {
+		return err
+	}
+	chunk, err := strconv.ParseInt(q.Get("chunk"), 10, 64)
+	if err != nil {
+		return badRequest("chunk size %q is not a number", q.Get("chunk"))
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.w, c.r.Body, maxSumsBody))
+	if err != nil {
+		return badRequest("request body: %v", err)
+	}
+	if len(body)%rangeBytes != 0 {
+		return badRequest("request body of %d bytes is not whole ranges of %d", len(body), rangeBytes)
+	}
+	ranges := make([]target.Extent, len(body)/rangeBytes)
+	for i := range ranges {
+		off := binary.BigEndian.Uint64(body[i*rangeBytes:])
+		n := binary.BigEndian.Uint64(body[i*rangeBytes+8:])
+		if off > math.MaxInt64 || n > math.MaxInt64 {
+			return badRequest("range %d: offset %d, length %d", i, off, n)
+		}
+		ranges[i] = target.Extent{Off: int64(off), Len: int64(n)}
+	}
+	vm, disk := q.Get("vm"), q.Get("disk")
+	var sums []target.Sum
+	if cs, ok := c.st.(target.Checksummer); ok {
+		sums, err = cs.Checksums(c.r.Context(), vm, g, disk, chunk, ranges)
+	} else {
+		sums, err = readerSums(c.r.Context(), c.st, vm, g, disk, chunk, ranges)
+	}
+	if err != nil {
+		return err
+	}
+	out := make([]byte, 0, len(sums)*(1+len(target.Sum{})))
+	for _, sum := range sums {
+		if sum == target.ZeroSum {
+			out = append(out, sumZero)
+		} else {
+			out = append(out, sumData)
+			out = append(out, sum[:]...)
+		}
+	}
+	c.w.Header().Set("Content-Type", "application/octet-stream")
+	c.w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	c.w.WriteHeader(http.StatusOK)
+	c.w.Write(out)
+	return nil
+}
+
+// readerSums computes sums for a store without target.Checksummer, from a
+// DiskReader of the point.
+func readerSums(ctx context.Context, st target.Store, vm string, gen uint64, disk string, chunk int64, ranges []target.Extent) ([]target.Sum, error) {
+	if err := resync.CheckRequest(chunk, ranges); err != nil {
+		return nil, err
+	}
+	r, err := st.Open(ctx, vm, gen, disk)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	exts, err := r.Extents()
+	if err != nil {
+		return nil, err
+	}
+	if exts == nil {
+		exts = []target.Extent{}
+	}
+	sums, _, err := resync.ChunkSums(ctx, r, r.Size(), exts, chunk, ranges)
+	return sums, err
 }
 
 func (s *Server) closeReader(c *call) error {

@@ -58,6 +58,7 @@ func Run(t *testing.T, newStore func(t *testing.T) target.Store) {
 		{"Expire", testExpire},
 		{"ReaderStable", testReaderStable},
 		{"ConcurrentVMs", testConcurrent},
+		{"Checksums", testChecksums},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := fnv.New64a()
