@@ -27,12 +27,17 @@ type LoopOptions struct {
 	// OnShip, if set, is called after each VM's ship with its state.
 	OnShip func(VMState)
 	// Copies, if set, is asked at each round which disks of vm must be
-	// sent whole from their files (name → path) rather than from the log:
-	// disks the target does not hold yet, or whose tracking was lost. The
-	// round then drains the log, rotates, and ships the copies on that
-	// generation as a point of kind (see Shipper.ShipCopy); done is told
-	// how it went.
-	Copies func(vm string) (files map[string]string, kind target.PointKind, done func(error))
+	// sent from their files rather than from the log: disks the target
+	// does not hold yet, or whose tracking was lost. The round then drains
+	// the log, calls Prepare (if set) to find the ranges of the partial
+	// disks against the target's newest point, rotates, and ships the
+	// copies on that generation as a point of kind (see
+	// Shipper.ShipCopyDisks); done is told how it went.
+	Copies func(vm string) (disks map[string]CopyDisk, kind target.PointKind, done func(error))
+	// Prepare fills in Ranges and Against of the partial disks, after the
+	// drain and before the rotation. Writes during it are logged in the
+	// generation the copy rides on, whose changed blocks the copy sends.
+	Prepare func(ctx context.Context, vm string, disks map[string]CopyDisk) (map[string]CopyDisk, error)
 }
 
 // VMState is what a Loop knows of one VM.
@@ -144,7 +149,7 @@ func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
 	var (
 		err   error
 		st    Stats
-		files map[string]string
+		files map[string]CopyDisk
 		kind  target.PointKind
 		done  func(error)
 	)
@@ -207,18 +212,23 @@ func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
 	}
 }
 
-// shipCopy drains what is frozen, rotates, and ships files whole on the
-// new generation.
-func (l *Loop) shipCopy(ctx context.Context, vm string, files map[string]string, kind target.PointKind) (Stats, error) {
+// shipCopy drains what is frozen, prepares the partial copies, rotates,
+// and ships the copies on the new generation.
+func (l *Loop) shipCopy(ctx context.Context, vm string, disks map[string]CopyDisk, kind target.PointKind) (Stats, error) {
 	st, err := l.sh.Ship(ctx, vm)
 	if err != nil {
 		return st, err
+	}
+	if l.opts.Prepare != nil {
+		if disks, err = l.opts.Prepare(ctx, vm, disks); err != nil {
+			return st, err
+		}
 	}
 	gen, err := l.rot.Rotate(vm)
 	if err != nil {
 		return st, fmt.Errorf("shipper: rotating %s: %w", vm, err)
 	}
-	cst, err := l.sh.ShipCopy(ctx, vm, gen, files, kind)
+	cst, err := l.sh.ShipCopyDisks(ctx, vm, gen, disks, kind)
 	st.Add(cst)
 	return st, err
 }

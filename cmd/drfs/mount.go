@@ -47,7 +47,7 @@ func (c *mountCmd) Run() error {
 	}
 	var repl *replication
 	if store != nil {
-		if repl, err = startReplication(context.Background(), &c.replicationFlags, c.Source, log, store, c.BlockSize); err != nil {
+		if repl, err = startReplication(context.Background(), &c.replicationFlags, c.Source, c.State, log, store, c.BlockSize); err != nil {
 			log.Close()
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/shipper"
 	"github.com/drfs-project/drfs/target"
 	"github.com/drfs-project/drfs/tracker"
@@ -56,6 +58,7 @@ func (f *replicationFlags) validate() error {
 type replication struct {
 	flags  *replicationFlags
 	source string
+	state  string
 	log    *tracker.Log
 	store  targets.Store
 	loop   *shipper.Loop
@@ -92,8 +95,8 @@ func openTarget(f *replicationFlags) (targets.Store, error) {
 
 // startReplication registers every disk of the source with the log and
 // starts shipping.
-func startReplication(ctx context.Context, f *replicationFlags, source string, log *tracker.Log, store targets.Store, blockSize int) (*replication, error) {
-	r := &replication{flags: f, source: source, log: log, store: store}
+func startReplication(ctx context.Context, f *replicationFlags, source, state string, log *tracker.Log, store targets.Store, blockSize int) (*replication, error) {
+	r := &replication{flags: f, source: source, state: state, log: log, store: store}
 	r.mu.unverified = map[string]bool{}
 	known := map[string]bool{}
 	for _, vm := range log.Status() {
@@ -128,6 +131,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source string, l
 	r.loop = shipper.NewLoop(sh, log, shipper.LoopOptions{
 		Interval: f.Interval,
 		Copies:   r.copies,
+		Prepare:  r.prepare,
 		OnShip:   r.shipped,
 	})
 	return r, nil
@@ -165,7 +169,7 @@ func (r *replication) final(timeout time.Duration) {
 // copies says which disks of vm must be sent whole: all of them when the
 // target does not hold the VM, those it lacks, those flagged for
 // resynchronization, and those the log did not know before this mount.
-func (r *replication) copies(vm string) (map[string]string, target.PointKind, func(error)) {
+func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error)) {
 	none := func(error) {}
 	disks := map[string]string{}
 	walkVM(r.source, vm, func(_, disk, path string, _ int64) error {
@@ -180,7 +184,11 @@ func (r *replication) copies(vm string) (map[string]string, target.PointKind, fu
 	points, err := r.store.Points(ctx, vm)
 	if errors.Is(err, target.ErrNotFound) || err == nil && len(points) == 0 {
 		fmt.Fprintf(os.Stderr, "drfs: %s: initial replication of %d disk(s) to %s\n", vm, len(disks), r.flags.Target)
-		return disks, target.KindInitial, r.afterCopy(vm, disks, nil)
+		whole := map[string]shipper.CopyDisk{}
+		for name, path := range disks {
+			whole[name] = shipper.CopyDisk{Path: path}
+		}
+		return whole, target.KindInitial, r.afterCopy(vm, whole, nil)
 	}
 	if err != nil {
 		return nil, "", none // the ship that follows reports the target's error
@@ -189,7 +197,9 @@ func (r *replication) copies(vm string) (map[string]string, target.PointKind, fu
 	for _, d := range points[len(points)-1].Disks {
 		onTarget[d.Name] = true
 	}
-	files := map[string]string{}
+	// A disk the target holds is resynchronized by chunks: only what
+	// differs from its replica travels. One it lacks is sent whole.
+	files := map[string]shipper.CopyDisk{}
 	reasons := map[string]string{}
 	kind := target.KindInitial
 	for _, st := range r.log.Status() {
@@ -197,8 +207,9 @@ func (r *replication) copies(vm string) (map[string]string, target.PointKind, fu
 			continue
 		}
 		for _, d := range st.Disks {
-			if d.Resync && disks[d.Name] != "" {
-				files[d.Name], reasons[d.Name], kind = disks[d.Name], d.Reason, target.KindResync
+			if d.Resync && disks[d.Name] != "" && onTarget[d.Name] {
+				files[d.Name] = shipper.CopyDisk{Path: disks[d.Name], Partial: true}
+				reasons[d.Name], kind = d.Reason, target.KindResync
 			}
 		}
 	}
@@ -206,9 +217,9 @@ func (r *replication) copies(vm string) (map[string]string, target.PointKind, fu
 	for disk, path := range disks {
 		switch {
 		case !onTarget[disk]:
-			files[disk] = path
+			files[disk] = shipper.CopyDisk{Path: path}
 		case r.mu.unverified[vm+"\x00"+disk]:
-			files[disk], kind = path, target.KindResync
+			files[disk], kind = shipper.CopyDisk{Path: path, Partial: true}, target.KindResync
 		}
 	}
 	r.mu.Unlock()
@@ -220,7 +231,7 @@ func (r *replication) copies(vm string) (map[string]string, target.PointKind, fu
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	fmt.Fprintf(os.Stderr, "drfs: %s: copying %v whole to %s (%s)\n", vm, names, r.flags.Target, kind)
+	fmt.Fprintf(os.Stderr, "drfs: %s: %s of %v to %s\n", vm, kind, names, r.flags.Target)
 	// Clear the flags before the copy: a tracking loss during it must
 	// flag the disk again, not be wiped by this copy's success.
 	for disk := range reasons {
@@ -231,7 +242,7 @@ func (r *replication) copies(vm string) (map[string]string, target.PointKind, fu
 
 // afterCopy returns the callback of a copy of files of vm: on success the
 // disks are verified; on failure their resync flags are set again.
-func (r *replication) afterCopy(vm string, files map[string]string, reasons map[string]string) func(error) {
+func (r *replication) afterCopy(vm string, files map[string]shipper.CopyDisk, reasons map[string]string) func(error) {
 	return func(err error) {
 		if err != nil {
 			for disk, why := range reasons {
@@ -242,8 +253,97 @@ func (r *replication) afterCopy(vm string, files map[string]string, reasons map[
 		r.mu.Lock()
 		for disk := range files {
 			delete(r.mu.unverified, vm+"\x00"+disk)
+			os.Remove(r.cursorPath(vm, disk))
 		}
 		r.mu.Unlock()
+	}
+}
+
+// cursorPath is where the resync cursor of a disk is kept, so that a
+// resync cut by an outage or a restart goes on from where it stopped.
+func (r *replication) cursorPath(vm, disk string) string {
+	return filepath.Join(r.state, "resync", url.PathEscape(vm), url.PathEscape(disk)+".cursor")
+}
+
+// prepare compares each partial disk with the target's newest point and
+// keeps only the ranges that differ.
+func (r *replication) prepare(ctx context.Context, vm string, disks map[string]shipper.CopyDisk) (map[string]shipper.CopyDisk, error) {
+	var newest uint64
+	for _, d := range disks {
+		if !d.Partial {
+			continue
+		}
+		if newest == 0 {
+			points, err := r.store.Points(ctx, vm)
+			if err != nil {
+				return nil, fmt.Errorf("resync of %s: %w", vm, err)
+			}
+			newest = points[len(points)-1].Generation
+		}
+	}
+	out := map[string]shipper.CopyDisk{}
+	for name, d := range disks {
+		if d.Partial {
+			res, err := r.diff(ctx, vm, name, d.Path, newest)
+			if err != nil {
+				return nil, err
+			}
+			d.Ranges, d.Against = res.Ranges, newest
+		}
+		out[name] = d
+	}
+	return out, nil
+}
+
+// diff runs resync.Diff of one disk against point gen, resuming from and
+// saving its cursor, and reports what it found.
+func (r *replication) diff(ctx context.Context, vm, disk, path string, gen uint64) (resync.Result, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return resync.Result{}, fmt.Errorf("resync of %s/%s: %w", vm, disk, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return resync.Result{}, err
+	}
+	cpath := r.cursorPath(vm, disk)
+	opts := resync.Options{}
+	if b, err := os.ReadFile(cpath); err == nil {
+		var c resync.Cursor
+		if c.Unmarshal(b) == nil {
+			opts.Resume = &c
+		}
+	}
+	var saved time.Time
+	opts.Progress = func(p resync.Progress) {
+		if time.Since(saved) < 2*time.Second && p.Offset < p.Size {
+			return
+		}
+		saved = time.Now()
+		writeFileAtomic(cpath, p.Cursor.Marshal())
+		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync compared %s of %s, %s differ, ETA %v\n", vm, disk,
+			bytesString(p.Offset), bytesString(p.Size), bytesString(p.SendBytes), p.ETA.Round(time.Second))
+	}
+	res, err := resync.Diff(ctx, f, st.Size(), r.store, vm, gen, disk, opts)
+	if err != nil {
+		writeFileAtomic(cpath, res.Cursor.Marshal())
+		return res, fmt.Errorf("resync of %s/%s (resumes from %s next time): %w", vm, disk, bytesString(res.Cursor.Offset), err)
+	}
+	fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync against point %d: %d chunks compared, %d differ: sending %s (checksums %s up, %s down) in %v\n",
+		vm, disk, gen, res.Compared(), res.Differing(), bytesString(res.SendBytes()),
+		bytesString(res.SumBytesUp), bytesString(res.SumBytesDown), res.Duration.Round(time.Millisecond))
+	return res, nil
+}
+
+// writeFileAtomic replaces the file at path with data (temp file, rename).
+func writeFileAtomic(path string, data []byte) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err == nil {
+		os.Rename(tmp, path)
 	}
 }
 

@@ -391,8 +391,13 @@ func TestKillNineRepairs(t *testing.T) {
 	}
 	waitCut(t, d.state, "vm1", time.Now())
 	m.stop(t)
-	if !strings.Contains(m.stderr.String(), "copying") {
+	if !strings.Contains(m.stderr.String(), "resync against point") {
 		t.Errorf("the flagged disk was not repaired:\n%s", m.stderr)
+	}
+	for _, line := range strings.Split(m.stderr.String(), "\n") {
+		if strings.Contains(line, "resync") {
+			t.Log(line)
+		}
 	}
 	restoreAndCompare(t, tgt, "vm1", "latest", readAll(t, filepath.Join(d.src, "vm1"), "disk.img"))
 	if ds := diskStatus(t, logStatus(t, d.state), "vm1", "disk.img"); ds.Resync {
