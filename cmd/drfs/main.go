@@ -17,6 +17,8 @@ type cli struct {
 	Rotate  rotateCmd  `cmd:"" help:"Freeze the active generation of a VM on a running mount."`
 	Points  pointsCmd  `cmd:"" help:"List the recovery points of VMs on a target."`
 	Restore restoreCmd `cmd:"" help:"Write a VM's disks as they were at a recovery point into a directory."`
+	Verify  verifyCmd  `cmd:"" help:"Compare a VM's disks with a recovery point chunk by chunk, changing nothing."`
+	Resync  resyncCmd  `cmd:"" help:"Resynchronize a VM's disks with the target now (on a running mount)."`
 	Target  targetCmd  `cmd:"" help:"Serve replicas to source hosts: the recovery site's end of replication."`
 	Bench   benchCmd   `cmd:"" help:"Run benchmarks."`
 	Version versionCmd `cmd:"" help:"Print the version."`

@@ -404,3 +404,57 @@ func TestKillNineRepairs(t *testing.T) {
 		t.Errorf("disk still flagged after the repair: %s", ds.Reason)
 	}
 }
+
+// TestVerifyResync: drfs verify finds exactly the blocks corrupted in a
+// replica, drfs resync repairs them on a running mount, and verify then
+// reports the VM in sync.
+func TestVerifyResync(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	tgtDir := filepath.Join(filepath.Dir(d.src), "target")
+	tgt := "dir://" + tgtDir
+	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
+	writeRandom(t, rand.New(rand.NewPCG(12, 13)), filepath.Join(d.mnt, "vm1", "disk.img"), 64<<20, 30)
+	m.stop(t)
+	if out, err := drfsRun(t, "verify", "--target", tgt, "--source", d.src, "vm1"); err != nil || !strings.Contains(out, "in sync") {
+		t.Fatalf("verify of a fresh replica: %v\n%s", err, out)
+	}
+	// Corrupt K blocks of the replica behind the store's back.
+	replica := filepath.Join(tgtDir, "vm1", "replica", "disk.img")
+	f, err := os.OpenFile(replica, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := map[int64]bool{}
+	rng := rand.New(rand.NewPCG(14, 15))
+	for len(blocks) < 5 {
+		b := rng.Int64N(64 << 20 / 4096)
+		if blocks[b-1] || blocks[b+1] {
+			continue // keep the ranges apart, one per block
+		}
+		blocks[b] = true
+		f.WriteAt([]byte("corrupt"), b*4096+100)
+	}
+	f.Close()
+	out, err := drfsRun(t, "verify", "--target", tgt, "--source", d.src, "vm1")
+	if err == nil || !strings.Contains(out, "5 range(s)") {
+		t.Fatalf("verify after corrupting 5 blocks: %v\n%s", err, out)
+	}
+	for b := range blocks {
+		if !strings.Contains(out, fmt.Sprintf("offset %d, 4096 bytes", b*4096)) {
+			t.Errorf("verify did not report block %d:\n%s", b, out)
+		}
+	}
+	m = startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
+	if out, err := drfsRun(t, "resync", d.state, "vm1"); err != nil {
+		t.Fatalf("drfs resync: %v\n%s", err, out)
+	}
+	waitCut(t, d.state, "vm1", time.Now())
+	m.stop(t)
+	if !strings.Contains(m.stderr.String(), "5 differ: sending 20.0 KiB") {
+		t.Errorf("the resync did not send exactly the 5 corrupted blocks:\n%s", m.stderr)
+	}
+	if out, err := drfsRun(t, "verify", "--target", tgt, "--source", d.src, "vm1"); err != nil || !strings.Contains(out, "in sync") {
+		t.Fatalf("verify after the resync: %v\n%s", err, out)
+	}
+}

@@ -29,6 +29,7 @@ var ErrNotRunning = errors.New("no running drfs mount serves this state director
 type Log interface {
 	Status() []tracker.VMStatus
 	Rotate(vm string) (uint64, error)
+	MarkResync(vm, disk, reason string)
 }
 
 // Replication is the state of the replication of one VM, as a running
@@ -78,6 +79,25 @@ func Serve(path string, log Log, replication func() []Replication) (*Server, err
 			out = replication()
 		}
 		writeJSON(w, out)
+	})
+	mux.HandleFunc("POST /v1/resync", func(w http.ResponseWriter, r *http.Request) {
+		vm := r.URL.Query().Get("vm")
+		var disks []string
+		for _, st := range log.Status() {
+			if st.Name == vm {
+				for _, d := range st.Disks {
+					if !d.Removed {
+						log.MarkResync(vm, d.Name, "resynchronization requested by the operator")
+						disks = append(disks, d.Name)
+					}
+				}
+			}
+		}
+		if len(disks) == 0 {
+			http.Error(w, fmt.Sprintf("no VM %q in the change log", vm), http.StatusNotFound)
+			return
+		}
+		writeJSON(w, disks)
 	})
 	mux.HandleFunc("POST /v1/rotate", func(w http.ResponseWriter, r *http.Request) {
 		gen, err := log.Rotate(r.URL.Query().Get("vm"))
@@ -133,6 +153,12 @@ func (c *Client) Status() ([]tracker.VMStatus, error) {
 func (c *Client) Replication() ([]Replication, error) {
 	var st []Replication
 	return st, c.call(http.MethodGet, "/v1/replication", &st)
+}
+
+// Resync flags every disk of vm for resynchronization and returns them.
+func (c *Client) Resync(vm string) ([]string, error) {
+	var disks []string
+	return disks, c.call(http.MethodPost, "/v1/resync?vm="+url.QueryEscape(vm), &disks)
 }
 
 // Rotate freezes the active generation of vm and returns its number.
