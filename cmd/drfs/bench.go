@@ -16,7 +16,8 @@ import (
 
 // benchCmd groups the benchmarks, one subcommand each.
 type benchCmd struct {
-	Mount benchMountCmd `cmd:"" help:"Compare the drfs mount with the backing directory and with a plain FUSE loopback: sequential and random I/O, and peak memory. Needs root and /dev/fuse."`
+	Mount  benchMountCmd  `cmd:"" help:"Compare the drfs mount with the backing directory and with a plain FUSE loopback: sequential and random I/O, and peak memory. Needs root and /dev/fuse."`
+	Resync benchResyncCmd `cmd:"" help:"Resynchronize a changed image by chunk checksums and compare with rsync: time and bytes each way."`
 }
 
 type benchMountCmd struct {
