@@ -1,6 +1,7 @@
 // Package targets opens the target.Store a user names by URL: dir:///path
 // for a directory store (local or a mounted recovery site), https://host:port
-// for a `drfs target serve` over mutual TLS.
+// for a `drfs target serve` over mutual TLS, azblob://account/container[/prefix]
+// for Azure Blob page blobs.
 package targets
 
 import (
@@ -12,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/target/azblob"
 	"github.com/drfs-project/drfs/target/dirstore"
 	"github.com/drfs-project/drfs/target/remote"
 )
@@ -58,10 +60,18 @@ func Open(rawURL string, tlsFiles TLS) (Store, error) {
 			return nil, fmt.Errorf("target %s: %w", rawURL, err)
 		}
 		return c, nil
+	case "azblob":
+		// Credentials come from the environment (azblob.EnvConnectionString,
+		// EnvAccountKey, EnvSASToken); errors never show them.
+		s, err := azblob.New(rawURL, azblob.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", u.Redacted(), err)
+		}
+		return s, nil
 	case "":
 		if strings.HasPrefix(rawURL, "/") {
 			return nil, fmt.Errorf("target %q: write a directory target as dir://%s", rawURL, rawURL)
 		}
 	}
-	return nil, fmt.Errorf("target %q: unknown kind %q: use dir:///path or https://host:port", rawURL, u.Scheme)
+	return nil, fmt.Errorf("target %q: unknown kind %q: use dir:///path, https://host:port or azblob://account/container", rawURL, u.Scheme)
 }

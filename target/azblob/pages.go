@@ -1,0 +1,379 @@
+package azblob
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/md5"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
+
+	"github.com/drfs-project/drfs/internal/frame"
+	"github.com/drfs-project/drfs/target"
+)
+
+// This file is the data path of Commit: a staged stream applied to a disk's
+// page blob.
+
+// applyDisk applies the staged stream d of generation gen to its disk blob.
+// prevSize is the disk's size at the newest point (-1 if it has none). It is
+// idempotent: applying it again writes the same bytes.
+func (s *Store) applyDisk(ctx context.Context, vm string, gen uint64, d stagedDisk, prevSize int64, seq *atomic.Int64) error {
+	sname := s.stagedBlob(vm, gen, d.Name)
+	resp, err := s.cc.NewBlobClient(sname).DownloadStream(ctx, &blob.DownloadStreamOptions{
+		AccessConditions: &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: ptr(azcore.ETag(d.ETag))}},
+	})
+	if st, _ := statusOf(err); st == http.StatusNotFound || st == http.StatusPreconditionFailed {
+		return broken("the staged stream %s is gone or was replaced since the commit began, so the commit cannot be finished; "+
+			"disk blob %s may hold part of generation %d: resynchronize disk %s", sname, s.diskBlob(vm, d.Name), gen, d.Name)
+	}
+	if err != nil {
+		return s.fail("read staged stream", sname, err)
+	}
+	body := resp.NewRetryReader(ctx, &blob.RetryReaderOptions{MaxRetries: 5})
+	defer body.Close()
+	fr, err := frame.NewReader(bufio.NewReaderSize(body, 1<<20), frame.Limits{})
+	if err != nil {
+		return stagedError(s, sname, err)
+	}
+	h := fr.Header()
+	if int64(h.DiskSize) != d.Size {
+		return broken("staged stream %s: disk size %d, its metadata says %d", sname, h.DiskSize, d.Size)
+	}
+	name := s.diskBlob(vm, d.Name)
+	pb := s.cc.NewPageBlobClient(name)
+	if err := s.prepareBlob(ctx, pb, name, d, prevSize); err != nil {
+		return err
+	}
+	w := s.newPageWriter(ctx, pb, name, d.Size, seq)
+	bs := int64(h.BlockSize)
+	for {
+		rec, err := fr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err == nil {
+			off := int64(rec.Block) * bs
+			if rec.Kind == frame.KindData {
+				err = w.data(off, rec.Data)
+			} else {
+				err = w.zero(off, min(off+int64(rec.Count)*bs, d.Size)-off)
+			}
+		} else {
+			err = stagedError(s, sname, err)
+		}
+		if err != nil {
+			w.abort()
+			return err
+		}
+	}
+	return w.close()
+}
+
+// stagedError maps an error reading a staged stream: the stream was
+// verified when it was staged, so a decoding error means it was damaged
+// since (permanent); a transport error is retryable.
+func stagedError(s *Store, name string, err error) error {
+	if errors.Is(err, frame.ErrCorrupt) || errors.Is(err, frame.ErrTruncated) ||
+		errors.Is(err, frame.ErrVersion) || errors.Is(err, frame.ErrLimit) {
+		return fmt.Errorf("azblob: staged stream %s: %w: %w", name, target.ErrCorrupt, err)
+	}
+	return s.fail("read staged stream", name, err)
+}
+
+// prepareBlob makes the disk blob ready for the records of d: created empty
+// (a disk new to the VM) or resized, with its true size in its metadata. A
+// blob there that drfs did not write is left alone: a permanent error.
+func (s *Store) prepareBlob(ctx context.Context, pb *pageblob.Client, name string, d stagedDisk, prevSize int64) error {
+	props, err := pb.GetProperties(ctx, nil)
+	exists := err == nil
+	if err != nil && !isNotFound(err) {
+		return s.fail("read properties", name, err)
+	}
+	if exists {
+		kind, _ := meta(props.Metadata, metaKind)
+		if kind != kindReplica || props.BlobType == nil || *props.BlobType != blob.BlobTypePageBlob {
+			return broken("blob %s exists and is not a drfs replica disk: remove it, or use another container or prefix", name)
+		}
+	}
+	if !exists && !d.Reset {
+		// The stream applies on the newest point's contents, which are gone
+		// (with the blob's snapshots: the service deletes a blob only with
+		// them). Applying it to an empty blob would make a wrong point.
+		return broken("disk blob %s is gone, but the newest point holds the disk: restore it from a point or resynchronize the disk", name)
+	}
+	md := map[string]*string{metaKind: ptr(kindReplica), metaSize: ptr(strconv.FormatInt(d.Size, 10))}
+	want := roundUp(d.Size)
+	if d.Reset {
+		// Over an earlier blob of the disk (removed from the VM and added
+		// again), the snapshots of older points stay as they are.
+		if _, err := pb.Create(ctx, want, &pageblob.CreateOptions{Metadata: md}); err != nil {
+			return s.fail("create page blob", name, err)
+		}
+		return nil
+	}
+	if props.ContentLength == nil || *props.ContentLength != want {
+		if _, err := pb.Resize(ctx, want, nil); err != nil {
+			return s.fail("resize", name, err)
+		}
+	}
+	// Bytes past the true size in its last page read as zeros: a disk that
+	// shrank into a page has that page's tail cleared, so that growing
+	// again shows zeros there.
+	if prevSize > d.Size && d.Size%pageSize != 0 {
+		if err := s.zeroTail(ctx, pb, name, d.Size); err != nil {
+			return err
+		}
+	}
+	if cur, ok := metaInt(props.Metadata, metaSize); !ok || cur != d.Size {
+		if _, err := pb.SetMetadata(ctx, md, nil); err != nil {
+			return s.fail("set metadata", name, err)
+		}
+	}
+	return nil
+}
+
+// zeroTail clears the bytes from size to the end of its page.
+func (s *Store) zeroTail(ctx context.Context, pb *pageblob.Client, name string, size int64) error {
+	off := size &^ (pageSize - 1)
+	page := make([]byte, pageSize)
+	if _, err := pb.DownloadBuffer(ctx, page, &blob.DownloadBufferOptions{Range: blob.HTTPRange{Offset: off, Count: pageSize}}); err != nil {
+		return s.fail("read last page", name, err)
+	}
+	clear(page[size-off:])
+	sum := md5.Sum(page)
+	_, err := pb.UploadPages(ctx, streaming.NopCloser(bytes.NewReader(page)), blob.HTTPRange{Offset: off, Count: pageSize},
+		&pageblob.UploadPagesOptions{TransactionalValidation: blob.TransferValidationTypeMD5(sum[:])})
+	return s.fail("write last page", name, err)
+}
+
+// pageWriter turns the records of a stream into page writes: consecutive
+// data blocks coalesced up to the store's page write size, all-zero blocks
+// and zero extents as Clear Pages, sent by parallel workers. Records come
+// in ascending, disjoint order, so the writes never overlap and may land in
+// any order.
+type pageWriter struct {
+	s     *Store
+	pb    *pageblob.Client
+	name  string
+	size  int64 // the disk's true size
+	limit int64
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	ops    chan pageOp
+	bufs   chan []byte // free buffers; at most parallel+2 exist
+	wg     sync.WaitGroup
+	seq    *atomic.Int64 // the commit's page writes so far
+
+	// The run being built: data (buf from off) or zeros (n bytes from off).
+	zeros bool
+	off   int64
+	buf   []byte
+	n     int64
+
+	mu  sync.Mutex
+	err error
+}
+
+// pageOp is one page write (data) or clear (data nil, n bytes).
+type pageOp struct {
+	off  int64
+	data []byte
+	n    int64
+}
+
+func (s *Store) newPageWriter(ctx context.Context, pb *pageblob.Client, name string, size int64, seq *atomic.Int64) *pageWriter {
+	w := &pageWriter{
+		s: s, pb: pb, name: name, size: size, limit: int64(s.pageWrite), seq: seq,
+		ops: make(chan pageOp), bufs: make(chan []byte, s.parallel+2),
+	}
+	w.ctx, w.cancel = context.WithCancel(ctx)
+	for range cap(w.bufs) {
+		w.bufs <- nil // allocated on first use
+	}
+	for range s.parallel {
+		w.wg.Go(w.work)
+	}
+	return w
+}
+
+// data adds a data block at off (len(b) short only at the disk's end).
+func (w *pageWriter) data(off int64, b []byte) error {
+	if allZero(b) {
+		return w.zero(off, int64(len(b)))
+	}
+	padded := roundUp(int64(len(b)))
+	for pos := int64(0); pos < padded; {
+		at := off + pos
+		if w.zeros || len(w.buf) == 0 || w.off+int64(len(w.buf)) != at || int64(len(w.buf)) == w.limit {
+			if err := w.flush(); err != nil {
+				return err
+			}
+			if err := w.startData(at); err != nil {
+				return err
+			}
+		}
+		n := min(padded-pos, w.limit-int64(len(w.buf)))
+		start := len(w.buf)
+		w.buf = w.buf[:start+int(n)]
+		clear(w.buf[start:])
+		if pos < int64(len(b)) {
+			copy(w.buf[start:], b[pos:min(pos+n, int64(len(b)))])
+		}
+		pos += n
+	}
+	return nil
+}
+
+func (w *pageWriter) startData(off int64) error {
+	select {
+	case b := <-w.bufs:
+		if b == nil {
+			b = make([]byte, 0, w.limit)
+		}
+		w.zeros, w.off, w.buf = false, off, b[:0]
+		return nil
+	case <-w.ctx.Done():
+		return w.failed()
+	}
+}
+
+// zero adds n bytes of zeros at off (off+n is at most the disk's size).
+func (w *pageWriter) zero(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	end := roundUp(off + n)
+	if w.zeros && w.n > 0 && w.off+w.n == off {
+		w.n = end - w.off
+		return nil
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	w.zeros, w.off, w.n = true, off, end-off
+	return nil
+}
+
+// flush hands the run to the workers.
+func (w *pageWriter) flush() error {
+	var op pageOp
+	switch {
+	case w.zeros && w.n > 0:
+		op = pageOp{off: w.off, n: w.n}
+	case !w.zeros && len(w.buf) > 0:
+		op = pageOp{off: w.off, data: w.buf, n: int64(len(w.buf))}
+	default:
+		return w.failed()
+	}
+	w.buf, w.n = nil, 0
+	select {
+	case w.ops <- op:
+		return nil
+	case <-w.ctx.Done():
+		return w.failed()
+	}
+}
+
+func (w *pageWriter) work() {
+	for op := range w.ops {
+		if w.ctx.Err() == nil {
+			w.do(op)
+		}
+		if op.data != nil {
+			w.bufs <- op.data
+		}
+	}
+}
+
+func (w *pageWriter) do(op pageOp) {
+	n := w.seq.Add(1)
+	w.s.pageWrites.Add(1)
+	if w.s.pageHook != nil {
+		if err := w.s.pageHook(n); err != nil {
+			w.setErr(err)
+			return
+		}
+	}
+	rng := blob.HTTPRange{Offset: op.off, Count: op.n}
+	var err error
+	if op.data == nil {
+		_, err = w.pb.ClearPages(w.ctx, rng, nil)
+		err = w.s.fail(fmt.Sprintf("clear pages [%d, +%d) of", op.off, op.n), w.name, err)
+	} else {
+		sum := md5.Sum(op.data)
+		_, err = w.pb.UploadPages(w.ctx, streaming.NopCloser(bytes.NewReader(op.data)), rng,
+			&pageblob.UploadPagesOptions{TransactionalValidation: blob.TransferValidationTypeMD5(sum[:])})
+		err = w.s.fail(fmt.Sprintf("write pages [%d, +%d) of", op.off, op.n), w.name, err)
+	}
+	if err != nil {
+		w.setErr(err)
+	}
+}
+
+func (w *pageWriter) setErr(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.mu.Unlock()
+	w.cancel()
+}
+
+// failed returns the first error of a worker, or the context's.
+func (w *pageWriter) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	return w.ctx.Err()
+}
+
+// close sends the last run, waits for the workers and returns the first
+// error.
+func (w *pageWriter) close() error {
+	err := w.flush()
+	close(w.ops)
+	w.wg.Wait()
+	w.cancel()
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// abort stops the workers after an error of the caller's.
+func (w *pageWriter) abort() {
+	w.cancel()
+	close(w.ops)
+	w.wg.Wait()
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
