@@ -34,4 +34,8 @@ demo: deps build
 deps:
 	./scripts/deps.sh
 
-ci: deps lint race
+# The README's test command: dependencies, lint, and every test with -race,
+# with Azurite running for the Azure Blob target's tests.
+ci: deps lint
+	./scripts/azurite.sh start
+	$(MAKE) race; rc=$$?; ./scripts/azurite.sh stop; exit $$rc
