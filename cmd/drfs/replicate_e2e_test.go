@@ -458,3 +458,36 @@ func TestVerifyResync(t *testing.T) {
 		t.Fatalf("verify after the resync: %v\n%s", err, out)
 	}
 }
+
+// TestReplicateAzblob: the same replicate → points → restore path with an
+// Azure Blob target on Azurite.
+func TestReplicateAzblob(t *testing.T) {
+	needFUSE(t)
+	const account = "devstoreaccount1"
+	// Azurite's well-known development key, not a secret.
+	const key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+	c, err := net.DialTimeout("tcp", "127.0.0.1:10000", time.Second)
+	if err != nil {
+		t.Skip("azurite not running on 127.0.0.1:10000: start it with scripts/azurite.sh start")
+	}
+	c.Close()
+	t.Setenv("AZURE_STORAGE_KEY", key)
+	container := fmt.Sprintf("e2e-%d", time.Now().UnixNano())
+	tgt := "azblob://" + account + "/" + container + "?endpoint=http://127.0.0.1:10000/" + account + "&create=true"
+	d := newDirs(t)
+	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
+	rng := rand.New(rand.NewPCG(16, 17))
+	writeRandom(t, rng, filepath.Join(d.mnt, "vm1", "disk.img"), 64<<20, 10)
+	gen := waitCut(t, d.state, "vm1", time.Now())
+	want := readAll(t, filepath.Join(d.src, "vm1"), "disk.img")
+	writeRandom(t, rng, filepath.Join(d.mnt, "vm1", "disk.img"), 64<<20, 10)
+	m.stop(t)
+	restoreAndCompare(t, tgt, "vm1", fmt.Sprint(gen), want)
+	restoreAndCompare(t, tgt, "vm1", "latest", readAll(t, filepath.Join(d.src, "vm1"), "disk.img"))
+	if out, err := drfsRun(t, "verify", "--target", tgt, "--source", d.src, "vm1"); err != nil || !strings.Contains(out, "in sync") {
+		t.Fatalf("verify against the azblob target: %v\n%s", err, out)
+	}
+	if strings.Contains(m.stderr.String(), key) {
+		t.Errorf("the account key appears in the mount's output")
+	}
+}

@@ -602,6 +602,11 @@ func (s *Store) writeManifest(ctx context.Context, vm string, m *manifest, etag 
 // VMs lists the VMs with at least one recovery point (and those whose
 // manifest cannot be read: their Points says why), sorted.
 func (s *Store) VMs(ctx context.Context) ([]string, error) {
+	// A store told to create its container creates it on first use, so
+	// that a new target lists as empty rather than missing.
+	if err := s.ensureContainer(ctx); err != nil {
+		return nil, err
+	}
 	out := []string{}
 	pager := s.cc.NewListBlobsHierarchyPager("/", &container.ListBlobsHierarchyOptions{Prefix: ptr(s.prefix)})
 	for pager.More() {
