@@ -209,15 +209,19 @@ func commitFile(ctx context.Context, store target.Store, path string, size int64
 	}
 	defer f.Close()
 	pr, pw := io.Pipe()
+	encoded := make(chan struct{})
 	go func() {
+		defer close(encoded)
 		var w io.Writer = pw
 		if len(count) > 0 {
 			w = io.MultiWriter(pw, count[0])
 		}
 		pw.CloseWithError(encodeFile(w, f, size, ranges, gen))
 	}()
-	if err := store.Stage(ctx, "vm", gen, "disk", pr); err != nil {
-		pr.CloseWithError(err)
+	err = store.Stage(ctx, "vm", gen, "disk", pr)
+	pr.CloseWithError(err)
+	<-encoded // the count is complete, and f is no longer read
+	if err != nil {
 		return err
 	}
 	return store.Commit(ctx, "vm", gen, target.Commit{Source: "bench", Frozen: time.Now(), Kind: target.KindGeneration, Disks: []string{"disk"}})

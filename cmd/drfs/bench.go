@@ -18,6 +18,7 @@ import (
 type benchCmd struct {
 	Mount  benchMountCmd  `cmd:"" help:"Compare the drfs mount with the backing directory and with a plain FUSE loopback: sequential and random I/O, and peak memory. Needs root and /dev/fuse."`
 	Resync benchResyncCmd `cmd:"" help:"Resynchronize a changed image by chunk checksums and compare with rsync: time and bytes each way."`
+	Ship   benchShipCmd   `cmd:"" help:"Time draining one generation of the change log: read from the log, copied with cp, shipped to a directory store and to drfs target serve over loopback mutual TLS; MB/s, LZ4 ratio, CPU and peak memory of both processes."`
 }
 
 type benchMountCmd struct {
@@ -107,4 +108,50 @@ func (s *byteSize) UnmarshalText(text []byte) error {
 	}
 	*s = byteSize(n << shift)
 	return nil
+}
+
+type benchShipCmd struct {
+	Dir        string   `type:"path" default:"." placeholder:"DIR" help:"Scratch directory on the filesystem to measure: the one the change log lives on, not tmpfs. The benchmark works in a new directory inside it and removes it at the end. Default: the current directory."`
+	Size       byteSize `default:"1GiB" help:"Data of each generation (units KiB, MiB, GiB; a multiple of 1 MiB; needs 6x this free). The ext4 image is this large, or larger if the tree needs it."`
+	Rounds     int      `default:"1" help:"Run every case this many times and report its median: one round can mislead on a machine that does other work."`
+	Workloads  []string `default:"random-4k,extents-1m,ext4" enum:"random-4k,extents-1m,ext4" help:"Generations to ship: random-4k (incompressible 4 KiB blocks at random over a disk 4x --size), extents-1m (the same in 1 MiB extents), ext4 (the data blocks of an ext4 image of real files: the LZ4 ratio)."`
+	Ext4From   string   `name:"ext4-from" type:"path" default:"/usr/share" placeholder:"DIR" help:"Tree of files the ext4 image is made from (mkfs.ext4 -d); default ${default}."`
+	InProcess  bool     `name:"in-process" help:"Run the remote server in the benchmark's process instead of drfs target serve in a child: one CPU profile then covers both sides."`
+	JSON       bool     `help:"Print the report as JSON instead of a table."`
+	CPUProfile string   `name:"cpuprofile" type:"path" placeholder:"PREFIX" help:"Write a CPU profile of the benchmark's process during each ship to PREFIX-WORKLOAD-CASE.pprof, for go tool pprof."`
+}
+
+func (c *benchShipCmd) Run() error {
+	if c.Rounds < 1 {
+		return fmt.Errorf("--rounds %d: give 1 or more", c.Rounds)
+	}
+	cfg := bench.ShipConfig{
+		Dir:        c.Dir,
+		Size:       int64(c.Size),
+		Rounds:     c.Rounds,
+		Workloads:  c.Workloads,
+		Ext4From:   c.Ext4From,
+		CPUProfile: c.CPUProfile,
+		Progress:   os.Stderr,
+	}
+	if !c.InProcess {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("finding the drfs binary to run drfs target serve: %w (or use --in-process)", err)
+		}
+		cfg.ServerCommand = []string{exe, "target", "serve"}
+	}
+	// Ctrl-C stops the case in progress; the scratch directory is removed.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := bench.RunShip(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return rep.WriteTable(os.Stdout)
 }

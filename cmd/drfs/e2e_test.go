@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -59,8 +60,26 @@ func drfsRun(t *testing.T, args ...string) (string, error) {
 type mounted struct {
 	cmd    *exec.Cmd
 	mnt    string
-	stderr *bytes.Buffer
+	stderr *syncBuffer
 	done   chan error
+}
+
+// syncBuffer is a bytes.Buffer that a process writes while a test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func isMounted(path string) bool {
@@ -81,7 +100,7 @@ func startMount(t *testing.T, src, mnt, state string, extra ...string) *mounted 
 	t.Helper()
 	args := append([]string{"mount", src, mnt, "--state", state}, extra...)
 	m := &mounted{cmd: exec.Command(drfsBin, args...), mnt: mnt,
-		stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+		stderr: &syncBuffer{}, done: make(chan error, 1)}
 	m.cmd.Stderr = m.stderr
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)

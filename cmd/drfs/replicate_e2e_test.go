@@ -271,8 +271,8 @@ func TestReplicateTLS(t *testing.T) {
 	ln.Close()
 	replicas := t.TempDir()
 	srv := exec.Command(drfsBin, "target", "serve", "--dir", replicas, "--listen", addr, "--cert", srvCert, "--key", srvKey, "--client-ca", ca)
-	var srvLog bytes.Buffer
-	srv.Stderr = &srvLog
+	srvLog := &syncBuffer{}
+	srv.Stderr = srvLog
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
