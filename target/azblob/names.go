@@ -4,68 +4,34 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
-	"github.com/drfs-project/drfs/internal/frame"
 	"github.com/drfs-project/drfs/target"
 )
 
 // maxName is the longest VM or disk name: what a frame stream can carry.
-const maxName = frame.MaxNameLen
+const maxName = target.MaxNameLen
 
 // maxBlobName is the longest blob name the service takes.
 const maxBlobName = 1024
 
 // checkVM validates a VM name: one path element.
 func checkVM(vm string) error {
-	if err := checkName("VM", vm); err != nil {
-		return err
-	}
-	switch {
-	case strings.Contains(vm, "/"):
-		return badName("VM", vm, "contains '/'")
-	case vm == "." || vm == "..":
-		return badName("VM", vm, "is not a name")
-	}
-	return nil
+	return wrapName(target.CheckVM(vm))
 }
 
-// checkDisk validates a disk name: a relative slash-separated path inside the
-// VM, without empty, "." or ".." elements.
-func checkDisk(disk string) error {
-	if err := checkName("disk", disk); err != nil {
-		return err
-	}
-	for elem := range strings.SplitSeq(disk, "/") {
-		switch elem {
-		case "":
-			return badName("disk", disk, "has an empty path element")
-		case ".", "..":
-			return badName("disk", disk, "has a '.' or '..' path element")
-		}
-	}
-	return nil
-}
+// checkDisk validates a disk name (target.CheckDisk).
+func checkDisk(disk string) error { return wrapName(target.CheckDisk(disk)) }
 
-func checkName(what, s string) error {
-	switch {
-	case s == "":
-		return badName(what, s, "is empty")
-	case len(s) > maxName:
-		return badName(what, s, fmt.Sprintf("is longer than %d bytes", maxName))
-	case !utf8.ValidString(s):
-		return badName(what, s, "is not UTF-8")
-	case strings.IndexByte(s, 0) >= 0:
-		return badName(what, s, "contains NUL")
-	}
-	return nil
-}
+// checkName validates a name of the contract (target.CheckName).
+func checkName(what, s string) error { return wrapName(target.CheckName(what, s)) }
 
-func badName(what, s, why string) error {
-	if len(s) > 64 {
-		s = s[:64] + "..."
+func badName(what, s, why string) error { return wrapName(target.BadName(what, s, why)) }
+
+func wrapName(err error) error {
+	if err == nil {
+		return nil
 	}
-	return fmt.Errorf("azblob: %w: %s name %q %s", target.ErrBadName, what, s, why)
+	return fmt.Errorf("azblob: %w", err)
 }
 
 // checkBlobName refuses a VM and disk whose longest blob name (a staged

@@ -3,14 +3,9 @@ package dirstore
 import (
 	"fmt"
 	"strings"
-	"unicode/utf8"
 
-	"github.com/drfs-project/drfs/internal/frame"
 	"github.com/drfs-project/drfs/target"
 )
-
-// maxName is the longest VM or disk name: what a frame stream can carry.
-const maxName = frame.MaxNameLen
 
 // reservedPrefix starts the names of the store's own files at its top.
 const reservedPrefix = ".drfs"
@@ -21,56 +16,28 @@ const lockName = reservedPrefix + "-lock"
 // checkVM validates a VM name: one path element, not starting with
 // reservedPrefix (names at the top of the store that are the store's own).
 func checkVM(vm string) error {
-	if err := checkName("VM", vm); err != nil {
+	if err := wrapName(target.CheckVM(vm)); err != nil {
 		return err
 	}
-	switch {
-	case strings.Contains(vm, "/"):
-		return badName("VM", vm, "contains '/'")
-	case vm == "." || vm == "..":
-		return badName("VM", vm, "is not a name")
-	case strings.HasPrefix(vm, reservedPrefix):
+	if strings.HasPrefix(vm, reservedPrefix) {
 		return badName("VM", vm, "starts with "+reservedPrefix+", which the store reserves")
 	}
 	return nil
 }
 
-// checkDisk validates a disk name: a relative slash-separated path inside the
-// VM, without empty, "." or ".." elements.
-func checkDisk(disk string) error {
-	if err := checkName("disk", disk); err != nil {
-		return err
-	}
-	for elem := range strings.SplitSeq(disk, "/") {
-		switch elem {
-		case "":
-			return badName("disk", disk, "has an empty path element")
-		case ".", "..":
-			return badName("disk", disk, "has a '.' or '..' path element")
-		}
-	}
-	return nil
-}
+// checkDisk validates a disk name (target.CheckDisk).
+func checkDisk(disk string) error { return wrapName(target.CheckDisk(disk)) }
 
-func checkName(what, s string) error {
-	switch {
-	case s == "":
-		return badName(what, s, "is empty")
-	case len(s) > maxName:
-		return badName(what, s, fmt.Sprintf("is longer than %d bytes", maxName))
-	case !utf8.ValidString(s):
-		return badName(what, s, "is not UTF-8")
-	case strings.IndexByte(s, 0) >= 0:
-		return badName(what, s, "contains NUL")
-	}
-	return nil
-}
+// checkName validates a name of the contract (target.CheckName).
+func checkName(what, s string) error { return wrapName(target.CheckName(what, s)) }
 
-func badName(what, s, why string) error {
-	if len(s) > 64 {
-		s = s[:64] + "..."
+func badName(what, s, why string) error { return wrapName(target.BadName(what, s, why)) }
+
+func wrapName(err error) error {
+	if err == nil {
+		return nil
 	}
-	return fmt.Errorf("dirstore: %w: %s name %q %s", target.ErrBadName, what, s, why)
+	return fmt.Errorf("dirstore: %w", err)
 }
 
 // conflict returns a pair of disk names where one is a directory of the
