@@ -43,6 +43,10 @@ func (s *Shipper) ShipCopy(ctx context.Context, vm string, gen uint64, files map
 type CopyDisk struct {
 	// Path is the disk's image file.
 	Path string
+	// View, if set, is read instead of Path: a point-in-time view of the
+	// disk (a snapshot taken at the cut of the generation the copy rides
+	// on), which makes the copy consistent rather than fuzzy.
+	View DiskView
 	// Partial sends only Ranges of the file (byte ranges, in order, not
 	// overlapping: what resync.Diff found different from point Against);
 	// the rest of the disk keeps the replica's contents. Otherwise the
@@ -50,6 +54,16 @@ type CopyDisk struct {
 	Partial bool
 	Ranges  []target.Extent
 	Against uint64
+}
+
+// DiskView is a disk to copy from other than a file: a snapshot's view.
+// Reads past Size return io.EOF or zeros; Extents lists the allocated
+// byte ranges in order (the rest reads as zeros), so that holes cost
+// nothing.
+type DiskView interface {
+	io.ReaderAt
+	Size() int64
+	Extents() ([]target.Extent, error)
 }
 
 // ErrStaleRanges is the error of ShipCopyDisks when the target's newest
@@ -86,6 +100,10 @@ func (s *Shipper) ShipCopyDisks(ctx context.Context, vm string, gen uint64, disk
 			cs.partial = true
 		} else {
 			cs.whole[name] = true
+		}
+		if d.View != nil {
+			cs.sizes[name] = d.View.Size()
+			continue
 		}
 		st, err := os.Stat(d.Path)
 		if err != nil {
@@ -246,12 +264,17 @@ func (c *copySource) ReadGeneration(vm string, gen uint64, fn func(tracker.Recor
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.disks)) {
 		d := c.disks[name]
+		r, extents, closeFn, oerr := d.open()
+		if oerr != nil {
+			return fmt.Errorf("copying %s/%s: %w", vm, name, oerr)
+		}
 		if c.whole[name] {
-			err = readFileRecords(d.Path, name, c.sizes[name], info.BlockSize, fn)
+			err = readFileRecords(r, extents, name, c.sizes[name], info.BlockSize, fn)
 		} else {
 			ranges := append(slices.Clone(d.Ranges), c.logged[name]...)
-			err = readRangeRecords(d.Path, name, c.sizes[name], info.BlockSize, ranges, fn)
+			err = readRangeRecords(r, name, c.sizes[name], info.BlockSize, ranges, fn)
 		}
+		closeFn()
 		if err != nil {
 			return fmt.Errorf("copying %s/%s: %w", vm, name, err)
 		}
@@ -259,16 +282,44 @@ func (c *copySource) ReadGeneration(vm string, gen uint64, fn func(tracker.Recor
 	return nil
 }
 
+// open returns what to read the disk from, the function that lists its
+// allocated extents, and the function that releases the reader.
+func (d CopyDisk) open() (io.ReaderAt, func() ([]target.Extent, error), func(), error) {
+	if d.View != nil {
+		return d.View, d.View.Extents, func() {}, nil
+	}
+	f, err := os.Open(d.Path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return f, func() ([]target.Extent, error) { return fileExtents(f) }, func() { f.Close() }, nil
+}
+
+// fileExtents lists the allocated byte ranges of f (SEEK_DATA/SEEK_HOLE).
+func fileExtents(f *os.File) ([]target.Extent, error) {
+	var out []target.Extent
+	for off := int64(0); ; {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return out, nil // only a hole is left
+		}
+		if err != nil {
+			return nil, err
+		}
+		end, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, target.Extent{Off: data, Len: end - data})
+		off = end
+	}
+}
+
 // readRangeRecords reports the blocks of the file at path that ranges
 // (byte ranges, in any order) touch, below size, as log records of disk:
 // data for blocks holding a non-zero byte, zero extents for the others,
 // then the size. The blocks it does not report keep the replica's contents.
-func readRangeRecords(path, disk string, size int64, bs int, ranges []target.Extent, fn func(tracker.Record) error) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+func readRangeRecords(f io.ReaderAt, disk string, size int64, bs int, ranges []target.Extent, fn func(tracker.Record) error) error {
 	bsz := int64(bs)
 	end := (size + bsz - 1) / bsz * bsz
 	var blocks []target.Extent // whole blocks, merged
@@ -306,15 +357,14 @@ func readRangeRecords(path, disk string, size int64, bs int, ranges []target.Ext
 // copyChunk is how much of a disk file is read at once.
 const copyChunk = 1 << 20
 
-// readFileRecords reports the first size bytes of the file at path as log
-// records of disk: data for blocks holding a non-zero byte, zero extents
-// for holes and zero blocks, then the size.
-func readFileRecords(path, disk string, size int64, bs int, fn func(tracker.Record) error) error {
-	f, err := os.Open(path)
+// readFileRecords reports the first size bytes of f as log records of
+// disk: data for blocks holding a non-zero byte, zero extents for holes
+// (outside what extents lists) and zero blocks, then the size.
+func readFileRecords(f io.ReaderAt, extents func() ([]target.Extent, error), disk string, size int64, bs int, fn func(tracker.Record) error) error {
+	exts, err := extents()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	bsz := int64(bs)
 	nblocks := uint64((size + bsz - 1) / bsz)
 	chunk := max(copyChunk/bsz, 1) * bsz
@@ -326,26 +376,15 @@ func readFileRecords(path, disk string, size int64, bs int, fn func(tracker.Reco
 		return fn(tracker.Record{Disk: disk, Kind: tracker.KindZero, Block: from, Blocks: to - from})
 	}
 	var next uint64 // first block not reported yet
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		}
-		if err != nil {
-			return err
-		}
-		start := data / bsz * bsz
-		if start >= size {
-			break
+	for _, e := range exts {
+		start := max(e.Off/bsz*bsz, int64(next)*bsz)
+		end := min((e.Off+e.Len+bsz-1)/bsz*bsz, (size+bsz-1)/bsz*bsz)
+		if start >= end {
+			continue
 		}
 		if err := zero(next, uint64(start/bsz)); err != nil {
 			return err
 		}
-		end, err := unix.Seek(int(f.Fd()), start, unix.SEEK_HOLE)
-		if err != nil {
-			return err
-		}
-		end = min((end+bsz-1)/bsz*bsz, (size+bsz-1)/bsz*bsz)
 		for pos := start; pos < end; {
 			n := min(chunk, end-pos)
 			got, err := f.ReadAt(buf[:n], pos)
@@ -359,7 +398,6 @@ func readFileRecords(path, disk string, size int64, bs int, fn func(tracker.Reco
 			pos += n
 		}
 		next = uint64(end / bsz)
-		off = end
 	}
 	if err := zero(next, nblocks); err != nil {
 		return err

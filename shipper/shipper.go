@@ -189,7 +189,7 @@ func (s *Shipper) recommit(ctx context.Context, src Source, vm string, gen uint6
 	for i, d := range p.Disks {
 		disks[i] = d.Name
 	}
-	c := target.Commit{Source: s.opts.Source, Frozen: info.Frozen, Kind: info.kind(), Disks: disks}
+	c := target.Commit{Source: s.opts.Source, Frozen: info.Frozen, Kind: info.kind(), Disks: disks, AppConsistent: info.AppConsistent}
 	if err := s.store.Commit(ctx, vm, gen, c); err != nil {
 		return fmt.Errorf("shipper: committing %s generation %d again: %w", vm, gen, err)
 	}
@@ -266,7 +266,7 @@ func (s *Shipper) shipGeneration(ctx context.Context, src Source, vm string, gen
 	}
 
 	names := slices.Sorted(maps.Keys(disks))
-	c := target.Commit{Source: s.opts.Source, Frozen: info.Frozen, Kind: info.kind(), Disks: names}
+	c := target.Commit{Source: s.opts.Source, Frozen: info.Frozen, Kind: info.kind(), Disks: names, AppConsistent: info.AppConsistent}
 	if err := s.store.Commit(ctx, vm, gen, c); err != nil {
 		return nil, st, fmt.Errorf("shipper: committing %s generation %d: %w", vm, gen, err)
 	}

@@ -62,6 +62,9 @@ type Generation struct {
 	// Kind is the kind of the point the generation makes on the target;
 	// empty means target.KindGeneration.
 	Kind target.PointKind
+	// AppConsistent: an application-consistency hook succeeded around the
+	// generation's cut; its point is marked so.
+	AppConsistent bool
 }
 
 func (g Generation) kind() target.PointKind {
