@@ -29,8 +29,24 @@ func (c *logCmd) Run() error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
-	printStatus(os.Stdout, st)
+	printStatus(os.Stdout, st, resyncStates(c.State))
 	return nil
+}
+
+// resyncStates asks a running mount when its flagged disks are
+// resynchronized, by "vm\x00disk"; none if no mount replicates.
+func resyncStates(state string) map[string]control.DiskResync {
+	out := map[string]control.DiskResync{}
+	repl, err := control.NewClient(filepath.Join(state, control.SocketName)).Replication()
+	if err != nil {
+		return out
+	}
+	for _, r := range repl {
+		for _, d := range r.Resync {
+			out[r.VM+"\x00"+d.Disk] = d
+		}
+	}
+	return out
 }
 
 // readStatus asks the running mount, or reads the state directory when no
@@ -48,7 +64,7 @@ func readStatus(state string) ([]tracker.VMStatus, error) {
 	return log.Status(), nil
 }
 
-func printStatus(w io.Writer, vms []tracker.VMStatus) {
+func printStatus(w io.Writer, vms []tracker.VMStatus, resync map[string]control.DiskResync) {
 	if len(vms) == 0 {
 		fmt.Fprintln(w, "no VMs in the change log yet")
 		return
@@ -61,9 +77,16 @@ func printStatus(w io.Writer, vms []tracker.VMStatus) {
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  DISK\tSIZE\tLOG\tRESYNC")
 		for _, d := range vm.Disks {
+			rs, known := resync[vm.Name+"\x00"+d.Name]
 			resync := "no"
-			if d.Resync {
+			switch {
+			case known && rs.Running:
+				resync = "RUNNING: " + rs.Reason
+			case d.Resync:
 				resync = fmt.Sprintf("REQUIRED since %s: %s", d.Since.Format(time.RFC3339), d.Reason)
+				if known {
+					resync += "; " + resyncWhen(rs, time.Now())
+				}
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", d.Name, bytesString(d.Size), bytesString(d.LogBytes), resync)
 		}

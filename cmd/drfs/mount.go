@@ -67,11 +67,15 @@ func (c *mountCmd) Run() error {
 		log.Close()
 		return err
 	}
+	if repl != nil {
+		ctl.OnResync(repl.resyncHook)
+	}
 	replCtx, stopRepl := context.WithCancel(context.Background())
 	replDone := make(chan struct{})
 	if repl != nil {
 		go func() { repl.run(replCtx); close(replDone) }()
-		fmt.Fprintf(os.Stderr, "drfs: replicating every %v to %s\n", c.Interval, c.Target)
+		fmt.Fprintf(os.Stderr, "drfs: replicating every %v to %s; resync window %s (local time), resync threshold %d%%\n",
+			c.Interval, c.Target, repl.window(), c.ResyncThreshold)
 	} else {
 		close(replDone)
 	}

@@ -9,11 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/shipper"
 	"github.com/drfs-project/drfs/target"
@@ -28,7 +31,28 @@ type replicationFlags struct {
 	MaxPoints int               `name:"max-points" default:"0" help:"Keep at most this many recovery points per VM as well (0: no limit but --retention)."`
 	Bandwidth shipper.Bandwidth `default:"0" help:"Upload limit, e.g. 50MiB/s; 0 means unlimited."`
 	SourceID  string            `name:"source-id" placeholder:"NAME" help:"Identity of this source host on the target; a target refuses VMs of another source (default: the host name)."`
+	// The default must stay orchestrator.DefaultWindowSpec (a test checks).
+	ResyncWindow    string  `name:"resync-window" default:"18:00-08:00,sat,sun" placeholder:"SPEC" help:"When automatic resynchronizations run, in local time: HH:MM-HH:MM ranges and days (mon..sun, mon-fri), comma-separated, or always, or never (then only drfs resync --now runs one)."`
+	ResyncThreshold percent `name:"resync-threshold" default:"50%" placeholder:"PCT" help:"Resynchronize a disk whose change log (generations not yet shipped) reaches this share of its size."`
 	targets.TLS
+
+	window orchestrator.Window // parsed ResyncWindow, local time
+}
+
+// percent is a percentage from 1 to 100, written 50% or 50.
+type percent int
+
+func (p *percent) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(s, "%")))
+	if err != nil {
+		return fmt.Errorf("%q is not a percentage (such as 50%%)", s)
+	}
+	if n < 1 || n > 100 {
+		return fmt.Errorf("%d%% is out of range (1%%..100%%)", n)
+	}
+	*p = percent(n)
+	return nil
 }
 
 func (f *replicationFlags) validate() error {
@@ -44,6 +68,14 @@ func (f *replicationFlags) validate() error {
 	if f.Retention < f.Interval {
 		return fmt.Errorf("--retention %v is shorter than --interval %v: no older point would ever be kept", f.Retention, f.Interval)
 	}
+	w, err := orchestrator.ParseWindow(f.ResyncWindow)
+	if err != nil {
+		return fmt.Errorf("--resync-window: %w", err)
+	}
+	f.window = w.In(time.Local)
+	if f.ResyncThreshold == 0 {
+		f.ResyncThreshold = orchestrator.DefaultResyncThreshold
+	}
 	if f.SourceID == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -55,6 +87,18 @@ func (f *replicationFlags) validate() error {
 }
 
 // replication ships a mounted source's change log to a target, continuously.
+//
+// Resynchronization. A disk flagged "resynchronization required" (a failed
+// log write, an unclean stop, a change outside the mount, a log over the
+// resync threshold, a disk the log did not know, or drfs resync) is
+// compared with the target's newest point by chunk checksums and what
+// differs is sent (see docs/resync.md). An automatic one starts only inside
+// the resync window (--resync-window), or at once when asked for with drfs
+// resync --now; once started it goes on, from its cursor, whatever the
+// window. While a disk waits, its VM is replicated as usual (other disks
+// keep their RPO and the log does not grow), but if the disk's tracking was
+// lost, every point committed until its resync commits is of kind resync:
+// not crash-consistent, so restore --point latest skips it.
 type replication struct {
 	flags  *replicationFlags
 	source string
@@ -62,15 +106,32 @@ type replication struct {
 	log    *tracker.Log
 	store  targets.Store
 	loop   *shipper.Loop
+	now    func() time.Time // the clock of the resync window
 
 	mu struct {
 		sync.Mutex
 		// unverified: disks the log did not know before this mount although
 		// the target may hold them: their replica may predate changes made
-		// while nobody tracked them, so they are copied whole once.
+		// while nobody tracked them, so they are resynchronized once.
 		unverified map[string]bool // "vm\x00disk"
+		// fuzzy: VMs whose points are not faithful until a resync of
+		// theirs commits (a disk's tracking was lost).
+		fuzzy map[string]bool
+		// now: VMs whose resync was asked for now (drfs resync --now).
+		now map[string]bool
+		// waitLogged: when the window opens, as last logged per waiting VM.
+		waitLogged map[string]time.Time
 	}
 }
+
+// thresholdReason starts the reason of a disk flagged because its change
+// log reached the resync threshold: its tracking is intact, so the points
+// shipped while it waits for its window are faithful.
+const thresholdReason = "change log reached "
+
+// lostTracking reports whether a disk flagged for reason may differ from
+// what its log says.
+func lostTracking(reason string) bool { return !strings.HasPrefix(reason, thresholdReason) }
 
 // openTarget opens and checks the target before anything is mounted: a
 // permanent error (bad URL, refused certificate, a store of another kind)
@@ -96,8 +157,9 @@ func openTarget(f *replicationFlags) (targets.Store, error) {
 // startReplication registers every disk of the source with the log and
 // starts shipping.
 func startReplication(ctx context.Context, f *replicationFlags, source, state string, log *tracker.Log, store targets.Store, blockSize int) (*replication, error) {
-	r := &replication{flags: f, source: source, state: state, log: log, store: store}
+	r := &replication{flags: f, source: source, state: state, log: log, store: store, now: time.Now}
 	r.mu.unverified = map[string]bool{}
+	r.mu.fuzzy, r.mu.now, r.mu.waitLogged = map[string]bool{}, map[string]bool{}, map[string]time.Time{}
 	known := map[string]bool{}
 	for _, vm := range log.Status() {
 		for _, d := range vm.Disks {
@@ -127,7 +189,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 		st = shipper.RateLimit(st, f.Bandwidth)
 	}
 	st = shipper.Retry(st, shipper.DefaultPolicy, nil)
-	sh := shipper.New(shipper.FromLog(log, blockSize), st, shipper.Options{Source: f.SourceID})
+	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID})
 	r.loop = shipper.NewLoop(sh, log, shipper.LoopOptions{
 		Interval: f.Interval,
 		Copies:   r.copies,
@@ -149,6 +211,8 @@ func (r *replication) states() []control.Replication {
 		if s.LastError != nil {
 			c.LastError = s.LastError.Error()
 		}
+		c.ResyncWindow = r.window().String()
+		c.Resync = r.resyncStates(s.VM)
 		out = append(out, c)
 	}
 	return out
@@ -166,11 +230,13 @@ func (r *replication) final(timeout time.Duration) {
 	r.loop.Round(ctx)
 }
 
-// copies says which disks of vm must be sent whole: all of them when the
-// target does not hold the VM, those it lacks, those flagged for
-// resynchronization, and those the log did not know before this mount.
+// copies says which disks of vm must be sent from their files: all of them
+// whole when the target does not hold the VM, whole those it lacks, and by
+// chunks those flagged for resynchronization (or whose resync started)
+// when their resync is due.
 func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error)) {
 	none := func(error) {}
+	r.checkThreshold(vm)
 	disks := map[string]string{}
 	walkVM(r.source, vm, func(_, disk, path string, _ int64) error {
 		disks[disk] = path
@@ -188,7 +254,12 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		for name, path := range disks {
 			whole[name] = shipper.CopyDisk{Path: path}
 		}
-		return whole, target.KindInitial, r.afterCopy(vm, whole, nil)
+		// A whole copy repairs any flagged disk too.
+		reasons := r.flagged(vm, disks)
+		for disk := range reasons {
+			r.log.ClearResync(vm, disk)
+		}
+		return whole, target.KindInitial, r.afterCopy(vm, whole, reasons, true)
 	}
 	if err != nil {
 		return nil, "", none // the ship that follows reports the target's error
@@ -197,32 +268,54 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 	for _, d := range points[len(points)-1].Disks {
 		onTarget[d.Name] = true
 	}
-	// A disk the target holds is resynchronized by chunks: only what
-	// differs from its replica travels. One it lacks is sent whole.
 	files := map[string]shipper.CopyDisk{}
-	reasons := map[string]string{}
-	kind := target.KindInitial
-	for _, st := range r.log.Status() {
-		if st.Name != vm {
-			continue
-		}
-		for _, d := range st.Disks {
-			if d.Resync && disks[d.Name] != "" && onTarget[d.Name] {
-				files[d.Name] = shipper.CopyDisk{Path: disks[d.Name], Partial: true}
-				reasons[d.Name], kind = d.Reason, target.KindResync
-			}
-		}
-	}
 	r.mu.Lock()
 	for disk, path := range disks {
+		key := vm + "\x00" + disk
 		switch {
 		case !onTarget[disk]:
+			// One the target lacks is sent whole.
 			files[disk] = shipper.CopyDisk{Path: path}
-		case r.mu.unverified[vm+"\x00"+disk]:
-			files[disk], kind = shipper.CopyDisk{Path: path, Partial: true}, target.KindResync
+		case r.mu.unverified[key]:
+			delete(r.mu.unverified, key)
+			r.mu.Unlock()
+			r.log.MarkResync(vm, disk, "the change log did not know this disk before this mount: its replica may predate changes made while nothing tracked it")
+			r.mu.Lock()
 		}
 	}
 	r.mu.Unlock()
+	// A disk the target holds is resynchronized by chunks: only what
+	// differs from its replica travels.
+	reasons := r.flagged(vm, disks)
+	for disk := range reasons {
+		if !onTarget[disk] {
+			delete(reasons, disk) // sent whole
+		}
+	}
+	started := false
+	for disk := range reasons {
+		if _, ok := r.pending(vm, disk); ok {
+			started = true
+		}
+	}
+	kind := target.KindInitial
+	if len(reasons) > 0 {
+		r.mu.Lock()
+		for _, why := range reasons {
+			if lostTracking(why) {
+				r.mu.fuzzy[vm] = true
+			}
+		}
+		asked := r.mu.now[vm]
+		r.mu.Unlock()
+		if now := r.now(); !started && !asked && !r.window().InWindow(now) {
+			r.logWaiting(vm, reasons, now)
+			reasons = nil
+		}
+	}
+	for disk := range reasons {
+		files[disk], kind = shipper.CopyDisk{Path: disks[disk], Partial: true}, target.KindResync
+	}
 	if len(files) == 0 {
 		return nil, "", none
 	}
@@ -231,18 +324,200 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	fmt.Fprintf(os.Stderr, "drfs: %s: %s of %v to %s\n", vm, kind, names, r.flags.Target)
-	// Clear the flags before the copy: a tracking loss during it must
-	// flag the disk again, not be wiped by this copy's success.
-	for disk := range reasons {
+	verb := string(kind)
+	if started {
+		verb = "resumed resync"
+	}
+	fmt.Fprintf(os.Stderr, "drfs: %s: %s of %v to %s\n", vm, verb, names, r.flags.Target)
+	r.mu.Lock()
+	delete(r.mu.now, vm)
+	delete(r.mu.waitLogged, vm)
+	r.mu.Unlock()
+	// Mark the resync started (it then goes on whatever the window, and
+	// survives a restart), then clear the flags before the copy: a tracking
+	// loss during it must flag the disk again, not be wiped by this copy's
+	// success.
+	for disk, why := range reasons {
+		writeFileAtomic(r.pendingPath(vm, disk), []byte(why))
 		r.log.ClearResync(vm, disk)
 	}
-	return files, kind, r.afterCopy(vm, files, reasons)
+	return files, kind, r.afterCopy(vm, files, reasons, len(reasons) > 0)
 }
 
-// afterCopy returns the callback of a copy of files of vm: on success the
-// disks are verified; on failure their resync flags are set again.
-func (r *replication) afterCopy(vm string, files map[string]shipper.CopyDisk, reasons map[string]string) func(error) {
+// flagged returns the disks of vm (among disks) that need a resync, with
+// the reason: flagged in the log, or whose resync started and did not
+// commit.
+func (r *replication) flagged(vm string, disks map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, st := range r.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, d := range st.Disks {
+			if d.Removed || disks[d.Name] == "" {
+				continue
+			}
+			if why, ok := r.pending(vm, d.Name); ok {
+				out[d.Name] = why
+			}
+			if d.Resync {
+				out[d.Name] = d.Reason
+			}
+		}
+	}
+	return out
+}
+
+// checkThreshold flags the disks of vm whose change log (the generations
+// not yet shipped) reached the resync threshold.
+func (r *replication) checkThreshold(vm string) {
+	p := orchestrator.Policy{ResyncThreshold: int(r.flags.ResyncThreshold)}
+	for _, st := range r.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, d := range st.Disks {
+			if d.Removed || d.Resync || !p.LogOverThreshold(d.LogBytes, d.Size) {
+				continue
+			}
+			why := fmt.Sprintf("%s%d%% of the disk (%s of %s)", thresholdReason, p.Threshold(), bytesString(d.LogBytes), bytesString(d.Size))
+			fmt.Fprintf(os.Stderr, "drfs: %s/%s: resynchronization required: %s\n", vm, d.Name, why)
+			r.log.MarkResync(vm, d.Name, why)
+		}
+	}
+}
+
+// window returns the resync window.
+func (r *replication) window() orchestrator.Window {
+	if r.flags.window.String() == "" {
+		return orchestrator.DefaultWindow().In(time.Local)
+	}
+	return r.flags.window
+}
+
+// logWaiting says, once per opening of the window, that vm's resync waits.
+func (r *replication) logWaiting(vm string, reasons map[string]string, now time.Time) {
+	opens := r.window().NextOpen(now)
+	r.mu.Lock()
+	last, seen := r.mu.waitLogged[vm]
+	r.mu.waitLogged[vm] = opens
+	fuzzy := r.mu.fuzzy[vm]
+	r.mu.Unlock()
+	if seen && last.Equal(opens) {
+		return
+	}
+	names := make([]string, 0, len(reasons))
+	for n := range reasons {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	msg := fmt.Sprintf("drfs: %s: resync of %v waits for the resync window %s (%s; drfs resync --now runs it at once)", vm, names, r.window(), opensString(opens))
+	if fuzzy {
+		msg += "; until it commits, the VM's points are not crash-consistent (kind resync)"
+	}
+	fmt.Fprintln(os.Stderr, msg)
+}
+
+// opensString says when a window opens.
+func opensString(t time.Time) string {
+	if t.IsZero() {
+		return "it never opens"
+	}
+	return "opens " + t.Format("Mon 2006-01-02 15:04 MST")
+}
+
+// resyncStates describes the disks of vm that need a resync.
+func (r *replication) resyncStates(vm string) []control.DiskResync {
+	var out []control.DiskResync
+	now := r.now()
+	r.mu.Lock()
+	asked := r.mu.now[vm]
+	r.mu.Unlock()
+	for _, st := range r.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, d := range st.Disks {
+			if d.Removed {
+				continue
+			}
+			why, started := r.pending(vm, d.Name)
+			if !started && !d.Resync {
+				continue
+			}
+			s := control.DiskResync{Disk: d.Name, Reason: d.Reason, Since: d.Since, Running: started, Now: asked}
+			if s.Reason == "" {
+				s.Reason = why
+			}
+			if !started {
+				s.WindowOpens = r.window().NextOpen(now)
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// resyncHook answers drfs resync: now asks for the VM's resync at the
+// next round; otherwise it runs in the window.
+func (r *replication) resyncHook(vm string, now bool) (control.ResyncAnswer, error) {
+	t := r.now()
+	if now {
+		r.mu.Lock()
+		r.mu.now[vm] = true
+		r.mu.Unlock()
+	}
+	w := r.window()
+	return control.ResyncAnswer{Now: now || w.InWindow(t), ResyncWindow: w.String(), WindowOpens: w.NextOpen(t), Replicating: true}, nil
+}
+
+// untrusted reports whether a generation of vm shipped now would make a
+// point that is not faithful: a disk of vm lost its tracking and its
+// resync has not committed yet.
+func (r *replication) untrusted(vm string) bool {
+	r.mu.Lock()
+	fuzzy := r.mu.fuzzy[vm]
+	r.mu.Unlock()
+	if fuzzy {
+		return true
+	}
+	for _, st := range r.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, d := range st.Disks {
+			if d.Resync && lostTracking(d.Reason) {
+				return true
+			}
+			if why, ok := r.pending(vm, d.Name); ok && lostTracking(why) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// pointKinds is the change log as the shipper's source, with the points of
+// a VM whose tracking was lost committed as kind resync: fuzzy, never
+// taken for a crash-consistent state.
+type pointKinds struct {
+	*shipper.LogSource
+	r *replication
+}
+
+func (s pointKinds) Generation(vm string, gen uint64) (shipper.Generation, error) {
+	g, err := s.LogSource.Generation(vm, gen)
+	if err == nil && (g.Kind == "" || g.Kind == target.KindGeneration) && s.r.untrusted(vm) {
+		g.Kind = target.KindResync
+	}
+	return g, err
+}
+
+// afterCopy returns the callback of a copy of files of vm: on failure the
+// resync flags are set again; on success the disks are verified, their
+// resync state removed, and, if complete (no resync of vm was left
+// waiting), the VM's next point is consistent.
+func (r *replication) afterCopy(vm string, files map[string]shipper.CopyDisk, reasons map[string]string, complete bool) func(error) {
 	return func(err error) {
 		if err != nil {
 			for disk, why := range reasons {
@@ -254,9 +529,32 @@ func (r *replication) afterCopy(vm string, files map[string]shipper.CopyDisk, re
 		for disk := range files {
 			delete(r.mu.unverified, vm+"\x00"+disk)
 			os.Remove(r.cursorPath(vm, disk))
+			os.Remove(r.pendingPath(vm, disk))
+		}
+		if complete {
+			delete(r.mu.fuzzy, vm)
 		}
 		r.mu.Unlock()
 	}
+}
+
+// pendingPath marks a resync that started and has not committed: it goes
+// on at the next round whatever the window, after a restart too. It holds
+// the reason.
+func (r *replication) pendingPath(vm, disk string) string {
+	return filepath.Join(r.state, "resync", url.PathEscape(vm), url.PathEscape(disk)+".pending")
+}
+
+// pending returns the reason of a started resync of a disk.
+func (r *replication) pending(vm, disk string) (string, bool) {
+	b, err := os.ReadFile(r.pendingPath(vm, disk))
+	if err != nil {
+		return "", false
+	}
+	if len(b) == 0 {
+		b = []byte("a resynchronization was under way")
+	}
+	return string(b), true
 }
 
 // cursorPath is where the resync cursor of a disk is kept, so that a

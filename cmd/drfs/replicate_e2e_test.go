@@ -385,7 +385,7 @@ func TestKillNineRepairs(t *testing.T) {
 	g.WriteAt([]byte("written while drfs was down"), 4<<20)
 	g.Close()
 
-	m = startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
+	m = startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s", "--resync-window", "always")
 	if ds := diskStatus(t, logStatus(t, d.state), "vm1", "disk.img"); !ds.Resync && !strings.Contains(m.stderr.String(), "resync") {
 		t.Logf("disk not flagged at the remount (it may already be repaired): %+v", ds)
 	}
@@ -446,7 +446,7 @@ func TestVerifyResync(t *testing.T) {
 		}
 	}
 	m = startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
-	if out, err := drfsRun(t, "resync", d.state, "vm1"); err != nil {
+	if out, err := drfsRun(t, "resync", d.state, "vm1", "--now"); err != nil {
 		t.Fatalf("drfs resync: %v\n%s", err, out)
 	}
 	waitCut(t, d.state, "vm1", time.Now())

@@ -40,11 +40,62 @@ func (c *statusCmd) Run() error {
 		case r.LastError != "":
 			state = fmt.Sprintf("retrying (%d failures): %s", r.Failures, r.LastError)
 		}
+		if rs := resyncSummary(r.Resync); rs != "" {
+			if state == "ok" {
+				state = rs
+			} else {
+				state += "; " + rs
+			}
+		}
 		shipped := "never"
 		if !r.LastShipped.IsZero() {
 			shipped = time.Since(r.LastShipped).Round(time.Second).String() + " ago"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", r.VM, r.Target, r.LastGeneration, shipped, r.Pending, bytesString(int64(r.BytesSent)), state)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range st {
+		for _, d := range r.Resync {
+			fmt.Printf("%s/%s: resync %s; flagged %s: %s\n", r.VM, d.Disk, resyncWhen(d, time.Now()),
+				d.Since.Local().Format(time.RFC3339), d.Reason)
+		}
+	}
+	return nil
+}
+
+// resyncSummary sums up the resync state of a VM's disks for its STATE.
+func resyncSummary(disks []control.DiskResync) string {
+	running, waiting := 0, 0
+	for _, d := range disks {
+		if d.Running {
+			running++
+		} else {
+			waiting++
+		}
+	}
+	switch {
+	case running > 0:
+		return fmt.Sprintf("resynchronizing %d disk(s)", running)
+	case waiting > 0:
+		return fmt.Sprintf("resync required (%d disk(s)): %s", waiting, resyncWhen(disks[0], time.Now()))
+	}
+	return ""
+}
+
+// resyncWhen says when the resync of a disk runs.
+func resyncWhen(d control.DiskResync, now time.Time) string {
+	switch {
+	case d.Running:
+		return "running (it resumes from its cursor if cut)"
+	case d.Now:
+		return "starts at the next replication round (asked for now)"
+	case d.WindowOpens.IsZero():
+		return "waits: the resync window is never; drfs resync --now runs it"
+	case !d.WindowOpens.After(now):
+		return "starts at the next replication round (the resync window is open)"
+	default:
+		return "waits for the resync window, which opens " + d.WindowOpens.Local().Format("Mon 2006-01-02 15:04 MST") + " (drfs resync --now runs it at once)"
+	}
 }

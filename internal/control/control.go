@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,13 +46,55 @@ type Replication struct {
 	Stopped        bool      `json:"stopped"` // a permanent error stopped the VM's replication
 	BytesRaw       uint64    `json:"bytes_raw"`
 	BytesSent      uint64    `json:"bytes_sent"`
+	// ResyncWindow is the mount's resync window (its text form).
+	ResyncWindow string `json:"resync_window,omitempty"`
+	// Resync lists the disks of the VM that need a resynchronization.
+	Resync []DiskResync `json:"resync,omitempty"`
 }
+
+// DiskResync is the resynchronization of one disk: waiting for the resync
+// window, or running.
+type DiskResync struct {
+	Disk   string    `json:"disk"`
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+	// Running: the resynchronization has started (it goes on, from its
+	// cursor, whatever the window). Otherwise it waits for WindowOpens, or
+	// for drfs resync --now if WindowOpens is zero (a "never" window).
+	Running     bool      `json:"running"`
+	Now         bool      `json:"now,omitempty"` // asked for now: runs at the next round
+	WindowOpens time.Time `json:"window_opens,omitzero"`
+}
+
+// ResyncAnswer is the answer to a resync request.
+type ResyncAnswer struct {
+	Disks []string `json:"disks"`
+	// Now: the resynchronization runs at the mount's next replication
+	// round. Otherwise it waits for the resync window, which opens at
+	// WindowOpens (zero: never, the window is "never").
+	Now          bool      `json:"now"`
+	ResyncWindow string    `json:"resync_window,omitempty"`
+	WindowOpens  time.Time `json:"window_opens,omitzero"`
+	// Replicating is false when the mount has no target: the disks are
+	// only flagged.
+	Replicating bool `json:"replicating"`
+}
+
+// ResyncHook is told of a resync request for vm after its disks were
+// flagged; it returns when the resynchronization will run. now asks for it
+// at once.
+type ResyncHook func(vm string, now bool) (ResyncAnswer, error)
 
 // Server serves one control socket.
 type Server struct {
 	http *http.Server
 	path string
+	hook atomic.Pointer[ResyncHook]
 }
+
+// OnResync sets the hook of resync requests; without one, a request only
+// flags the disks and one for now is refused.
+func (s *Server) OnResync(h ResyncHook) { s.hook.Store(&h) }
 
 // Serve listens on the unix socket at path. A stale socket left by a killed
 // mount is replaced; a live one is an error.
@@ -69,6 +112,7 @@ func Serve(path string, log Log, replication func() []Replication) (*Server, err
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	s := &Server{path: path}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, log.Status())
@@ -82,6 +126,12 @@ func Serve(path string, log Log, replication func() []Replication) (*Server, err
 	})
 	mux.HandleFunc("POST /v1/resync", func(w http.ResponseWriter, r *http.Request) {
 		vm := r.URL.Query().Get("vm")
+		now := r.URL.Query().Get("now") == "1"
+		hook := s.hook.Load()
+		if now && hook == nil {
+			http.Error(w, "this mount does not replicate (no --target): nothing to resynchronize now", http.StatusBadRequest)
+			return
+		}
 		var disks []string
 		for _, st := range log.Status() {
 			if st.Name == vm {
@@ -97,7 +147,16 @@ func Serve(path string, log Log, replication func() []Replication) (*Server, err
 			http.Error(w, fmt.Sprintf("no VM %q in the change log", vm), http.StatusNotFound)
 			return
 		}
-		writeJSON(w, disks)
+		ans := ResyncAnswer{}
+		if hook != nil {
+			var err error
+			if ans, err = (*hook)(vm, now); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+		ans.Disks = disks
+		writeJSON(w, ans)
 	})
 	mux.HandleFunc("POST /v1/rotate", func(w http.ResponseWriter, r *http.Request) {
 		gen, err := log.Rotate(r.URL.Query().Get("vm"))
@@ -107,7 +166,7 @@ func Serve(path string, log Log, replication func() []Replication) (*Server, err
 		}
 		writeJSON(w, map[string]uint64{"generation": gen})
 	})
-	s := &Server{http: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, path: path}
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go s.http.Serve(ln)
 	return s, nil
 }
@@ -156,9 +215,21 @@ func (c *Client) Replication() ([]Replication, error) {
 }
 
 // Resync flags every disk of vm for resynchronization and returns them.
+// The mount resynchronizes them in its resync window.
 func (c *Client) Resync(vm string) ([]string, error) {
-	var disks []string
-	return disks, c.call(http.MethodPost, "/v1/resync?vm="+url.QueryEscape(vm), &disks)
+	a, err := c.ResyncVM(vm, false)
+	return a.Disks, err
+}
+
+// ResyncVM flags every disk of vm for resynchronization, at once if now,
+// else in the mount's resync window, and says when it runs.
+func (c *Client) ResyncVM(vm string, now bool) (ResyncAnswer, error) {
+	var a ResyncAnswer
+	q := "/v1/resync?vm=" + url.QueryEscape(vm)
+	if now {
+		q += "&now=1"
+	}
+	return a, c.call(http.MethodPost, q, &a)
 }
 
 // Rotate freezes the active generation of vm and returns its number.
