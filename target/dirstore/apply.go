@@ -1,36 +1,53 @@
 package dirstore
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
 	"slices"
 
-	"github.com/drfs-project/drfs/internal/frame"
 	"github.com/drfs-project/drfs/target"
 )
 
 // This file is the data path of Commit: saving undo data, applying a staged
 // stream to a replica, and putting the undo data back.
 
-// writeUndo saves what applying the staged stream of d would overwrite in
-// its replica, and returns the stream's data bytes.
+// loadStaged reads the staged record of d and opens its blocks file. A
+// record or blocks file that is damaged or missing is ErrCorrupt (or
+// fs.ErrNotExist): recovery then goes back rather than forward.
+func (s *Store) loadStaged(vm string, gen uint64, d planDisk) (*staged, *os.File, error) {
+	st, err := s.readStaged(vm, gen, d.Name)
+	if errors.Is(err, errStagedCorrupt) {
+		return nil, nil, fmt.Errorf("%w: %w", target.ErrCorrupt, err)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if st.diskSize != d.Size {
+		return nil, nil, fmt.Errorf("%w: staged %s: size %d, the commit's %d", target.ErrCorrupt, d.Name, st.diskSize, d.Size)
+	}
+	bf, err := s.openBlocks(vm, st)
+	if err != nil {
+		return nil, nil, err
+	}
+	if fi, err := bf.Stat(); err != nil || fi.Size() != st.diskSize {
+		bf.Close()
+		return nil, nil, fmt.Errorf("%w: blocks file of staged %s is not %d bytes", target.ErrCorrupt, d.Name, st.diskSize)
+	}
+	return st, bf, nil
+}
+
+// writeUndo saves what applying the staged disk d would overwrite in its
+// replica, and returns the stream's data bytes.
 func (s *Store) writeUndo(vm string, gen uint64, d planDisk) (int64, error) {
-	sf, err := s.root.Open(stagedPath(vm, gen, d.Name))
+	st, bf, err := s.loadStaged(vm, gen, d)
 	if err != nil {
 		return 0, err
 	}
-	defer sf.Close()
-	fr, err := frame.NewReader(bufio.NewReaderSize(sf, 1<<20), frame.Limits{})
-	if err != nil {
-		return 0, fmt.Errorf("%w: staged %s: %w", target.ErrCorrupt, d.Name, err)
-	}
-	h := fr.Header()
+	defer bf.Close()
 
 	var prevSize int64
 	var flags uint16
@@ -68,9 +85,9 @@ func (s *Store) writeUndo(vm string, gen uint64, d planDisk) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	c := &capture{w: w, rep: rep, bs: int64(h.BlockSize)}
+	c := &capture{w: w, rep: rep, bs: st.blockSize}
 
-	limit := min(prevSize, d.Size) // bytes of the replica the records may overwrite
+	limit := min(prevSize, d.Size) // bytes of the replica the extents may overwrite
 	if rep == nil || d.Reset {
 		limit = 0
 	}
@@ -79,32 +96,7 @@ func (s *Store) writeUndo(vm string, gen uint64, d planDisk) (int64, error) {
 			return 0, err
 		}
 	}
-	bs := int64(h.BlockSize)
-	for {
-		rec, err := fr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return 0, fmt.Errorf("%w: staged %s: %w", target.ErrCorrupt, d.Name, err)
-		}
-		off := int64(rec.Block) * bs
-		if off >= limit {
-			continue
-		}
-		if rec.Kind == frame.KindData {
-			err = c.addData(off, rec.Data[:min(int64(len(rec.Data)), limit-off)])
-		} else {
-			end := min(off+int64(rec.Count)*bs, limit)
-			if err = c.flush(); err == nil {
-				err = c.saveChanged(off, end)
-			}
-		}
-		if err != nil {
-			return 0, err
-		}
-	}
-	if err := c.flush(); err != nil {
+	if err := c.saveExtents(st, bf, limit); err != nil {
 		return 0, err
 	}
 	if rep != nil && !d.Reset && d.Size < prevSize {
@@ -121,7 +113,41 @@ func (s *Store) writeUndo(vm string, gen uint64, d planDisk) (int64, error) {
 	if err := s.syncDir(path.Dir(up)); err != nil {
 		return 0, err
 	}
-	return int64(fr.Stats().DataBytes), nil
+	return st.dataBytes, nil
+}
+
+// saveExtents saves the replica's bytes below limit that the extents of st
+// overwrite: data extents block by block against the new bytes in the
+// blocks file bf, zero extents where the replica is not zeros already.
+func (c *capture) saveExtents(st *staged, bf *os.File, limit int64) error {
+	var buf []byte
+	for _, e := range st.extents {
+		if e.off >= limit {
+			break // extents come in order: the rest are past it too
+		}
+		end := min(e.off+e.len, limit)
+		if e.zero {
+			if err := c.flush(); err != nil {
+				return err
+			}
+			if err := c.saveChanged(e.off, end); err != nil {
+				return err
+			}
+			continue
+		}
+		for at := e.off; at < end; {
+			n := min(end-at, saveChunk)
+			buf = slices.Grow(buf[:0], int(n))[:n]
+			if err := readFull(bf, buf, at); err != nil {
+				return err
+			}
+			if err := c.addData(at, buf); err != nil {
+				return err
+			}
+			at += n
+		}
+	}
+	return c.flush()
 }
 
 // saveChunk is the largest piece of a range saveAll and saveChanged save as
@@ -233,20 +259,18 @@ func (c *capture) walk(off, end int64, hole func(at, n int64) error, data func(a
 	return nil
 }
 
-// applyDisk applies the staged stream of d to its replica and syncs it.
-// It is idempotent: applying it again writes the same bytes.
+// applyDisk applies the staged disk d to its replica and syncs it. A disk
+// that starts afresh (new to the newest point, or without a replica) takes
+// the blocks file itself as its replica, by a hard link; otherwise the
+// extents are copied into the replica in the kernel and the zero extents
+// punched. Either way it is idempotent: applying again gives the same
+// replica.
 func (s *Store) applyDisk(vm string, gen uint64, d planDisk) error {
-	sf, err := s.root.Open(stagedPath(vm, gen, d.Name))
+	st, bf, err := s.loadStaged(vm, gen, d)
 	if err != nil {
 		return err
 	}
-	defer sf.Close()
-	fr, err := frame.NewReader(bufio.NewReaderSize(sf, 1<<20), frame.Limits{})
-	if err != nil {
-		return fmt.Errorf("%w: staged %s: %w", target.ErrCorrupt, d.Name, err)
-	}
-	bs := int64(fr.Header().BlockSize)
-
+	defer bf.Close()
 	rp := replicaPath(vm, d.Name)
 	if err := s.mkdirAll(path.Dir(rp)); err != nil {
 		return err
@@ -255,39 +279,24 @@ func (s *Store) applyDisk(vm string, gen uint64, d planDisk) error {
 	if err != nil {
 		return err
 	}
-	f, err := s.root.OpenFile(rp, os.O_RDWR|os.O_CREATE, filePerm)
+	if d.Reset || !existed {
+		return s.linkReplica(vm, gen, st, rp)
+	}
+	f, err := s.root.OpenFile(rp, os.O_RDWR, filePerm)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if !existed {
-		if err := s.syncDir(path.Dir(rp)); err != nil {
-			return err
-		}
-	}
-	w := &replicaWriter{s: s, f: f, bs: bs, op: "replica"}
-	if d.Reset {
-		if err := w.truncate(0); err != nil {
-			return err
-		}
-	}
+	w := &replicaWriter{s: s, f: f, bs: st.blockSize, op: "replica"}
 	if err := w.truncate(d.Size); err != nil {
 		return err
 	}
 	partial := false
-	for {
-		rec, err := fr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("%w: staged %s: %w", target.ErrCorrupt, d.Name, err)
-		}
-		off := int64(rec.Block) * bs
-		if rec.Kind == frame.KindData {
-			err = w.data(off, rec.Data)
-		} else if err = w.flush(); err == nil {
-			err = w.punch(off, min(off+int64(rec.Count)*bs, d.Size)-off)
+	for _, e := range st.extents {
+		if e.zero {
+			err = w.punch(e.off, e.len)
+		} else {
+			err = w.copyFrom(bf, e.off, e.len)
 		}
 		if err != nil {
 			return err
@@ -297,13 +306,33 @@ func (s *Store) applyDisk(vm string, gen uint64, d planDisk) error {
 			s.step("apply " + d.Name + " partial")
 		}
 	}
-	if err := w.flush(); err != nil {
-		return err
-	}
 	if err := f.Sync(); err != nil {
 		return err
 	}
 	return f.Close()
+}
+
+// linkReplica makes the blocks file of st the replica at rp: a hard link
+// in tmp/, renamed over rp. The blocks file was synced by Stage. The
+// staged record keeps naming the same file until the commit is published,
+// so nothing may write to the replica before then (rollbackDisk replaces
+// it rather than writing into it).
+func (s *Store) linkReplica(vm string, gen uint64, st *staged, rp string) error {
+	if err := s.fault("replica"); err != nil {
+		return err
+	}
+	if err := s.mkdirAll(tmpDir(vm)); err != nil {
+		return err
+	}
+	tmp := tmpDir(vm) + "/" + randomName(".link")
+	if err := s.root.Link(blocksPath(vm, gen, st.blocks), tmp); err != nil {
+		return err
+	}
+	if err := s.root.Rename(tmp, rp); err != nil {
+		s.root.Remove(tmp)
+		return err
+	}
+	return s.syncDir(path.Dir(rp))
 }
 
 // rollbackDisk puts back the bytes of d's replica from the undo data of gen.
@@ -324,6 +353,14 @@ func (s *Store) rollbackDisk(vm string, gen uint64, d planDisk) error {
 		}
 		s.removeEmptyParents(rp, replicaDir(vm))
 		return nil
+	}
+	if u.flags&undoReset != 0 {
+		// The replica may be the staged blocks file (linkReplica), which a
+		// retry applies again: put the old disk into a new file. The undo
+		// data of a reset holds every byte of it.
+		if err := s.root.Remove(rp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	f, err := s.root.OpenFile(rp, os.O_RDWR|os.O_CREATE, filePerm)
 	if err != nil {
@@ -354,15 +391,13 @@ func (s *Store) rollbackDisk(vm string, gen uint64, d planDisk) error {
 	return f.Close()
 }
 
-// replicaWriter writes a replica: runs of consecutive data blocks in one
-// write, zero blocks as holes.
+// replicaWriter changes a replica, each change checked by the fault hook
+// and counted.
 type replicaWriter struct {
 	s      *Store
 	f      *os.File
 	bs     int64
 	op     string // fault injection kind
-	runOff int64
-	run    []byte
 	writes int
 }
 
@@ -381,44 +416,6 @@ func (w *replicaWriter) truncate(size int64) error {
 	return w.f.Truncate(size)
 }
 
-func (w *replicaWriter) data(off int64, data []byte) error {
-	if len(w.run) > 0 && (w.runOff+int64(len(w.run)) != off || len(w.run)+len(data) > 1<<20) {
-		if err := w.flush(); err != nil {
-			return err
-		}
-	}
-	if len(w.run) == 0 {
-		w.runOff = off
-	}
-	w.run = append(w.run, data...)
-	return nil
-}
-
-// flush writes the run: its non-zero blocks as data, its zero blocks as holes.
-func (w *replicaWriter) flush() error {
-	run := w.run
-	for i := int64(0); i < int64(len(run)); {
-		zero := allZero(run[i:min(i+w.bs, int64(len(run)))])
-		j := i + w.bs
-		for j < int64(len(run)) && allZero(run[j:min(j+w.bs, int64(len(run)))]) == zero {
-			j += w.bs
-		}
-		j = min(j, int64(len(run)))
-		var err error
-		if zero {
-			err = w.punch(w.runOff+i, j-i)
-		} else {
-			err = w.write(w.runOff+i, run[i:j])
-		}
-		if err != nil {
-			return err
-		}
-		i = j
-	}
-	w.run = w.run[:0]
-	return nil
-}
-
 func (w *replicaWriter) write(off int64, b []byte) error {
 	if err := w.s.fault(w.op); err != nil {
 		return err
@@ -426,6 +423,15 @@ func (w *replicaWriter) write(off int64, b []byte) error {
 	w.writes++
 	_, err := w.f.WriteAt(b, off)
 	return err
+}
+
+// copyFrom copies [off, off+n) of src to the same place in the replica.
+func (w *replicaWriter) copyFrom(src *os.File, off, n int64) error {
+	if err := w.s.fault(w.op); err != nil {
+		return err
+	}
+	w.writes++
+	return copyRange(src, w.f, off, n)
 }
 
 func (w *replicaWriter) punch(off, n int64) error {

@@ -1,7 +1,6 @@
 package dirstore
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"math"
 	"slices"
 
-	"github.com/drfs-project/drfs/internal/frame"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -20,7 +18,9 @@ import (
 //  1. save the undo data of every staged disk (the replica's bytes the
 //     generation overwrites, and its size) and sync it;
 //  2. write the applying marker;
-//  3. apply the staged streams to the replicas and sync them;
+//  3. apply the staged disks to the replicas (a hard link of a new disk's
+//     blocks file, an in-kernel copy of ranges into an existing replica)
+//     and sync them;
 //  4. write the manifest with the new point;
 //  5. remove the marker and the staging.
 //
@@ -104,20 +104,23 @@ func (s *Store) planLocked(v *vmState, gen uint64, c target.Commit) (*marker, er
 		if !listed[d] {
 			return nil, fail(target.ErrNotFound, "disk %s is staged but not among the commit's disks %q", d, c.Disks)
 		}
-		h, err := s.stagedHeader(vm, gen, d)
+		h, err := s.readStaged(vm, gen, d)
+		if errors.Is(err, errStagedCorrupt) {
+			return nil, fail(target.ErrCorrupt, "%v", err)
+		}
 		if err != nil {
 			return nil, err
 		}
 		_, known := prev[d]
 		switch {
-		case known && h.Base != newest.Generation:
-			return nil, fail(target.ErrOutOfOrder, "disk %s: the stream applies on generation %d, the newest point is %d", d, h.Base, newest.Generation)
-		case !known && h.Base != 0 && (newest == nil || h.Base != newest.Generation):
-			return nil, fail(target.ErrOutOfOrder, "new disk %s: the stream applies on generation %d", d, h.Base)
-		case h.DiskSize > math.MaxInt64/2:
-			return nil, fail(target.ErrCorrupt, "disk %s: size %d", d, h.DiskSize)
+		case known && h.base != newest.Generation:
+			return nil, fail(target.ErrOutOfOrder, "disk %s: the stream applies on generation %d, the newest point is %d", d, h.base, newest.Generation)
+		case !known && h.base != 0 && (newest == nil || h.base != newest.Generation):
+			return nil, fail(target.ErrOutOfOrder, "new disk %s: the stream applies on generation %d", d, h.base)
+		case h.diskSize > math.MaxInt64/2:
+			return nil, fail(target.ErrCorrupt, "disk %s: size %d", d, h.diskSize)
 		}
-		mk.Disks = append(mk.Disks, planDisk{Name: d, Reset: !known, Size: int64(h.DiskSize)})
+		mk.Disks = append(mk.Disks, planDisk{Name: d, Reset: !known, Size: h.diskSize})
 	}
 	p := target.Point{
 		VM:            vm,
@@ -138,20 +141,6 @@ func (s *Store) planLocked(v *vmState, gen uint64, c target.Commit) (*marker, er
 	}
 	mk.Point = p
 	return mk, nil
-}
-
-// stagedHeader reads the header of a staged stream.
-func (s *Store) stagedHeader(vm string, gen uint64, disk string) (frame.Header, error) {
-	f, err := s.root.Open(stagedPath(vm, gen, disk))
-	if err != nil {
-		return frame.Header{}, err
-	}
-	defer f.Close()
-	fr, err := frame.NewReader(bufio.NewReader(f), frame.Limits{})
-	if err != nil {
-		return frame.Header{}, fmt.Errorf("dirstore: staged %s/%s generation %d: %w: %w", vm, disk, gen, target.ErrCorrupt, err)
-	}
-	return fr.Header(), nil
 }
 
 // commitLocked runs the commit protocol for mk.
@@ -260,6 +249,11 @@ func (s *Store) finishLocked(v *vmState, gen uint64) error {
 	for _, g := range s.genDirs(stagingRoot(v.name)) {
 		if g <= gen {
 			s.removeAll(stagingDir(v.name, g))
+		}
+	}
+	for _, g := range s.genDirs(blocksRoot(v.name)) {
+		if g <= gen {
+			s.removeAll(blocksDir(v.name, g))
 		}
 	}
 	s.step("staging removed")

@@ -1,6 +1,7 @@
 package dirstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -203,9 +204,11 @@ func checkClean(t *testing.T, st *Store, vm string) {
 		return
 	}
 	newest := pts[len(pts)-1].Generation
-	for _, g := range st.genDirs(stagingRoot(vm)) {
-		if g <= newest {
-			t.Errorf("staging of committed generation %d left", g)
+	for _, root := range []string{stagingRoot(vm), blocksRoot(vm)} {
+		for _, g := range st.genDirs(root) {
+			if g <= newest {
+				t.Errorf("%s of committed generation %d left", root, g)
+			}
 		}
 	}
 	var want []uint64
@@ -334,30 +337,62 @@ func TestCrashDuringExpire(t *testing.T) {
 	}
 }
 
+// TestCrashDuringStage crashes a Stage at each of its steps (the blocks
+// file partly written, whole, the record written, installed): the store
+// stays at its point with nothing staged but what was installed, no blocks
+// file is left that no record names, and the generation applies afterwards.
 func TestCrashDuringStage(t *testing.T) {
-	dir := t.TempDir()
-	st := openT(t, dir)
-	crashScenario(t, st, false)
-	m, g := crashScenario(t, nil, false)
-	must(t, st.Commit(bg, "vm", g.Gen, g.Commit()))
-	g.Committed()
-	st.Close()
-
-	next := m.Next(6)
-	next.RandomGen(rand.New(rand.NewPCG(1, 1)), storetest.RandomOptions{Changes: 10})
-	must(t, next.Build())
+	build := func(t *testing.T) (*storetest.VM, *storetest.Gen) {
+		m, g := crashScenario(t, nil, false)
+		g.Committed()
+		next := m.Next(6)
+		next.RandomGen(rand.New(rand.NewPCG(1, 1)), storetest.RandomOptions{Changes: 10})
+		must(t, next.Build())
+		return m, next
+	}
+	newDir := scenarioDir(t, func(st *Store) {
+		_, g := crashScenario(t, st, false)
+		must(t, st.Commit(bg, "vm", g.Gen, g.Commit()))
+	})
+	_, next := build(t)
 	disk := next.StagedDisks()[0]
-	job := crashJob{Dir: dir, Op: "stage", VM: "vm", Gen: 6, Disk: disk, Stream: next.Streams[disk], Crash: 0}
-	if !runChild(t, job) {
-		t.Fatal("the child did not crash")
+	steps := recordSteps(t, newDir(), func(st *Store) error {
+		return st.Stage(bg, "vm", 6, disk, bytes.NewReader(next.Streams[disk]))
+	})
+	installed := slices.Index(steps, "stage installed")
+	if installed < 0 || !slices.Contains(steps, "stage partial") {
+		t.Fatalf("steps %q", steps)
 	}
-	st = openT(t, dir)
-	defer st.Close()
-	checkClean(t, st, "vm")
-	if ok, _ := st.exists(stagedPath("vm", 6, disk)); ok {
-		t.Error("a stream whose Stage crashed is staged")
+	t.Logf("%d steps: %q", len(steps), steps)
+	for k, step := range steps {
+		t.Run(fmt.Sprintf("%02d-%s", k, step), func(t *testing.T) {
+			dir := newDir()
+			m, next := build(t)
+			job := crashJob{Dir: dir, Op: "stage", VM: "vm", Gen: 6, Disk: disk, Stream: next.Streams[disk], Crash: k}
+			if !runChild(t, job) {
+				t.Fatal("the child did not crash")
+			}
+			st := openT(t, dir)
+			defer st.Close()
+			checkClean(t, st, "vm")
+			ok, _ := st.exists(stagedPath("vm", 6, disk))
+			if ok != (k >= installed) {
+				t.Errorf("staged after a crash at step %d: %v", k, ok)
+			}
+			if n := countFiles(t, st, blocksDir("vm", 6)); n != map[bool]int{false: 0, true: 1}[ok] {
+				t.Errorf("%d blocks files left, staged %v", n, ok)
+			}
+			m.CheckPoints(t, st)
+			must(t, next.Apply(bg, st))
+			m.CheckPoints(t, st)
+			checkClean(t, st, "vm")
+		})
 	}
-	m.CheckPoints(t, st)
-	must(t, next.Apply(bg, st))
-	m.CheckPoints(t, st)
+}
+
+func countFiles(t *testing.T, st *Store, dir string) int {
+	t.Helper()
+	n := 0
+	must(t, st.walkFiles(dir, func(string) error { n++; return nil }))
+	return n
 }

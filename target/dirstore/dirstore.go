@@ -163,6 +163,11 @@ func stagingDir(vm string, gen uint64) string {
 	return stagingRoot(vm) + "/" + strconv.FormatUint(gen, 10)
 }
 func stagedPath(vm string, gen uint64, d string) string { return stagingDir(vm, gen) + "/" + d }
+func blocksRoot(vm string) string                       { return vm + "/blocks" }
+func blocksDir(vm string, gen uint64) string {
+	return blocksRoot(vm) + "/" + strconv.FormatUint(gen, 10)
+}
+func blocksPath(vm string, gen uint64, n string) string { return blocksDir(vm, gen) + "/" + n }
 func undoRoot(vm string) string                         { return vm + "/undo" }
 func undoDir(vm string, gen uint64) string              { return undoRoot(vm) + "/" + strconv.FormatUint(gen, 10) }
 func undoPath(vm string, gen uint64, d string) string   { return undoDir(vm, gen) + "/" + d }
@@ -290,7 +295,8 @@ func (s *Store) loadLocked(v *vmState) error {
 // of disks no point holds. Failures only leave garbage.
 func (s *Store) cleanLocked(v *vmState) {
 	vm := v.name
-	if !v.cleaned {
+	first := !v.cleaned
+	if first {
 		s.root.RemoveAll(tmpDir(vm))
 		v.cleaned = true
 	}
@@ -308,7 +314,38 @@ func (s *Store) cleanLocked(v *vmState) {
 			s.removeAll(stagingDir(vm, g))
 		}
 	}
+	for _, g := range s.genDirs(blocksRoot(vm)) {
+		if len(v.points) > 0 && g <= newest {
+			s.removeAll(blocksDir(vm, g))
+		} else if first {
+			s.removeUnstagedBlocks(vm, g)
+		}
+	}
 	s.removeOrphansLocked(v)
+}
+
+// removeUnstagedBlocks removes the blocks files of generation gen that no
+// staged record names: those of a Stage that crashed or failed, or of a
+// record replaced just before a crash. Only on the first load, when no
+// Stage of this process can be writing one.
+func (s *Store) removeUnstagedBlocks(vm string, gen uint64) {
+	named := map[string]bool{}
+	s.walkFiles(stagingDir(vm, gen), func(rel string) error {
+		if st, err := s.readStaged(vm, gen, rel); err == nil {
+			named[st.blocks] = true
+		}
+		return nil
+	})
+	var gone []string
+	s.walkFiles(blocksDir(vm, gen), func(rel string) error {
+		if !named[rel] {
+			gone = append(gone, rel)
+		}
+		return nil
+	})
+	for _, name := range gone {
+		s.root.Remove(blocksPath(vm, gen, name))
+	}
 }
 
 // removeOrphansLocked removes the replicas of disks that no point holds.

@@ -83,6 +83,26 @@ func (s *Store) writeAtomic(op, name string, data []byte) error {
 	return s.syncDir(path.Dir(name))
 }
 
+// writeSynced creates name with data and fsyncs it; the caller renames it
+// into place. op names the write for fault injection.
+func (s *Store) writeSynced(op, name string, data []byte) error {
+	if err := s.fault(op); err != nil {
+		return err
+	}
+	f, err := s.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // readFile returns the contents of name, or nil and no error if it does not
 // exist.
 func (s *Store) readFile(name string) ([]byte, error) {
@@ -158,6 +178,24 @@ func writeZeros(f *os.File, off, n int64) error {
 		}
 		off += k
 		n -= k
+	}
+	return nil
+}
+
+// copyBuffered copies [off, off+n) of src to the same offsets of dst
+// through a buffer.
+func copyBuffered(src, dst *os.File, off, n int64) error {
+	buf := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		b := buf[:min(n, int64(len(buf)))]
+		if err := readFull(src, b, off); err != nil {
+			return err
+		}
+		if _, err := dst.WriteAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+		n -= int64(len(b))
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package dirstore
 
 import (
 	"errors"
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -70,4 +71,52 @@ func dataExtents(f *os.File, off, end int64) ([]extent, error) {
 		return nil, err
 	}
 	return out, serr
+}
+
+// copyRange copies [off, off+n) of src to the same offsets of dst in the
+// kernel (copy_file_range: a reflink where the file system shares blocks,
+// else a page-cache copy with no trip through user space). Where the kernel
+// cannot, it copies through a buffer.
+func copyRange(src, dst *os.File, off, n int64) error {
+	sc, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	dc, err := dst.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cerr error
+	roff, woff, end := off, off, off+n
+	err = sc.Control(func(sfd uintptr) {
+		err := dc.Control(func(dfd uintptr) {
+			for roff < end {
+				m, err := unix.CopyFileRange(int(sfd), &roff, int(dfd), &woff, int(min(end-roff, 1<<30)), 0)
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil {
+					cerr = err
+					return
+				}
+				if m == 0 {
+					cerr = io.ErrUnexpectedEOF
+					return
+				}
+			}
+		})
+		if err != nil {
+			cerr = err
+		}
+	})
+	if err != nil {
+		return err
+	}
+	switch {
+	case cerr == nil:
+		return nil
+	case errors.Is(cerr, unix.EXDEV), errors.Is(cerr, unix.ENOSYS), errors.Is(cerr, unix.EOPNOTSUPP), errors.Is(cerr, unix.EINVAL):
+		return copyBuffered(src, dst, roff, end-roff)
+	}
+	return &os.PathError{Op: "copy_file_range", Path: dst.Name(), Err: cerr}
 }

@@ -14,3 +14,6 @@ func dataExtents(f *os.File, off, end int64) ([]extent, error) {
 	}
 	return []extent{{off, end - off}}, nil
 }
+
+// copyRange copies [off, off+n) of src to the same offsets of dst.
+func copyRange(src, dst *os.File, off, n int64) error { return copyBuffered(src, dst, off, n) }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path"
 
@@ -13,14 +14,20 @@ import (
 	"github.com/drfs-project/drfs/target"
 )
 
-// Stage receives the stream of one disk of generation gen of vm into a
-// temporary file, decoding and verifying it as it arrives (every block
-// checksum, then the trailer), and moves it into the staging directory once
-// it is whole and durable. If stream is an io.ByteReader (a *bufio.Reader),
-// Stage reads exactly the stream's bytes from it, up to the trailer;
-// otherwise it may read ahead. A stream that fails leaves nothing behind and
-// does not disturb what was staged before. Staging a generation the store
-// already holds returns nil without reading the stream.
+// Stage receives the stream of one disk of generation gen of vm, decoding
+// and verifying it as it arrives (every block checksum, then the trailer),
+// and writes each verified block at its disk offset into a new blocks file
+// (see staged.go). Once the stream is whole and the blocks file durable, it
+// installs the staged record that names the blocks file, replacing an
+// earlier one of the same disk: that rename is the moment the disk is
+// staged. If stream is an io.ByteReader (a *bufio.Reader), Stage reads
+// exactly the stream's bytes from it, up to the trailer; otherwise it may
+// read ahead. A stream that fails leaves nothing behind and does not disturb
+// what was staged before. Staging a generation the store already holds
+// returns nil without reading the stream.
+//
+// Stage never touches a replica: readers and Checksums of every point see
+// nothing of it until Commit.
 func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, stream io.Reader) (err error) {
 	if err := checkVM(vm); err != nil {
 		return err
@@ -39,11 +46,14 @@ func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, s
 		return wrap(err)
 	}
 
-	if err := s.mkdirAll(tmpDir(vm)); err != nil {
-		return wrap(err)
+	for _, dir := range []string{tmpDir(vm), blocksDir(vm, gen)} {
+		if err := s.mkdirAll(dir); err != nil {
+			return wrap(err)
+		}
 	}
-	tmp := tmpDir(vm) + "/" + randomName(".stage")
-	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
+	name := randomName(".blocks")
+	bp := blocksPath(vm, gen, name)
+	f, err := s.root.OpenFile(bp, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
 		return wrap(err)
 	}
@@ -52,7 +62,7 @@ func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, s
 			f.Close()
 		}
 		if err != nil {
-			s.root.Remove(tmp)
+			s.root.Remove(bp)
 		}
 	}()
 
@@ -60,26 +70,30 @@ func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, s
 	if !ok {
 		src = bufio.NewReaderSize(stream, 256<<10)
 	}
-	tee := &stageReader{
-		src: src,
-		dst: bufio.NewWriterSize(faultWriter{f, func() error { return s.fault("stage") }}, 256<<10),
-	}
-	if err := s.receive(ctx, tee, vm, gen, disk); err != nil {
+	st, err := s.receive(ctx, &inputReader{src: src}, f, vm, gen, disk)
+	if err != nil {
 		return wrap(err)
 	}
-	if err := tee.dst.Flush(); err != nil {
-		return wrap(err)
-	}
+	st.blocks = name
 	if err := f.Sync(); err != nil {
 		return wrap(err)
 	}
 	err = f.Close()
 	f = nil
+	if err == nil {
+		err = s.syncDir(blocksDir(vm, gen))
+	}
 	if err != nil {
 		return wrap(err)
 	}
 	s.step("stage received")
-	return s.stageInstall(vm, gen, disk, tmp)
+	tmp := tmpDir(vm) + "/" + randomName(".stage")
+	if err := s.writeSynced("stage", tmp, st.marshal()); err != nil {
+		s.root.Remove(tmp)
+		return wrap(err)
+	}
+	s.step("stage record")
+	return s.stageInstall(vm, gen, disk, tmp, name)
 }
 
 // stageCheck says whether a stream of generation gen is wanted: done if the
@@ -102,20 +116,29 @@ func (s *Store) stageCheck(vm string, gen uint64, locked bool) (done bool, err e
 	return false, nil
 }
 
-// stageInstall moves a received stream into place, replacing an earlier one.
-func (s *Store) stageInstall(vm string, gen uint64, disk, tmp string) error {
+// stageInstall moves a staged record into place, replacing an earlier one
+// of the disk, whose blocks file it then removes. On failure it removes the
+// record and the new blocks file.
+func (s *Store) stageInstall(vm string, gen uint64, disk, tmp, blocks string) (err error) {
+	defer func() {
+		if err != nil {
+			s.root.Remove(tmp)
+			s.root.Remove(blocksPath(vm, gen, blocks))
+		}
+	}()
 	v, err := s.wlock(vm)
 	if err != nil {
-		s.root.Remove(tmp)
 		return err
 	}
 	defer v.mu.Unlock()
 	done, err := s.stageCheck(vm, gen, true)
 	if done || err != nil {
 		s.root.Remove(tmp)
+		s.root.Remove(blocksPath(vm, gen, blocks))
 		return err
 	}
 	dst := stagedPath(vm, gen, disk)
+	old, _ := s.readStaged(vm, gen, disk) // a damaged one leaves its blocks file to the next first load
 	err = s.mkdirAll(path.Dir(dst))
 	if err == nil {
 		err = s.root.Rename(tmp, dst)
@@ -124,42 +147,128 @@ func (s *Store) stageInstall(vm string, gen uint64, disk, tmp string) error {
 		err = s.syncDir(path.Dir(dst))
 	}
 	if err != nil {
-		s.root.Remove(tmp)
 		if isNameClash(err) {
 			return fmt.Errorf("dirstore: stage %s/%s: %w: a disk name is a directory of another: %v", vm, disk, target.ErrBadName, err)
 		}
 		return fmt.Errorf("dirstore: stage %s/%s generation %d: %w", vm, disk, gen, err)
 	}
+	s.step("stage installed")
+	if old != nil && old.blocks != blocks {
+		s.root.Remove(blocksPath(vm, gen, old.blocks))
+	}
 	return nil
 }
 
-// receive decodes the stream from tee (which copies it to the staging file)
-// and checks that it is the stream of vm, gen and disk.
-func (s *Store) receive(ctx context.Context, tee *stageReader, vm string, gen uint64, disk string) error {
-	fr, err := frame.NewReader(tee, frame.Limits{})
+// receive decodes the stream from in, checks that it is the stream of vm,
+// gen and disk, and writes its blocks into f. It returns the staged record
+// of the stream, without the blocks file's name.
+func (s *Store) receive(ctx context.Context, in *inputReader, f *os.File, vm string, gen uint64, disk string) (*staged, error) {
+	fr, err := frame.NewReader(in, frame.Limits{})
 	if err != nil {
-		return tee.classify(err)
+		return nil, in.classify(err)
 	}
 	h := fr.Header()
 	if h.VM != vm || h.Disk != disk || h.Generation != gen {
-		return fmt.Errorf("%w: the stream is of %s/%s generation %d", target.ErrCorrupt, h.VM, h.Disk, h.Generation)
+		return nil, fmt.Errorf("%w: the stream is of %s/%s generation %d", target.ErrCorrupt, h.VM, h.Disk, h.Generation)
 	}
+	if h.DiskSize > math.MaxInt64/2 {
+		return nil, fmt.Errorf("%w: disk size %d", target.ErrCorrupt, h.DiskSize)
+	}
+	st := &staged{gen: gen, base: h.Base, blockSize: int64(h.BlockSize), diskSize: int64(h.DiskSize)}
+	if err := s.fault("stage"); err != nil {
+		return nil, err
+	}
+	if err := f.Truncate(st.diskSize); err != nil {
+		return nil, err
+	}
+	w := &blocksWriter{s: s, f: f, st: st}
 	for n := 0; ; n++ {
-		_, err := fr.Next()
+		rec, err := fr.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return tee.classify(err)
+			return nil, in.classify(err)
+		}
+		off := int64(rec.Block) * st.blockSize
+		if rec.Kind == frame.KindData {
+			err = w.data(off, rec.Data)
+		} else if err = w.flush(); err == nil {
+			st.add(off, min(off+int64(rec.Count)*st.blockSize, st.diskSize)-off, true)
+		}
+		if err != nil {
+			return nil, err
 		}
 		if n%256 == 0 {
 			if err := ctx.Err(); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
 	// The trailer checked the stream. Stage reads nothing after it (a
 	// transport may carry more), so a reader left open does not hold it up.
+	if err := w.flush(); err != nil {
+		return nil, err
+	}
+	st.dataBytes = int64(fr.Stats().DataBytes)
+	return st, nil
+}
+
+// blocksRun is the most a blocksWriter gathers into one write.
+const blocksRun = 256 << 10
+
+// blocksWriter writes verified data blocks into a blocks file, runs of
+// consecutive blocks in one write, and records them in the staged record.
+// A block of zeros is not written (the file is sparse): it becomes a zero
+// extent, which Commit punches in the replica.
+type blocksWriter struct {
+	s       *Store
+	f       *os.File
+	st      *staged
+	runOff  int64
+	run     []byte
+	partial bool // the step hook heard of the first write
+}
+
+func (w *blocksWriter) data(off int64, data []byte) error {
+	if len(w.run) > 0 && (w.runOff+int64(len(w.run)) != off || len(w.run)+len(data) > blocksRun) {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	if len(w.run) == 0 {
+		w.runOff = off
+	}
+	w.run = append(w.run, data...)
+	return nil
+}
+
+// flush writes the run's non-zero blocks and records its zero ones.
+func (w *blocksWriter) flush() error {
+	run, bs := w.run, w.st.blockSize
+	for i := int64(0); i < int64(len(run)); {
+		zero := allZero(run[i:min(i+bs, int64(len(run)))])
+		j := i + bs
+		for j < int64(len(run)) && allZero(run[j:min(j+bs, int64(len(run)))]) == zero {
+			j += bs
+		}
+		j = min(j, int64(len(run)))
+		if !zero {
+			if err := w.s.fault("stage"); err != nil {
+				return err
+			}
+			if _, err := w.f.WriteAt(run[i:j], w.runOff+i); err != nil {
+				return err
+			}
+			if !w.partial {
+				w.partial = true
+				w.s.step("stage partial")
+			}
+		}
+		w.st.add(w.runOff+i, j-i, zero)
+		i = j
+	}
+	w.run = w.run[:0]
 	return nil
 }
 
@@ -168,45 +277,36 @@ type byteReader interface {
 	io.ByteReader
 }
 
-// stageReader hands the frame reader what it reads from src and copies it
-// to dst, remembering whose error ended the stream.
-type stageReader struct {
+// inputReader hands the frame reader what it reads from src, remembering
+// whether src failed (not at EOF): that is worth a retry, not a corrupt
+// stream.
+type inputReader struct {
 	src  byteReader
-	dst  *bufio.Writer
-	rerr error // src failed (not at EOF): worth a retry
-	werr error // dst failed (a full disk): worth a retry
+	rerr error
 }
 
-func (t *stageReader) Read(p []byte) (int, error) {
-	n, err := t.src.Read(p)
-	if n > 0 {
-		if _, werr := t.dst.Write(p[:n]); werr != nil {
-			t.werr = werr
-			return 0, werr
-		}
-	}
+func (in *inputReader) Read(p []byte) (int, error) {
+	n, err := in.src.Read(p)
 	if err != nil && err != io.EOF {
-		t.rerr = err
+		in.rerr = err
 	}
 	return n, err
 }
 
-func (t *stageReader) ReadByte() (byte, error) {
-	var b [1]byte
-	if _, err := io.ReadFull(t, b[:]); err != nil {
-		return 0, err
+func (in *inputReader) ReadByte() (byte, error) {
+	b, err := in.src.ReadByte()
+	if err != nil && err != io.EOF {
+		in.rerr = err
 	}
-	return b[0], nil
+	return b, err
 }
 
-// classify maps a frame reader error: a failed input or staging write is
-// retryable, a bad stream is ErrCorrupt.
-func (t *stageReader) classify(err error) error {
+// classify maps a frame reader error: a failed input is retryable, a bad
+// stream is ErrCorrupt.
+func (in *inputReader) classify(err error) error {
 	switch {
-	case t.werr != nil:
-		return t.werr
-	case t.rerr != nil:
-		return fmt.Errorf("reading the stream: %w", t.rerr)
+	case in.rerr != nil:
+		return fmt.Errorf("reading the stream: %w", in.rerr)
 	case errors.Is(err, frame.ErrCorrupt), errors.Is(err, frame.ErrTruncated),
 		errors.Is(err, frame.ErrVersion), errors.Is(err, frame.ErrLimit):
 		return fmt.Errorf("%w: %w", target.ErrCorrupt, err)
