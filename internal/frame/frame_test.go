@@ -508,3 +508,51 @@ func TestWriterFlushesOnClose(t *testing.T) {
 		t.Errorf("stats %+v for a %d-byte stream", st, buf.Len())
 	}
 }
+
+// TestCompressionGivesUp: after a run of incompressible blocks the Writer
+// offers LZ4 one block in lz4Probe, and compresses again as soon as a probe
+// shrinks; the stream still decodes to the same data.
+func TestCompressionGivesUp(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	const nRandom, nText = 200, 40
+	h := testHeader(4096, (nRandom+nText)*4096)
+	var ops []op
+	for b := range uint64(nRandom) {
+		ops = append(ops, op{block: b, data: random(rng, 4096)})
+	}
+	for b := range uint64(nText) {
+		ops = append(ops, op{block: nRandom + b, data: compressible(rng, 4096)})
+	}
+	stream, st := encode(t, h, ops)
+	// Every text block after the first probe that reaches the text.
+	if min := uint64(nText - lz4Probe); st.Compressed < min {
+		t.Errorf("compressed %d of %d text blocks, want at least %d", st.Compressed, nText, min)
+	}
+	_, recs, err := decodeAll(bytes.NewReader(stream), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := diffRecords(recs, expected(h, ops)); err != nil {
+		t.Fatal(err)
+	}
+	// Encoding again gives the same bytes.
+	if again, _ := encode(t, h, ops); !bytes.Equal(again, stream) {
+		t.Error("a second encoding differs")
+	}
+}
+
+// BenchmarkIncompressible: the cost per byte of random blocks, which LZ4
+// cannot shrink.
+func BenchmarkIncompressible(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	data := random(rng, 1<<20)
+	h := testHeader(4096, 1<<20)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		w, _ := NewWriter(io.Discard, h)
+		if err := w.Data(0, data); err != nil {
+			b.Fatal(err)
+		}
+		w.Close()
+	}
+}

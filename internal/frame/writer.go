@@ -41,6 +41,8 @@ type Writer struct {
 
 	next     uint64 // lowest block the next record may start at
 	lastData bool   // the previous record was data ending at next
+	misses   int    // data blocks in a row that LZ4 could not shrink
+	skipped  int    // blocks sent raw without trying since the last try
 	zeroAt   uint64 // pending zero extent, merged with adjacent ones
 	zeroN    uint64 // its block count; 0 for none
 
@@ -91,7 +93,8 @@ func appendHeader(b []byte, h *Header, created int64) []byte {
 // Data adds data for the blocks from block on: data is one or more whole
 // blocks, where the last one may be the disk's final partial block. Each
 // block becomes its own record with its own checksum, LZ4-compressed when
-// that makes it smaller. block must not be below the end of the previous
+// that makes it smaller (LZ4 is not tried on every block of a run that does
+// not compress; see lz4GiveUp). block must not be below the end of the previous
 // record. Data does not keep data after it returns.
 func (w *Writer) Data(block uint64, data []byte) error {
 	if w.err != nil {
@@ -152,11 +155,12 @@ func (w *Writer) appendBlock(block uint64, data []byte) {
 	at := len(b)
 	b = slices.Grow(b, head+len(data))
 	clen := 0
-	if limit := len(data) - 5; limit > 0 {
+	if limit := len(data) - 5; limit > 0 && w.tryLZ4() {
 		dst := b[at+head : at+head+limit]
 		if n, err := w.comp.CompressBlock(data, dst); err == nil {
 			clen = n
 		}
+		w.tried(clen > 0)
 	}
 	if clen > 0 {
 		b = b[:at+head]
@@ -186,6 +190,35 @@ func (w *Writer) appendBlock(block uint64, data []byte) {
 	w.stats.DataBytes += uint64(len(data))
 	w.next = block + 1
 	w.lastData = true
+}
+
+// Incompressible data (encrypted or already compressed disks, media) makes
+// LZ4 a pure cost: after lz4GiveUp data blocks in a row that did not shrink,
+// the Writer sends blocks raw and tries LZ4 on one block in lz4Probe, until
+// one shrinks again. The decision depends only on the blocks written, so a
+// stream encoded again is the same bytes.
+const (
+	lz4GiveUp = 16
+	lz4Probe  = 16
+)
+
+// tryLZ4 says whether to offer the next data block to LZ4.
+func (w *Writer) tryLZ4() bool {
+	if w.misses < lz4GiveUp || w.skipped >= lz4Probe-1 {
+		return true
+	}
+	w.skipped++
+	return false
+}
+
+// tried records whether LZ4 shrank the block it was offered.
+func (w *Writer) tried(shrank bool) {
+	w.skipped = 0
+	if shrank {
+		w.misses = 0
+	} else {
+		w.misses++
+	}
 }
 
 // Zero adds an extent of count blocks from block on that read as zeros
