@@ -37,6 +37,12 @@ type replicationFlags struct {
 	targets.TLS
 
 	window orchestrator.Window // parsed ResyncWindow, local time
+
+	// Set by the agent, which runs one replication per protected VM: only
+	// vms are replicated (nil: every VM of the log), and wrapCopies, if
+	// set, wraps the choice of the disks to copy (to follow its progress).
+	vms        []string
+	wrapCopies func(copiesFunc) copiesFunc
 }
 
 // percent is a percentage from 1 to 100, written 50% or 50.
@@ -190,14 +196,22 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	}
 	st = shipper.Retry(st, shipper.DefaultPolicy, nil)
 	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID})
+	copies := copiesFunc(r.copies)
+	if f.wrapCopies != nil {
+		copies = f.wrapCopies(copies)
+	}
 	r.loop = shipper.NewLoop(sh, log, shipper.LoopOptions{
 		Interval: f.Interval,
-		Copies:   r.copies,
+		VMs:      f.vms,
+		Copies:   copies,
 		Prepare:  r.prepare,
 		OnShip:   r.shipped,
 	})
 	return r, nil
 }
+
+// copiesFunc is the type of replication.copies.
+type copiesFunc = func(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error))
 
 // run replicates until ctx is done.
 func (r *replication) run(ctx context.Context) { r.loop.Run(ctx) }
@@ -610,11 +624,22 @@ func (r *replication) diff(ctx context.Context, vm, disk, path string, gen uint6
 	if b, err := os.ReadFile(cpath); err == nil {
 		var c resync.Cursor
 		if c.Unmarshal(b) == nil {
+			// A cursor of an older point of this disk still holds: the
+			// points after it came from the log (the disk's resync is
+			// pending, so no copy changed its replica), which holds every
+			// write since the comparison began (the precondition of any
+			// resume); their blocks are sent again from the file anyway.
+			if c.VM == vm && c.Disk == disk && c.Gen < gen {
+				fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync cursor of point %d carried to point %d (the points between came from the log)\n", vm, disk, c.Gen, gen)
+				c.Gen = gen
+			}
 			opts.Resume = &c
 		}
 	}
+	opts.Window = testHooks.window
 	var saved time.Time
 	opts.Progress = func(p resync.Progress) {
+		time.Sleep(testHooks.pace)
 		if time.Since(saved) < 2*time.Second && p.Offset < p.Size {
 			return
 		}
@@ -624,6 +649,12 @@ func (r *replication) diff(ctx context.Context, vm, disk, path string, gen uint6
 			bytesString(p.Offset), bytesString(p.Size), bytesString(p.SendBytes), p.ETA.Round(time.Second))
 	}
 	res, err := resync.Diff(ctx, f, st.Size(), r.store, vm, gen, disk, opts)
+	switch {
+	case opts.Resume != nil && res.Restarted != "":
+		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync started over: its cursor was not usable (%s)\n", vm, disk, res.Restarted)
+	case opts.Resume != nil:
+		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync resumed from its cursor at %s of %s\n", vm, disk, bytesString(res.ResumedAt), bytesString(st.Size()))
+	}
 	if err != nil {
 		writeFileAtomic(cpath, res.Cursor.Marshal())
 		return res, fmt.Errorf("resync of %s/%s (resumes from %s next time): %w", vm, disk, bytesString(res.Cursor.Offset), err)
@@ -633,6 +664,19 @@ func (r *replication) diff(ctx context.Context, vm, disk, path string, gen uint6
 		bytesString(res.SumBytesUp), bytesString(res.SumBytesDown), res.Duration.Round(time.Millisecond))
 	return res, nil
 }
+
+// testHooks slow the comparison down so that end-to-end tests can cut it
+// in the middle: DRFS_TEST_RESYNC_WINDOW (bytes compared per window) and
+// DRFS_TEST_RESYNC_PACE (a pause after each window, a duration). Not for
+// use outside tests.
+var testHooks = func() (h struct {
+	window int64
+	pace   time.Duration
+}) {
+	h.window, _ = strconv.ParseInt(os.Getenv("DRFS_TEST_RESYNC_WINDOW"), 10, 64)
+	h.pace, _ = time.ParseDuration(os.Getenv("DRFS_TEST_RESYNC_PACE"))
+	return h
+}()
 
 // writeFileAtomic replaces the file at path with data (temp file, rename).
 func writeFileAtomic(path string, data []byte) {
