@@ -22,8 +22,7 @@ var (
 
 // attempt is one encoding of a disk's stream into a pipe.
 type attempt struct {
-	pr   *io.PipeReader
-	pw   *io.PipeWriter
+	p    *pipe
 	once sync.Once
 	done chan struct{} // closed by finish
 
@@ -32,19 +31,14 @@ type attempt struct {
 }
 
 func newAttempt() *attempt {
-	pr, pw := io.Pipe()
-	return &attempt{pr: pr, pw: pw, done: make(chan struct{})}
+	return &attempt{p: newPipe(pipeSize), done: make(chan struct{})}
 }
 
 // finish ends the encoding: the reader sees EOF after the stream, or err.
 func (a *attempt) finish(stats frame.Stats, err error) {
 	a.once.Do(func() {
 		a.stats, a.err = stats, err
-		if err != nil {
-			a.pw.CloseWithError(err)
-		} else {
-			a.pw.Close()
-		}
+		a.p.closeWrite(err)
 		close(a.done)
 	})
 }
@@ -72,7 +66,7 @@ func (s *stream) Read(p []byte) (int, error) {
 	s.mu.Lock()
 	a := s.cur
 	s.mu.Unlock()
-	n, err := a.pr.Read(p)
+	n, err := a.p.Read(p)
 	s.mu.Lock()
 	if s.cur == a {
 		s.read += int64(n)
@@ -93,7 +87,7 @@ func (s *stream) Seek(offset int64, whence int) (int64, error) {
 		if s.read == 0 {
 			return 0, nil
 		}
-		s.cur.pr.CloseWithError(errRewound)
+		s.cur.p.closeRead(errRewound)
 		s.cur = s.g.reencode(s.plan)
 		s.read = 0
 		return 0, nil
@@ -109,9 +103,9 @@ func (s *stream) end(stageErr error) (frame.Stats, error) {
 	a := s.cur
 	s.mu.Unlock()
 	if stageErr != nil {
-		a.pr.CloseWithError(errStageFailed)
+		a.p.closeRead(errStageFailed)
 	} else {
-		a.pr.CloseWithError(errStageReturned)
+		a.p.closeRead(errStageReturned)
 	}
 	<-a.done
 	return a.stats, a.err
@@ -155,7 +149,7 @@ func (g *genShip) run(ctx context.Context, streams chan<- *stream) error {
 				return permanent(fmt.Errorf("records of disk %s, which the description of the generation does not list", r.Disk))
 			}
 			a := newAttempt()
-			enc, err := newDiskEncoder(a.pw, g.vm, g.gen, g.info, p)
+			enc, err := newDiskEncoder(a.p, g.vm, g.gen, g.info, p)
 			if err != nil {
 				return err
 			}
@@ -201,7 +195,7 @@ func (g *genShip) reencode(p *diskPlan) *attempt {
 	g.side.Add(1)
 	go func() {
 		defer g.side.Done()
-		enc, err := newDiskEncoder(a.pw, g.vm, g.gen, g.info, p)
+		enc, err := newDiskEncoder(a.p, g.vm, g.gen, g.info, p)
 		if err != nil {
 			a.finish(frame.Stats{}, err)
 			return
@@ -225,4 +219,107 @@ func (g *genShip) reencode(p *diskPlan) *attempt {
 		a.finish(enc.stats(), err)
 	}()
 	return a
+}
+
+// pipeSize is how much of a stream the encoder may run ahead of Stage: the
+// log read and encoding of the next megabytes overlap the transfer (and the
+// disk reads of the log the sending), where an unbuffered pipe made them
+// take turns.
+const pipeSize = 4 << 20
+
+// pipe is an io.Pipe with a buffer: Write returns once its bytes are in the
+// buffer, waiting only while it is full. The encoder writes, Stage reads.
+type pipe struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	buf  []byte // ring buffer
+	r, n int    // read position and bytes buffered
+	werr error  // set by closeWrite: Read returns it (io.EOF for nil) once the buffer is empty
+	rerr error  // set by closeRead: Write returns it, the buffer is dropped
+}
+
+func newPipe(size int) *pipe {
+	p := &pipe{buf: make([]byte, size)}
+	p.cond.L = &p.mu
+	return p
+}
+
+// Write copies b into the buffer, waiting for room. It fails with the
+// reader's error once the reader closed.
+func (p *pipe) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	written := 0
+	for len(b) > 0 {
+		for p.rerr == nil && p.werr == nil && p.n == len(p.buf) {
+			p.cond.Wait()
+		}
+		switch {
+		case p.rerr != nil:
+			return written, p.rerr
+		case p.werr != nil:
+			return written, io.ErrClosedPipe
+		}
+		w := (p.r + p.n) % len(p.buf)
+		m := copy(p.buf[w:min(len(p.buf), w+len(p.buf)-p.n)], b)
+		p.n += m
+		written += m
+		b = b[m:]
+		p.cond.Broadcast()
+	}
+	return written, nil
+}
+
+// Read copies buffered bytes into b, waiting for some.
+func (p *pipe) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.n == 0 && p.werr == nil && p.rerr == nil {
+		p.cond.Wait()
+	}
+	switch {
+	case p.rerr != nil:
+		return 0, io.ErrClosedPipe
+	case p.n == 0 && p.werr == errPipeEOF:
+		return 0, io.EOF
+	case p.n == 0:
+		return 0, p.werr
+	}
+	m := copy(b, p.buf[p.r:min(len(p.buf), p.r+p.n)])
+	p.r = (p.r + m) % len(p.buf)
+	p.n -= m
+	p.cond.Broadcast()
+	return m, nil
+}
+
+// errPipeEOF marks a writer that closed without an error.
+var errPipeEOF = errors.New("shipper: pipe closed")
+
+// closeWrite ends the stream: the reader gets the buffered bytes, then
+// io.EOF (err nil) or err. The first close counts.
+func (p *pipe) closeWrite(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		err = errPipeEOF
+	}
+	if p.werr == nil {
+		p.werr = err
+	}
+	p.cond.Broadcast()
+}
+
+// closeRead stops the reading side: the writer's Writes fail with err from
+// now on, and what is buffered is dropped. The first close counts.
+func (p *pipe) closeRead(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rerr == nil {
+		p.rerr = err
+		p.n = 0
+	}
+	p.cond.Broadcast()
 }
