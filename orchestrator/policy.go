@@ -32,7 +32,7 @@ const (
 	DefaultRetention       = 24 * time.Hour
 	DefaultResyncThreshold = 50 // percent
 
-	MinInterval  = 30 * time.Second
+	MinInterval  = time.Second // 30s, 5m and 15m are the usual choices; tests use seconds
 	MaxInterval  = 24 * time.Hour
 	MaxRetention = 30 * 24 * time.Hour // retention runs from Interval to this
 	MaxRPO       = 7 * 24 * time.Hour  // RPOWarning runs from Interval to this

@@ -11,17 +11,22 @@ import (
 
 // cli is the whole command line; each command lives in its own file.
 type cli struct {
-	Mount   mountCmd   `cmd:"" help:"Mount a directory of disk images through the tracking mount."`
-	Log     logCmd     `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`
-	Status  statusCmd  `cmd:"" help:"Show the replication of a running mount: last point per VM, pending generations, errors."`
-	Rotate  rotateCmd  `cmd:"" help:"Freeze the active generation of a VM on a running mount."`
-	Points  pointsCmd  `cmd:"" help:"List the recovery points of VMs on a target."`
-	Restore restoreCmd `cmd:"" help:"Write a VM's disks as they were at a recovery point into a directory."`
-	Verify  verifyCmd  `cmd:"" help:"Compare a VM's disks with a recovery point chunk by chunk, changing nothing."`
-	Resync  resyncCmd  `cmd:"" help:"Resynchronize a VM's disks with the target now (on a running mount)."`
-	Target  targetCmd  `cmd:"" help:"Serve replicas to source hosts: the recovery site's end of replication."`
-	Bench   benchCmd   `cmd:"" help:"Run benchmarks."`
-	Version versionCmd `cmd:"" help:"Print the version."`
+	Agent     agentCmd     `cmd:"" help:"Run the agent: the tracking mount and the protection of the VMs drfs protect names."`
+	Protect   protectCmd   `cmd:"" help:"Protect a VM: prerequisite checks, initial replication, then delta replication every interval (agent)."`
+	Unprotect unprotectCmd `cmd:"" help:"Stop protecting a VM; its recovery points on the target are kept (agent)."`
+	Resume    resumeCmd    `cmd:"" help:"Let a VM stopped by a non-recoverable error replicate again (agent)."`
+	Jobs      jobsCmd      `cmd:"" help:"List the agent's jobs, or follow one (drfs jobs watch ID)."`
+	Mount     mountCmd     `cmd:"" help:"Mount a directory of disk images through the tracking mount."`
+	Log       logCmd       `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`
+	Status    statusCmd    `cmd:"" help:"Show the protection of the agent VMs (state, health, RPO, log, next retry), or the replication of a running mount."`
+	Rotate    rotateCmd    `cmd:"" help:"Freeze the active generation of a VM on a running mount."`
+	Points    pointsCmd    `cmd:"" help:"List the recovery points of VMs on a target."`
+	Restore   restoreCmd   `cmd:"" help:"Write a VM's disks as they were at a recovery point into a directory."`
+	Verify    verifyCmd    `cmd:"" help:"Compare a VM's disks with a recovery point chunk by chunk, changing nothing."`
+	Resync    resyncCmd    `cmd:"" help:"Resynchronize a VM's disks with the target now (on a running mount)."`
+	Target    targetCmd    `cmd:"" help:"Serve replicas to source hosts: the recovery site's end of replication."`
+	Bench     benchCmd     `cmd:"" help:"Run benchmarks."`
+	Version   versionCmd   `cmd:"" help:"Print the version."`
 }
 
 var version = "dev"

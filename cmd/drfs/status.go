@@ -12,11 +12,24 @@ import (
 )
 
 type statusCmd struct {
-	State string `arg:"" help:"State directory of a running mount." type:"existingdir"`
-	JSON  bool   `help:"Print JSON."`
+	Of   string `arg:"" optional:"" name:"vm|statedir" help:"A VM of the agent (all of them if left out), or the state directory of a running drfs mount."`
+	JSON bool   `help:"Print JSON."`
+	socketFlag
+
+	State string `kong:"-"`
 }
 
 func (c *statusCmd) Run() error {
+	if st, err := os.Stat(c.Of); c.Of == "" || err != nil || !st.IsDir() {
+		return agentStatus(os.Stdout, c.Socket, c.Of, c.JSON)
+	}
+	c.State = c.Of
+	return c.mountStatus()
+}
+
+// mountStatus prints the replication of the drfs mount whose state
+// directory is c.State.
+func (c *statusCmd) mountStatus() error {
 	st, err := control.NewClient(filepath.Join(c.State, control.SocketName)).Replication()
 	if err != nil {
 		return fmt.Errorf("status of %s: %w", c.State, err)

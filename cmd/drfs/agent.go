@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	drfsfs "github.com/drfs-project/drfs/fs"
+	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/internal/tracked"
+	"github.com/drfs-project/drfs/orchestrator"
+	"github.com/drfs-project/drfs/tracker"
+)
+
+// defaultSocket is where the agent listens and the commands find it.
+const defaultSocket = "/run/drfs/agent.sock"
+
+// socketFlag locates the agent for the commands that talk to it.
+type socketFlag struct {
+	Socket string `default:"/run/drfs/agent.sock" env:"DRFS_SOCKET" placeholder:"PATH" help:"Control socket of the drfs agent." type:"path"`
+}
+
+// agentCmd runs the agent: the tracking mount, the change log, and the
+// protection of every VM that drfs protect names.
+type agentCmd struct {
+	Config string `placeholder:"FILE" type:"existingfile" help:"Configuration file (see docs/agent.md). Without it, give --source, --mountpoint and --state."`
+
+	Source       string `placeholder:"DIR" type:"path" help:"Directory of disk images: each top-level folder is a VM, each file inside it a disk."`
+	Mountpoint   string `placeholder:"DIR" type:"path" help:"Where the tracked view of SOURCE is mounted; run the VMs from here."`
+	State        string `placeholder:"DIR" type:"path" help:"Directory of the change log and the agent's state (keep it off the mount)."`
+	Target       string `placeholder:"URL" help:"Default target of drfs protect: dir:///path, https://host:port or azblob://ACCOUNT/CONTAINER."`
+	SourceID     string `name:"source-id" placeholder:"NAME" help:"Identity of this host on the target (default: the host name)."`
+	Interval     string `placeholder:"DURATION" help:"Default replication interval (5m unless set)."`
+	Retention    string `placeholder:"DURATION" help:"Default retention of recovery points (24h unless set)."`
+	ResyncWindow string `name:"resync-window" placeholder:"SPEC" help:"When resynchronizations run: e.g. 18:00-08:00,sat,sun (the default), always, never."`
+	targets.TLS
+
+	socketFlag
+	MetricsListen string `name:"metrics-listen" placeholder:"ADDR" help:"Serve Prometheus metrics on this address, e.g. 127.0.0.1:9477."`
+	BlockSize     int    `default:"4096" help:"Tracking block size in bytes (fixed when the state directory is created)."`
+}
+
+// config returns the agent's configuration: the file's, or one made of the
+// flags and checked by the same rules.
+func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
+	flagged := c.Source != "" || c.Mountpoint != "" || c.State != "" || c.Target != "" || c.SourceID != "" ||
+		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.TLS != (targets.TLS{})
+	if c.Config != "" {
+		if flagged {
+			return nil, targets.TLS{}, errors.New("give either --config or the settings as flags, not both")
+		}
+		cfg, err := orchestrator.LoadConfig(c.Config)
+		if err != nil {
+			return nil, targets.TLS{}, err
+		}
+		return cfg, targets.TLS{Cert: cfg.TLSCert, Key: cfg.TLSKey, CA: cfg.TLSCA}, nil
+	}
+	if c.Source == "" || c.Mountpoint == "" || c.State == "" {
+		return nil, targets.TLS{}, errors.New("give --config FILE, or --source, --mountpoint and --state")
+	}
+	var b strings.Builder
+	for _, kv := range [][2]string{{"source", c.Source}, {"mountpoint", c.Mountpoint}, {"state", c.State},
+		{"target", c.Target}, {"source-id", c.SourceID}, {"tls-cert", c.Cert}, {"tls-key", c.Key}, {"tls-ca", c.CA},
+		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}} {
+		if kv[1] != "" {
+			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
+		}
+	}
+	cfg, err := orchestrator.ParseConfig("flags", []byte(b.String()))
+	if err != nil {
+		// The lines are ours, not the user's: each message names the
+		// setting, which is the flag's name.
+		return nil, targets.TLS{}, errors.New(flagLinePrefix.ReplaceAllString(err.Error(), "--"))
+	}
+	return cfg, c.TLS, nil
+}
+
+var flagLinePrefix = regexp.MustCompile(`(?m)^flags:(\d+: )?`)
+
+func (c *agentCmd) Run() error {
+	cfg, tlsFiles, err := c.config()
+	if err != nil {
+		return err
+	}
+	if err := checkMountArgs(cfg.Source, cfg.Mountpoint, cfg.State); err != nil {
+		return err
+	}
+	if cfg.SourceID == "" {
+		if cfg.SourceID, err = os.Hostname(); err != nil {
+			return fmt.Errorf("no source-id set and the host name is unknown: %w", err)
+		}
+	}
+	log, err := tracker.Open(tracker.Options{Dir: cfg.State, Source: cfg.Source, BlockSize: c.BlockSize})
+	if err != nil {
+		return err
+	}
+	a, err := newAgent(cfg, tlsFiles, log, c.BlockSize)
+	if err != nil {
+		log.Close()
+		return err
+	}
+	srv, err := drfsfs.Mount(cfg.Source, cfg.Mountpoint, tracked.Recorder(log), drfsfs.Options{})
+	if err != nil {
+		a.closeStores()
+		log.Close()
+		return err
+	}
+	var servers []interface{ Shutdown(context.Context) error }
+	cleanup := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, s := range servers {
+			s.Shutdown(ctx)
+		}
+	}
+	ctl, err := control.Serve(filepath.Join(cfg.State, control.SocketName), log, a.replicationStates)
+	if err == nil {
+		ctl.OnResync(a.onResync)
+		servers = append(servers, ctl)
+		var api *http.Server
+		if api, err = a.serveAPI(c.Socket); err == nil {
+			servers = append(servers, shutdownRemoving{api, c.Socket})
+			if c.MetricsListen != "" {
+				var m *http.Server
+				if m, err = a.serveMetrics(c.MetricsListen); err == nil {
+					servers = append(servers, m)
+				}
+			}
+		}
+	}
+	if err != nil {
+		cleanup()
+		srv.Unmount()
+		a.closeStores()
+		log.Close()
+		return err
+	}
+	a.start()
+	fmt.Fprintf(os.Stderr, "drfs: agent: %s mounted at %s, state in %s, control socket %s; Ctrl-C or SIGTERM stops\n",
+		cfg.Source, cfg.Mountpoint, cfg.State, c.Socket)
+
+	waitUnmount(srv, cfg.Mountpoint)
+	cleanup()
+	// The mount is gone: no write can land any more. Stop the VMs' work
+	// and ship each protected VM's last generation.
+	a.stop(2 * time.Minute)
+	a.closeStores()
+	if err := log.Close(); err != nil {
+		return fmt.Errorf("closing the change log in %s: %w", cfg.State, err)
+	}
+	fmt.Fprintln(os.Stderr, "drfs: agent stopped; change log closed cleanly")
+	return nil
+}
+
+// shutdownRemoving shuts an HTTP server on a unix socket down and removes
+// the socket file.
+type shutdownRemoving struct {
+	*http.Server
+	path string
+}
+
+func (s shutdownRemoving) Shutdown(ctx context.Context) error {
+	err := s.Server.Shutdown(ctx)
+	os.Remove(s.path)
+	return err
+}
+
+// waitUnmount returns when the mount is gone: unmounted from outside, or
+// unmounted here on SIGINT/SIGTERM (retried at the next signal while files
+// are open on it).
+func waitUnmount(srv *drfsfs.Server, mountpoint string) {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	for {
+		select {
+		case <-done:
+			return
+		case s := <-sig:
+			fmt.Fprintf(os.Stderr, "drfs: %v: unmounting %s\n", s, mountpoint)
+			if err := srv.Unmount(); err != nil {
+				fmt.Fprintf(os.Stderr, "drfs: cannot unmount %s: %v (close the files open on it, then signal again)\n", mountpoint, err)
+				continue
+			}
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+			}
+			return
+		}
+	}
+}
+
+// listenUnix listens on a unix socket that only root can use; a stale
+// socket left by a killed agent is replaced, a live one is an error.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s is served by another drfs agent: stop it first, or give --socket", path)
+		}
+		os.Remove(path)
+	}
+	old := syscall.Umask(0o077)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// serveMetrics serves the Prometheus metrics of the agent on addr.
+func (a *agent) serveMetrics(addr string) (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(a.metricsCollector())
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go s.Serve(ln)
+	fmt.Fprintf(os.Stderr, "drfs: agent: metrics on http://%s/metrics\n", ln.Addr())
+	return s, nil
+}
+
+// storeCache opens each target once: the VMs that replicate to one target
+// share its store (a directory target admits one process at a time).
+type storeCache struct {
+	tls targets.TLS
+	mu  sync.Mutex
+	m   map[string]targets.Store
+}
+
+func (c *storeCache) get(url string) (targets.Store, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.m[url]; s != nil {
+		return s, nil
+	}
+	s, err := targets.Open(url, c.tls)
+	if err != nil {
+		return nil, err
+	}
+	if c.m == nil {
+		c.m = map[string]targets.Store{}
+	}
+	c.m[url] = s
+	return s, nil
+}
+
+func (c *storeCache) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for url, s := range c.m {
+		s.Close()
+		delete(c.m, url)
+	}
+}

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/drfs-project/drfs/orchestrator"
+)
+
+// The agent's control socket speaks JSON over HTTP on a unix socket that
+// only root can open:
+//
+//	GET  /v1/vms[?vm=NAME]         []vmView: every VM of the source
+//	POST /v1/protect               protectRequest → the enable-protection job
+//	POST /v1/unprotect?vm=NAME     what was removed, in words
+//	POST /v1/resume?vm=NAME        a VM stopped by a permanent error runs again
+//	POST /v1/resync?vm=NAME        every disk compared with the replica, now
+//	GET  /v1/jobs[?vm=NAME]        []orchestrator.Job, oldest first
+//	GET  /v1/jobs/ID               one job
+//
+// An error is a 4xx or 5xx status with the message as the body.
+
+// vmView is one VM as drfs status shows it.
+type vmView struct {
+	orchestrator.Status
+	Describe  string            `json:"state_text"`
+	Target    string            `json:"target,omitempty"`
+	Interval  string            `json:"interval,omitempty"`
+	RPO       float64           `json:"rpo_seconds"` // age of the newest point; -1 before the first
+	Disks     []string          `json:"disks"`
+	LogBytes  int64             `json:"log_bytes"`
+	Pending   int               `json:"pending_generations"`
+	BytesSent uint64            `json:"bytes_sent"`
+	Job       *orchestrator.Job `json:"job,omitempty"` // the unfinished job, if any
+}
+
+// views returns every VM of the source and every protected one, by name;
+// only vm if it is not empty.
+func (a *agent) views(vm string) []vmView {
+	now := a.clock.Now()
+	logStatus := map[string]map[string]int64{}
+	for _, st := range a.log.Status() {
+		m := map[string]int64{}
+		for _, d := range st.Disks {
+			m[d.Name] = d.LogBytes
+		}
+		logStatus[st.Name] = m
+	}
+	names := a.vmNames()
+	for _, p := range a.protections() {
+		if !slices.Contains(names, p.name) {
+			names = append(names, p.name)
+		}
+	}
+	slices.Sort(names)
+	var out []vmView
+	for _, name := range names {
+		if vm != "" && name != vm {
+			continue
+		}
+		v := vmView{RPO: -1}
+		disks, _ := a.disksOf(name)
+		for d := range disks {
+			v.Disks = append(v.Disks, d)
+		}
+		slices.Sort(v.Disks)
+		if p := a.protection(name); p != nil {
+			p.mu.Lock()
+			v.Status = p.mu.vm.Status(now)
+			v.Describe = p.mu.vm.Describe()
+			v.Interval = p.mu.vm.Policy().Interval.String()
+			p.mu.Unlock()
+			v.Target = p.target
+			for _, b := range logStatus[name] {
+				v.LogBytes += b
+			}
+			if p.repl != nil {
+				if st, ok := p.repl.loop.State(name); ok {
+					v.Pending, v.BytesSent = st.Pending, st.WireBytes
+				}
+			}
+			if !v.NewestPoint.IsZero() {
+				v.RPO = now.Sub(v.NewestPoint).Seconds()
+			}
+			if j, ok := a.jobs.Active(name); ok {
+				v.Job = &j
+			}
+		} else {
+			v.Status = orchestrator.NewVM(name, a.cfg.PolicyFor(name)).Status(now)
+			v.Describe = string(orchestrator.Unprotected)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// serveAPI serves the agent's control socket at path.
+func (a *agent) serveAPI(path string) (*http.Server, error) {
+	ln, err := listenUnix(path)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		vm := r.URL.Query().Get("vm")
+		v := a.views(vm)
+		if vm != "" && len(v) == 0 {
+			httpError(w, http.StatusNotFound, fmt.Errorf("unknown VM %q: not in %s and not protected (VMs there: %s)", vm, a.cfg.Source, orNone(a.vmNames())))
+			return
+		}
+		writeJSON(w, v)
+	})
+	mux.HandleFunc("POST /v1/protect", func(w http.ResponseWriter, r *http.Request) {
+		var req protectRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+			httpError(w, http.StatusBadRequest, err)
+			return
+		}
+		job, err := a.protect(req)
+		if err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, job)
+	})
+	mux.HandleFunc("POST /v1/unprotect", func(w http.ResponseWriter, r *http.Request) {
+		msg, err := a.unprotect(r.URL.Query().Get("vm"))
+		if err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, msg)
+	})
+	mux.HandleFunc("POST /v1/resume", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.resume(r.URL.Query().Get("vm")); err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, "resumed")
+	})
+	mux.HandleFunc("POST /v1/resync", func(w http.ResponseWriter, r *http.Request) {
+		disks, err := a.resyncNow(r.URL.Query().Get("vm"))
+		if err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, disks)
+	})
+	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, a.jobs.List(r.URL.Query().Get("vm")))
+	})
+	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+		if err != nil {
+			httpError(w, http.StatusBadRequest, fmt.Errorf("job id %q is not a number", r.PathValue("id")))
+			return
+		}
+		j, ok := a.jobs.Get(id)
+		if !ok {
+			httpError(w, http.StatusNotFound, fmt.Errorf("no job %d (drfs jobs --all lists them)", id))
+			return
+		}
+		writeJSON(w, j)
+	})
+	s := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go s.Serve(ln)
+	return s, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func httpError(w http.ResponseWriter, code int, err error) {
+	http.Error(w, err.Error(), code)
+}
+
+// agentClient talks to the agent's control socket.
+type agentClient struct {
+	path string
+	http *http.Client
+}
+
+func newAgentClient(path string) *agentClient {
+	return &agentClient{path: path, http: &http.Client{
+		Timeout: 2 * time.Minute, // protect waits for the prerequisite checks
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+// call sends a request with body in (if not nil) as JSON and decodes the
+// answer into out.
+func (c *agentClient) call(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://agent"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("no drfs agent answers on %s: start it (drfs agent), or give --socket", c.path)
+		}
+		if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("the drfs agent's socket %s is for root only", c.path)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return errors.New(strings.TrimSpace(string(msg)))
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func (c *agentClient) vms(vm string) ([]vmView, error) {
+	var out []vmView
+	q := ""
+	if vm != "" {
+		q = "?vm=" + url.QueryEscape(vm)
+	}
+	return out, c.call(http.MethodGet, "/v1/vms"+q, nil, &out)
+}
+
+func (c *agentClient) protect(req protectRequest) (orchestrator.Job, error) {
+	var j orchestrator.Job
+	return j, c.call(http.MethodPost, "/v1/protect", req, &j)
+}
+
+func (c *agentClient) simple(verb, vm string, out any) error {
+	return c.call(http.MethodPost, "/v1/"+verb+"?vm="+url.QueryEscape(vm), nil, out)
+}
+
+func (c *agentClient) jobs(vm string) ([]orchestrator.Job, error) {
+	var out []orchestrator.Job
+	q := ""
+	if vm != "" {
+		q = "?vm=" + url.QueryEscape(vm)
+	}
+	return out, c.call(http.MethodGet, "/v1/jobs"+q, nil, &out)
+}
+
+func (c *agentClient) job(id uint64) (orchestrator.Job, error) {
+	var j orchestrator.Job
+	return j, c.call(http.MethodGet, fmt.Sprintf("/v1/jobs/%d", id), nil, &j)
+}

@@ -1,0 +1,898 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/orchestrator"
+	"github.com/drfs-project/drfs/shipper"
+	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/tracker"
+)
+
+// agent holds the protection of the VMs of one source directory: the
+// lifecycle of each protected VM (an orchestrator.VM), its replication, and
+// the jobs that carry out the long steps. Its state is kept in STATE/agent
+// and survives a restart; VMs nobody protects are tracked by the mount but
+// their change log is dropped as it forms.
+type agent struct {
+	cfg    *orchestrator.Config
+	log    *tracker.Log
+	bs     int
+	stores storeCache
+	jobs   *orchestrator.Jobs
+	clock  orchestrator.Clock
+	file   string // the persisted state
+
+	ctx    context.Context // ends when the agent stops
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu struct {
+		sync.Mutex
+		vms map[string]*protection // every VM that is not Unprotected
+	}
+	persistMu sync.Mutex
+}
+
+// protection is one protected VM. Its supervisor goroutine runs the VM's
+// rounds and jobs; the API goroutines read its status.
+type protection struct {
+	name   string
+	target string
+	over   overrides
+	store  targets.Store
+	repl   *replication
+	wake   chan struct{} // a round is wanted now (resume, resync --now)
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the supervisor returns
+
+	// copied and toCopy count the bytes of a running whole copy, for its
+	// job's progress.
+	copied, toCopy atomic.Int64
+
+	mu struct {
+		sync.Mutex
+		vm        *orchestrator.VM
+		lastRound time.Time
+		job       uint64 // the job the VM's current stage runs as; 0 if none
+	}
+}
+
+// overrides is the policy given to drfs protect, over the configuration's.
+type overrides struct {
+	Interval  time.Duration `json:"interval,omitempty"`
+	Retention time.Duration `json:"retention,omitempty"`
+	MaxPoints int           `json:"max_points,omitempty"`
+}
+
+func (a *agent) policy(vm string, o overrides) orchestrator.Policy {
+	p := a.cfg.PolicyFor(vm)
+	if o.Interval > 0 {
+		p.Interval = o.Interval
+		if a.cfg.PolicyFor(vm).Retention < o.Interval {
+			p.Retention = o.Interval
+		}
+	}
+	if o.Retention > 0 {
+		p.Retention = o.Retention
+	}
+	if o.MaxPoints > 0 {
+		p.MaxPoints = o.MaxPoints
+	}
+	return p
+}
+
+func newAgent(cfg *orchestrator.Config, tlsFiles targets.TLS, log *tracker.Log, bs int) (*agent, error) {
+	a := &agent{cfg: cfg, log: log, bs: bs, clock: orchestrator.SystemClock{}, stores: storeCache{tls: tlsFiles},
+		file: agentStateFile(cfg.State)}
+	a.jobs = orchestrator.NewJobs(a.clock)
+	a.mu.vms = map[string]*protection{}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	if err := a.load(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *agent) closeStores() { a.stores.closeAll() }
+
+// start launches the supervisors of the protected VMs and the loop that
+// drops the change log of the others.
+func (a *agent) start() {
+	a.mu.Lock()
+	for _, p := range a.mu.vms {
+		a.launchLocked(p)
+	}
+	a.mu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.discardLoop()
+	}()
+}
+
+// stop ends every VM's work, then ships the last generation of each
+// Protected VM (the mount is gone, so that is the source's final state).
+func (a *agent) stop(timeout time.Duration) {
+	a.cancel()
+	a.wg.Wait()
+	for _, j := range a.jobs.List("") {
+		if !j.State.Done() {
+			a.jobs.Cancel(j.ID, "the agent stopped; the work goes on when it starts again")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for _, p := range a.protections() {
+		if p.state() == orchestrator.Protected && p.repl != nil {
+			fmt.Fprintf(os.Stderr, "drfs: %s: shipping the last generation\n", p.name)
+			p.repl.loop.Round(ctx)
+			a.afterRound(p, 0)
+		}
+	}
+	a.persist()
+}
+
+func (a *agent) protections() []*protection {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]*protection, 0, len(a.mu.vms))
+	for _, p := range a.mu.vms {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(x, y *protection) int { return strings.Compare(x.name, y.name) })
+	return out
+}
+
+func (a *agent) protection(vm string) *protection {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.mu.vms[vm]
+}
+
+func (p *protection) state() orchestrator.State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.vm.State()
+}
+
+// launchLocked starts the supervisor of p. a.mu is held.
+func (a *agent) launchLocked(p *protection) {
+	ctx, cancel := context.WithCancel(a.ctx)
+	p.cancel, p.done, p.wake = cancel, make(chan struct{}), make(chan struct{}, 1)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer close(p.done)
+		a.supervise(ctx, p)
+	}()
+}
+
+// poke makes p's supervisor run a round now.
+func (p *protection) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// disksOf lists the disks of vm in the source, name → path and size.
+func (a *agent) disksOf(vm string) (map[string]string, int64) {
+	disks := map[string]string{}
+	var total int64
+	walkVM(a.cfg.Source, vm, func(_, disk, path string, size int64) error {
+		disks[disk] = path
+		total += size
+		return nil
+	})
+	return disks, total
+}
+
+// vmNames lists the VMs of the source directory.
+func (a *agent) vmNames() []string {
+	seen := map[string]bool{}
+	walkDisks(a.cfg.Source, func(vm, _, _ string, _ int64) error {
+		seen[vm] = true
+		return nil
+	})
+	names := make([]string, 0, len(seen))
+	for n := range seen {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// protectRequest is what drfs protect asks for.
+type protectRequest struct {
+	VM     string    `json:"vm"`
+	Target string    `json:"target,omitempty"`
+	Policy overrides `json:"policy"`
+}
+
+// protect enables the protection of a VM: it checks the prerequisites (an
+// enable-protection job), and on success the VM enters its initial
+// replication, which its supervisor runs. A failed check leaves the VM
+// unprotected and says which check failed.
+func (a *agent) protect(req protectRequest) (orchestrator.Job, error) {
+	vm := req.VM
+	if err := target.CheckVM(vm); err != nil {
+		return orchestrator.Job{}, err
+	}
+	disks, _ := a.disksOf(vm)
+	if len(disks) == 0 {
+		return orchestrator.Job{}, fmt.Errorf("unknown VM %q: %s has no folder or disk image of that name (VMs there: %s)",
+			vm, a.cfg.Source, orNone(a.vmNames()))
+	}
+	url := req.Target
+	if url == "" {
+		url = a.cfg.Target
+	}
+	if url == "" {
+		return orchestrator.Job{}, errors.New("no target: give --target URL, or set target in the agent's configuration")
+	}
+	pol := a.policy(vm, req.Policy)
+	if err := pol.Validate(); err != nil {
+		return orchestrator.Job{}, err
+	}
+
+	a.mu.Lock()
+	if p := a.mu.vms[vm]; p != nil {
+		a.mu.Unlock()
+		return orchestrator.Job{}, fmt.Errorf("%s is protected already (%s, target %s): drfs unprotect %s first to change that", vm, p.state(), p.target, vm)
+	}
+	p := &protection{name: vm, target: url, over: req.Policy}
+	p.mu.vm = orchestrator.NewVM(vm, pol)
+	now := a.clock.Now()
+	p.mu.vm.Apply(now, orchestrator.Protect{})
+	a.mu.vms[vm] = p // reserved: a second protect is refused, the log is kept
+	a.mu.Unlock()
+
+	job, err := a.jobs.Add(orchestrator.JobEnableProtection, vm)
+	if err == nil {
+		a.jobs.Start(job.ID)
+		err = a.enable(p, job.ID)
+	}
+	if err != nil {
+		a.jobs.Fail(job.ID, err)
+		a.mu.Lock()
+		delete(a.mu.vms, vm)
+		a.mu.Unlock()
+		a.persist()
+		return a.jobLatest(job.ID), fmt.Errorf("cannot protect %s: %w", vm, err)
+	}
+	a.mu.Lock()
+	a.launchLocked(p)
+	a.mu.Unlock()
+	a.persist()
+	return a.jobLatest(job.ID), nil
+}
+
+func (a *agent) jobLatest(id uint64) orchestrator.Job {
+	j, _ := a.jobs.Get(id)
+	return j
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}
+
+// minFreeState is the free space the state directory must have to protect
+// a VM at all; the change log needs more as writes come.
+const minFreeState = 64 << 20
+
+// enable checks the prerequisites of protecting p (its job is id): its
+// disks exist in the tracked source, the target is reachable and lets this
+// host in, both sides have space. On success the VM is in its initial
+// replication. Nothing is changed when a check fails.
+func (a *agent) enable(p *protection, id uint64) error {
+	vm := p.name
+	disks, total := a.disksOf(vm)
+	if len(disks) == 0 {
+		return fmt.Errorf("VM not found: %s has no disk of %s", a.cfg.Source, vm)
+	}
+	a.jobs.Progress(id, 10, fmt.Sprintf("%d disk(s), %s, in the tracked source", len(disks), bytesString(total)))
+	free, err := freeBytes(a.cfg.State)
+	if err != nil {
+		return fmt.Errorf("state directory %s: %w", a.cfg.State, err)
+	}
+	if free < minFreeState {
+		return fmt.Errorf("low disk space: the state directory %s has %s free, at least %s needed for the change log: %w",
+			a.cfg.State, bytesString(free), bytesString(minFreeState), orchestrator.ErrLowDisk)
+	}
+	store, err := a.stores.get(p.target)
+	if err != nil {
+		return err
+	}
+	a.jobs.Progress(id, 30, "checking the target "+p.target)
+	ctx, cancel := context.WithTimeout(a.ctx, 20*time.Second)
+	defer cancel()
+	if _, err := store.VMs(ctx); err != nil {
+		if target.IsPermanent(err) {
+			return fmt.Errorf("target %s refuses this host: %w", p.target, err)
+		}
+		return fmt.Errorf("target %s is not reachable: %w", p.target, err)
+	}
+	if path, ok := strings.CutPrefix(p.target, "dir://"); ok {
+		if tfree, err := freeBytes(path); err == nil && tfree < total {
+			return fmt.Errorf("low disk space on the target: %s has %s free, %s's disks hold up to %s: %w",
+				path, bytesString(tfree), vm, bytesString(total), orchestrator.ErrLowDisk)
+		}
+	}
+	points, err := store.Points(ctx, vm)
+	if err != nil && !errors.Is(err, target.ErrNotFound) {
+		return fmt.Errorf("target %s: listing the points of %s: %w", p.target, vm, err)
+	}
+	// Register the disks with the log now, so that the round that copies
+	// them knows all of them.
+	for name, path := range disks {
+		d, err := a.log.OpenDisk(relPath(a.cfg.Source, path), fileSize(path))
+		if err != nil {
+			return fmt.Errorf("change log: disk %s of %s: %w", name, vm, err)
+		}
+		if d != nil {
+			d.Release()
+		}
+	}
+	p.store = store
+	if p.repl, err = a.newReplication(p); err != nil {
+		return err
+	}
+	// What the log holds of the VM predates its protection: the copy (or
+	// the comparison) supersedes it, and shipping it first would make a
+	// point of changes without their base.
+	a.discard(vm)
+	msg := fmt.Sprintf("prerequisites met: %d disk(s), %s; %s free for the change log", len(disks), bytesString(total), bytesString(free))
+	if len(points) > 0 {
+		// The target holds the VM from an earlier protection: its replica
+		// may miss what changed since, so every disk is compared, and only
+		// the chunks that differ travel.
+		for name := range disks {
+			a.log.MarkResync(vm, name, "protection enabled again: the replica on the target is compared with the disk")
+		}
+		msg += fmt.Sprintf("; the target holds %d point(s) of %s: its disks are compared with them, not copied", len(points), vm)
+	}
+	p.mu.Lock()
+	err = p.mu.vm.Apply(a.clock.Now(), orchestrator.Enabled{})
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	a.jobs.Succeed(id, msg)
+	return nil
+}
+
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+func freeBytes(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// newReplication returns the replication of p: a shipper loop of its own
+// VM, at its interval, to its target, with its resync window and
+// threshold.
+func (a *agent) newReplication(p *protection) (*replication, error) {
+	p.mu.Lock()
+	pol := p.mu.vm.Policy()
+	p.mu.Unlock()
+	f := &replicationFlags{Target: p.target, Interval: pol.Interval, Retention: pol.Retention, MaxPoints: pol.MaxPoints,
+		SourceID: a.cfg.SourceID, TLS: a.stores.tls, ResyncWindow: pol.ResyncWindow.String(), ResyncThreshold: percent(pol.Threshold()),
+		vms: []string{p.name}}
+	f.wrapCopies = func(copies copiesFunc) copiesFunc {
+		return func(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error)) {
+			disks, kind, done := copies(vm)
+			return countCopies(p, disks, kind, done)
+		}
+	}
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	f.window = pol.ResyncWindow // in the configured time zone
+	return startReplication(a.ctx, f, a.cfg.Source, a.cfg.State, a.log, p.store, a.bs)
+}
+
+// countCopies makes the whole copies among disks read through views that
+// count the bytes, for the job's progress.
+func countCopies(p *protection, disks map[string]shipper.CopyDisk, kind target.PointKind, done func(error)) (map[string]shipper.CopyDisk, target.PointKind, func(error)) {
+	if len(disks) == 0 {
+		return disks, kind, done
+	}
+	var views []*shipper.FileView
+	var total int64
+	for name, d := range disks {
+		if d.Partial || d.View != nil {
+			continue
+		}
+		v, err := shipper.OpenFileView(d.Path)
+		if err != nil {
+			continue // the copy itself reports it
+		}
+		views = append(views, v)
+		if exts, err := v.Extents(); err == nil {
+			for _, e := range exts {
+				total += e.Len
+			}
+		}
+		d.View = countingView{v, &p.copied}
+		disks[name] = d
+	}
+	p.copied.Store(0)
+	p.toCopy.Store(total)
+	return disks, kind, func(err error) {
+		for _, v := range views {
+			v.Close()
+		}
+		p.toCopy.Store(0)
+		done(err)
+	}
+}
+
+// countingView adds the bytes read from a view to n.
+type countingView struct {
+	shipper.DiskView
+	n *atomic.Int64
+}
+
+func (v countingView) ReadAt(b []byte, off int64) (int, error) {
+	k, err := v.DiskView.ReadAt(b, off)
+	v.n.Add(int64(k))
+	return k, err
+}
+
+// discard drops what the change log holds of vm: its active generation is
+// frozen and every frozen one dropped. It returns the generations and bytes
+// dropped.
+func (a *agent) discard(vm string) (gens int, bytes int64) {
+	for _, st := range a.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, g := range st.Generations {
+			for _, d := range g.Disks {
+				bytes += d.Bytes
+			}
+		}
+	}
+	if _, err := a.log.Rotate(vm); err != nil {
+		return 0, 0
+	}
+	for _, g := range a.log.Frozen(vm) {
+		if a.log.Drop(vm, g) == nil {
+			gens++
+		}
+	}
+	return gens, bytes
+}
+
+// discardInterval is how often the change log of unprotected VMs is dropped.
+const discardInterval = 30 * time.Second
+
+func (a *agent) discardLoop() {
+	for {
+		a.mu.Lock()
+		for _, vm := range a.log.VMs() {
+			if a.mu.vms[vm] == nil {
+				a.discard(vm)
+			}
+		}
+		a.mu.Unlock()
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-orchestrator.After(a.clock, discardInterval):
+		}
+	}
+}
+
+// unprotect stops the protection of vm and says what it removed and what it
+// left.
+func (a *agent) unprotect(vm string) (string, error) {
+	a.mu.Lock()
+	p := a.mu.vms[vm]
+	if p == nil {
+		a.mu.Unlock()
+		return "", fmt.Errorf("%s is not protected (protected: %s)", vm, orNone(a.protectedNames()))
+	}
+	delete(a.mu.vms, vm)
+	a.mu.Unlock()
+	if p.cancel != nil {
+		p.cancel()
+		<-p.done
+	}
+	if j, ok := a.jobs.Active(vm); ok {
+		a.jobs.Cancel(j.ID, "the VM was unprotected")
+	}
+	p.mu.Lock()
+	state := p.mu.vm.Describe()
+	p.mu.vm.Apply(a.clock.Now(), orchestrator.Unprotect{})
+	p.mu.Unlock()
+	gens, bytes := a.discard(vm)
+	a.persist()
+	kept := "nothing was sent to it yet"
+	if p.store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if points, err := p.store.Points(ctx, vm); err == nil && len(points) > 0 {
+			kept = fmt.Sprintf("its %d recovery point(s) there are kept; drfs restore still reads them", len(points))
+		} else if err != nil && !errors.Is(err, target.ErrNotFound) {
+			kept = "its recovery points there are kept"
+		}
+	}
+	return fmt.Sprintf("%s unprotected (it was %s): replication to %s stopped; dropped %d generation(s), %s, of its change log; %s",
+		vm, state, p.target, gens, bytesString(bytes), kept), nil
+}
+
+func (a *agent) protectedNames() []string {
+	names := make([]string, 0, len(a.mu.vms))
+	for n := range a.mu.vms {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// stageJob is the job kind of the rounds of a state; "" for Protected,
+// whose rounds are not jobs.
+func stageJob(s orchestrator.State) orchestrator.JobKind {
+	switch s {
+	case orchestrator.InitialReplication:
+		return orchestrator.JobInitialReplication
+	case orchestrator.Finalizing:
+		return orchestrator.JobFinalize
+	case orchestrator.Resynchronizing:
+		return orchestrator.JobResync
+	}
+	return ""
+}
+
+// supervise runs the rounds of p until ctx ends or p leaves the states
+// where replication runs: at once in the initial replication and while
+// finalizing, every interval when protected, and, after a failure, at the
+// retry times of the orchestrator's back-off (a VM stopped by a permanent
+// error waits for drfs resume).
+func (a *agent) supervise(ctx context.Context, p *protection) {
+	for {
+		wait, ok := a.nextRound(p)
+		if !ok {
+			return
+		}
+		if wait > 0 {
+			t := a.clock.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-p.wake:
+				t.Stop()
+			case <-t.C():
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if p.repl == nil {
+			// Restarted before the prerequisites were checked: check again.
+			if !a.reenable(ctx, p) {
+				continue
+			}
+		}
+		a.runRound(ctx, p)
+	}
+}
+
+// forever stands for "until woken".
+const forever = 24 * time.Hour
+
+// nextRound says how long p's supervisor waits before the next round, and
+// false if p no longer replicates.
+func (a *agent) nextRound(p *protection) (time.Duration, bool) {
+	now := a.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.mu.vm.Status(now)
+	if !st.State.Replicating() {
+		return 0, false
+	}
+	switch {
+	case st.Stopped:
+		return forever, true
+	case st.Failures > 0:
+		return st.NextRetry.Sub(now), true
+	case st.State == orchestrator.Protected || st.State == orchestrator.Resynchronizing:
+		if p.mu.lastRound.IsZero() {
+			return 0, true
+		}
+		return p.mu.lastRound.Add(p.mu.vm.Policy().Interval).Sub(now), true
+	}
+	return 0, true
+}
+
+// reenable sets p's replication up after a restart of the agent: a VM
+// whose prerequisite check the restart cut short is checked again, as a
+// new enable-protection job.
+func (a *agent) reenable(ctx context.Context, p *protection) bool {
+	var err error
+	var id uint64
+	if p.state() == orchestrator.Enabling {
+		job, jerr := a.jobs.Add(orchestrator.JobEnableProtection, p.name)
+		if jerr != nil {
+			return false
+		}
+		id = job.ID
+		a.jobs.Start(id)
+		err = a.enable(p, id)
+	} else {
+		err = a.attach(p)
+	}
+	if err != nil {
+		if id != 0 {
+			a.jobs.Fail(id, err)
+		}
+		fmt.Fprintf(os.Stderr, "drfs: %s: %v\n", p.name, err)
+		p.mu.Lock()
+		p.mu.vm.Failed(a.clock.Now(), err)
+		p.mu.Unlock()
+		a.persist()
+		return false
+	}
+	a.persist()
+	return ctx.Err() == nil
+}
+
+// attach opens the target and replication of a VM restored from the
+// agent's state.
+func (a *agent) attach(p *protection) error {
+	store, err := a.stores.get(p.target)
+	if err != nil {
+		return err
+	}
+	p.store = store
+	p.repl, err = a.newReplication(p)
+	return err
+}
+
+// runRound runs one round of p as the job of its stage and moves its
+// lifecycle on by what happened.
+func (a *agent) runRound(ctx context.Context, p *protection) {
+	if reason := a.flagged(p.name); reason != "" {
+		// Tracking was lost on a disk, or its log grew past the threshold:
+		// this round (or the first in the resync window) compares it.
+		p.mu.Lock()
+		p.mu.vm.Apply(a.clock.Now(), orchestrator.ResyncRequired{Reason: reason})
+		p.mu.Unlock()
+	}
+	state := p.state()
+	kind := stageJob(state)
+	var id uint64
+	if kind != "" {
+		if j, ok := a.jobs.Active(p.name); ok && j.Kind == kind {
+			id = j.ID
+		} else if j, err := a.jobs.Add(kind, p.name); err == nil {
+			id = j.ID
+			a.jobs.Start(id)
+		}
+	}
+	if id != 0 && state == orchestrator.Resynchronizing {
+		a.jobs.Progress(id, 0, "comparing the disks with the replica by chunk checksums")
+	}
+	stopProgress := a.followCopy(p, id)
+	p.mu.Lock()
+	p.mu.lastRound = a.clock.Now() // rounds start every interval, however long they take
+	p.mu.Unlock()
+	p.repl.loop.Round(ctx)
+	stopProgress()
+	if ctx.Err() != nil {
+		return // stopping: the job is cancelled, and goes on at the next start
+	}
+	a.afterRound(p, id)
+}
+
+// followCopy reports the progress of a whole copy to job id while a round
+// runs; the returned function stops it.
+func (a *agent) followCopy(p *protection, id uint64) func() {
+	if id == 0 {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if total := p.toCopy.Load(); total > 0 {
+					n := min(p.copied.Load(), total)
+					a.jobs.Progress(id, int(n*99/total), fmt.Sprintf("copied %s of %s", bytesString(n), bytesString(total)))
+				}
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+// afterRound tells p's VM how its last round went, moves its lifecycle on,
+// and ends the job id of its stage when the stage is done.
+func (a *agent) afterRound(p *protection, id uint64) {
+	st, ok := p.repl.loop.State(p.name)
+	now := a.clock.Now()
+	var newest time.Time
+	if ok && st.LastError == nil {
+		newest = a.newestPoint(p)
+	}
+	flagged := a.flagged(p.name)
+
+	p.mu.Lock()
+	vm := p.mu.vm
+	before := vm.State()
+	var err error
+	switch {
+	case !ok:
+		err = errors.New("the round did not run")
+	case st.LastError != nil:
+		err = st.LastError
+	}
+	if err != nil {
+		vm.Failed(now, err)
+	} else {
+		vm.Succeeded(now, newest)
+		switch before {
+		case orchestrator.InitialReplication:
+			vm.Apply(now, orchestrator.InitialCopyDone{})
+		case orchestrator.Finalizing:
+			vm.Apply(now, orchestrator.Finalized{})
+		case orchestrator.Resynchronizing:
+			if flagged == "" {
+				vm.Apply(now, orchestrator.ResyncDone{})
+			}
+		}
+	}
+	if flagged != "" {
+		// Tracking was lost on a disk (or its log grew past the
+		// threshold): the VM resynchronizes.
+		vm.Apply(now, orchestrator.ResyncRequired{Reason: flagged})
+	}
+	status := vm.Status(now)
+	after := vm.State()
+	p.mu.Unlock()
+
+	if id != 0 {
+		switch {
+		case err != nil && status.Stopped:
+			a.jobs.Fail(id, err)
+		case err != nil:
+			a.jobs.Progress(id, 0, fmt.Sprintf("attempt %d failed (%v); retrying at %s", status.Failures, err,
+				status.NextRetry.Local().Format(time.TimeOnly)))
+		case after != before:
+			a.jobs.Succeed(id, fmt.Sprintf("recovery point %d on the target (%s of data, %s sent); %s",
+				st.LastGeneration, bytesString(int64(st.Last.RawBytes)), bytesString(int64(st.Last.WireBytes)), vm.Describe()))
+		}
+	}
+	if after != before {
+		fmt.Fprintf(os.Stderr, "drfs: %s: %s → %s\n", p.name, before, vm.Describe())
+	}
+	a.persist()
+}
+
+// flagged returns why a disk of vm needs resynchronization, "" if none does.
+func (a *agent) flagged(vm string) string {
+	for _, st := range a.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, d := range st.Disks {
+			if d.Resync && !d.Removed {
+				return fmt.Sprintf("%s: %s", d.Name, d.Reason)
+			}
+		}
+	}
+	return ""
+}
+
+// newestPoint returns when the newest point of p on its target was cut.
+func (a *agent) newestPoint(p *protection) time.Time {
+	ctx, cancel := context.WithTimeout(a.ctx, 20*time.Second)
+	defer cancel()
+	points, err := p.store.Points(ctx, p.name)
+	if err != nil || len(points) == 0 {
+		return time.Time{}
+	}
+	return points[len(points)-1].Frozen
+}
+
+// resume lets a VM stopped by a permanent error replicate again, at once.
+func (a *agent) resume(vm string) error {
+	p := a.protection(vm)
+	if p == nil {
+		return fmt.Errorf("%s is not protected", vm)
+	}
+	p.mu.Lock()
+	err := p.mu.vm.Resume()
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if p.repl != nil {
+		p.repl.loop.Resume(vm)
+	}
+	a.persist()
+	p.poke()
+	return nil
+}
+
+// resyncNow flags every disk of vm for a comparison with its replica and
+// runs it at once, whatever the resync window.
+func (a *agent) resyncNow(vm string) (control.ResyncAnswer, error) {
+	if a.protection(vm) == nil {
+		return control.ResyncAnswer{}, fmt.Errorf("%s is not protected", vm)
+	}
+	disks, _ := a.disksOf(vm)
+	for name := range disks {
+		a.log.MarkResync(vm, name, "resynchronization requested by the operator")
+	}
+	return a.onResync(vm, true)
+}
+
+// onResync is told that the disks of vm were flagged for resynchronization
+// (drfs resync, on either socket); now runs it at once.
+func (a *agent) onResync(vm string, now bool) (control.ResyncAnswer, error) {
+	p := a.protection(vm)
+	if p == nil {
+		return control.ResyncAnswer{}, fmt.Errorf("%s is not protected: drfs protect %s first", vm, vm)
+	}
+	if p.repl == nil {
+		return control.ResyncAnswer{}, fmt.Errorf("%s is %s: its replication has not started yet", vm, p.state())
+	}
+	ans, err := p.repl.resyncHook(vm, now)
+	if err != nil {
+		return ans, err
+	}
+	p.mu.Lock()
+	p.mu.vm.Apply(a.clock.Now(), orchestrator.ResyncRequired{Reason: "requested by the operator", Now: now})
+	p.mu.Unlock()
+	a.persist()
+	if ans.Now {
+		p.poke()
+	}
+	return ans, nil
+}
+
+// replicationStates reports the replication of every protected VM, for the
+// change log's control socket (drfs status STATEDIR).
+func (a *agent) replicationStates() []control.Replication {
+	var out []control.Replication
+	for _, p := range a.protections() {
+		if p.repl != nil {
+			out = append(out, p.repl.states()...)
+		}
+	}
+	return out
+}

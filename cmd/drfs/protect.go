@@ -1,0 +1,98 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/drfs-project/drfs/orchestrator"
+)
+
+type protectCmd struct {
+	VM        string        `arg:"" help:"VM to protect: a folder (or one-disk image) of the agent's source directory."`
+	Target    string        `placeholder:"URL" help:"Target to replicate to (default: the agent's target)."`
+	Interval  time.Duration `help:"Replication interval, 1s to 24h (30s, 5m and 15m are the usual choices; default: the agent's, 5m)."`
+	Retention time.Duration `help:"Keep recovery points this long, from the interval to 30 days (default: the agent's, 24h)."`
+	MaxPoints int           `name:"max-points" help:"Keep at most this many recovery points (default: no limit but the retention)."`
+	Wait      bool          `help:"Wait until the VM is Protected (or its protection fails), showing progress."`
+	socketFlag
+}
+
+func (c *protectCmd) Run() error {
+	if c.Interval < 0 || c.Retention < 0 || c.MaxPoints < 0 {
+		return fmt.Errorf("--interval, --retention and --max-points cannot be negative")
+	}
+	cl := newAgentClient(c.Socket)
+	job, err := cl.protect(protectRequest{VM: c.VM, Target: c.Target,
+		Policy: overrides{Interval: c.Interval, Retention: c.Retention, MaxPoints: c.MaxPoints}})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: %s\n", c.VM, job.Message)
+	fmt.Printf("%s: initial replication started (follow it with drfs jobs --vm %s, or drfs status %s)\n", c.VM, c.VM, c.VM)
+	if !c.Wait {
+		return nil
+	}
+	return waitProtected(cl, c.VM)
+}
+
+// waitProtected follows vm's jobs with a progress line until it is
+// Protected, or its protection stops on an error.
+func waitProtected(cl *agentClient, vm string) error {
+	bar := newProgressBar(os.Stdout)
+	defer bar.done()
+	for {
+		v, err := cl.vms(vm)
+		if err != nil {
+			return err
+		}
+		if len(v) == 0 {
+			return fmt.Errorf("%s is not protected any more", vm)
+		}
+		st := v[0]
+		switch {
+		case st.State == orchestrator.Protected:
+			bar.done()
+			fmt.Printf("%s: Protected; newest recovery point %s old\n", vm, time.Duration(st.RPO*float64(time.Second)).Round(time.Second))
+			return nil
+		case st.State == orchestrator.Unprotected:
+			return fmt.Errorf("%s is not protected any more", vm)
+		case st.Stopped:
+			return fmt.Errorf("%s: protection stopped: %s", vm, st.Health.Reason)
+		}
+		if st.Job != nil {
+			bar.show(fmt.Sprintf("%s %s", vm, st.Job.Kind), st.Job.Progress, st.Job.Message)
+		} else {
+			bar.show(vm+" "+st.Describe, 0, "")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+type unprotectCmd struct {
+	VM string `arg:"" help:"VM whose protection to stop."`
+	socketFlag
+}
+
+func (c *unprotectCmd) Run() error {
+	var msg string
+	if err := newAgentClient(c.Socket).simple("unprotect", c.VM, &msg); err != nil {
+		return err
+	}
+	fmt.Println(msg)
+	return nil
+}
+
+type resumeCmd struct {
+	VM string `arg:"" help:"VM stopped by a non-recoverable error, once its cause is fixed."`
+	socketFlag
+}
+
+func (c *resumeCmd) Run() error {
+	var msg string
+	if err := newAgentClient(c.Socket).simple("resume", c.VM, &msg); err != nil {
+		return err
+	}
+	fmt.Printf("%s: resumed; replication runs now\n", c.VM)
+	return nil
+}

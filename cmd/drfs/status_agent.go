@@ -1,0 +1,47 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+)
+
+// agentStatus prints the protection of every VM of the agent, or of vm.
+func agentStatus(w io.Writer, socket, vm string, asJSON bool) error {
+	views, err := newAgentClient(socket).vms(vm)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(views)
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tSTATE\tHEALTH\tRPO\tLOG\tSENT\tNEXT RETRY\tDETAIL")
+	for _, v := range views {
+		rpo, retry := "-", "-"
+		if v.RPO >= 0 {
+			rpo = time.Duration(v.RPO * float64(time.Second)).Round(time.Second).String()
+		}
+		if !v.NextRetry.IsZero() {
+			retry = v.NextRetry.Local().Format(time.TimeOnly)
+		}
+		detail := v.Health.Reason
+		if detail == "" && v.Job != nil {
+			detail = fmt.Sprintf("job %d %s %d%% %s", v.Job.ID, v.Job.Kind, v.Job.Progress, v.Job.Message)
+		}
+		if detail == "" && v.ResyncReason != "" {
+			detail = "resync: " + v.ResyncReason
+		}
+		if detail == "" && v.Target != "" {
+			detail = "every " + v.Interval + " to " + v.Target
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.VM, v.Describe, v.Health.Level, rpo,
+			bytesString(v.LogBytes), bytesString(int64(v.BytesSent)), retry, detail)
+	}
+	return tw.Flush()
+}
