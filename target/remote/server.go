@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -784,7 +785,7 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
-		return &lingerConn{TCPConn: tc}, nil
+		return &lingerConn{TCPConn: tc, r: bufio.NewReaderSize(tc, recordBuffer)}, nil
 	}
 	return c, nil
 }
@@ -797,9 +798,12 @@ const (
 
 type lingerConn struct {
 	*net.TCPConn
-	accepted atomic.Bool // the TLS handshake accepted the client
+	r        *bufio.Reader // reads ahead: TLS reads about a record at a time (conn.go)
+	accepted atomic.Bool   // the TLS handshake accepted the client
 	once     sync.Once
 }
+
+func (c *lingerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 func (c *lingerConn) Close() error {
 	if c.accepted.Load() {
