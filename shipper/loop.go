@@ -33,7 +33,9 @@ type LoopOptions struct {
 	// disks against the target's newest point, rotates, and ships the
 	// copies on that generation as a point of kind (see
 	// Shipper.ShipCopyDisks); done is told how it went.
-	Copies func(vm string) (disks map[string]CopyDisk, kind target.PointKind, done func(error))
+	// An error (the target could not say what it holds) fails the round:
+	// nothing is shipped that may lack its base on the target.
+	Copies func(vm string) (disks map[string]CopyDisk, kind target.PointKind, done func(error), err error)
 	// Prepare fills in Ranges and Against of the partial disks, after the
 	// drain and before the rotation. Writes during it are logged in the
 	// generation the copy rides on, whose changed blocks the copy sends.
@@ -156,21 +158,28 @@ func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
 	// Copies are asked for even in the first round, which otherwise only
 	// ships what a restart left frozen: an initial copy should not wait an
 	// interval.
+	var copyErr error
 	if l.opts.Copies != nil {
-		files, kind, done = l.opts.Copies(vm)
+		files, kind, done, copyErr = l.opts.Copies(vm)
 	}
-	if len(files) > 0 {
-		st, err = l.shipCopy(ctx, vm, files, kind)
-		done(err)
-	} else if rotate {
-		if _, rerr := l.rot.Rotate(vm); rerr != nil {
-			err = fmt.Errorf("shipper: rotating %s: %w", vm, rerr)
-			if errors.Is(rerr, tracker.ErrUnknownVM) {
-				err = permanent(err)
+	switch {
+	case copyErr != nil:
+		// Nothing ships this round: a generation sent to a target that
+		// may lack the VM's copy would be a point without its base. The
+		// rotation keeps the cadence of the cuts.
+		err = copyErr
+		if rotate {
+			if rerr := l.rotate(vm); target.IsPermanent(rerr) {
+				err = rerr
 			}
 		}
-	}
-	if len(files) == 0 {
+	case len(files) > 0:
+		st, err = l.shipCopy(ctx, vm, files, kind)
+		done(err)
+	default:
+		if rotate {
+			err = l.rotate(vm)
+		}
 		// Ship what froze even if the rotation failed: older generations
 		// may be waiting.
 		var serr error
@@ -210,6 +219,19 @@ func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
 	if l.opts.OnShip != nil {
 		l.opts.OnShip(out)
 	}
+}
+
+// rotate freezes the active generation of vm; an unknown VM is a
+// permanent error.
+func (l *Loop) rotate(vm string) error {
+	if _, err := l.rot.Rotate(vm); err != nil {
+		err = fmt.Errorf("shipper: rotating %s: %w", vm, err)
+		if errors.Is(err, tracker.ErrUnknownVM) {
+			return permanent(err)
+		}
+		return err
+	}
+	return nil
 }
 
 // shipCopy drains what is frozen, prepares the partial copies, rotates,

@@ -404,9 +404,13 @@ func (a *agent) newReplication(p *protection) (*replication, error) {
 		SourceID: a.cfg.SourceID, TLS: a.stores.tls, ResyncWindow: pol.ResyncWindow.String(), ResyncThreshold: percent(pol.Threshold()),
 		vms: []string{p.name}}
 	f.wrapCopies = func(copies copiesFunc) copiesFunc {
-		return func(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error)) {
-			disks, kind, done := copies(vm)
-			return countCopies(p, disks, kind, done)
+		return func(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error), error) {
+			disks, kind, done, err := copies(vm)
+			if err != nil {
+				return nil, "", nil, err
+			}
+			disks, kind, done = countCopies(p, disks, kind, done)
+			return disks, kind, done, nil
 		}
 	}
 	if err := f.validate(); err != nil {

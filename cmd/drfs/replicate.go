@@ -211,7 +211,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 }
 
 // copiesFunc is the type of replication.copies.
-type copiesFunc = func(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error))
+type copiesFunc = func(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error), error)
 
 // run replicates until ctx is done.
 func (r *replication) run(ctx context.Context) { r.loop.Run(ctx) }
@@ -248,7 +248,7 @@ func (r *replication) final(timeout time.Duration) {
 // whole when the target does not hold the VM, whole those it lacks, and by
 // chunks those flagged for resynchronization (or whose resync started)
 // when their resync is due.
-func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error)) {
+func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error), error) {
 	none := func(error) {}
 	r.checkThreshold(vm)
 	disks := map[string]string{}
@@ -257,7 +257,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		return nil
 	})
 	if len(disks) == 0 {
-		return nil, "", none
+		return nil, "", none, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -268,15 +268,23 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		for name, path := range disks {
 			whole[name] = shipper.CopyDisk{Path: path}
 		}
+		// The copy supersedes what the log holds already (an outage of
+		// the target, a failed copy): shipped first, those generations
+		// would make points of changes without their base.
+		for _, gen := range r.log.Frozen(vm) {
+			if err := r.log.Drop(vm, gen); err != nil {
+				fmt.Fprintf(os.Stderr, "drfs: %s: dropping generation %d before the initial copy: %v\n", vm, gen, err)
+			}
+		}
 		// A whole copy repairs any flagged disk too.
 		reasons := r.flagged(vm, disks)
 		for disk := range reasons {
 			r.log.ClearResync(vm, disk)
 		}
-		return whole, target.KindInitial, r.afterCopy(vm, whole, reasons, true)
+		return whole, target.KindInitial, r.afterCopy(vm, whole, reasons, true), nil
 	}
 	if err != nil {
-		return nil, "", none // the ship that follows reports the target's error
+		return nil, "", none, fmt.Errorf("listing the points of %s on %s: %w", vm, r.flags.Target, err)
 	}
 	onTarget := map[string]bool{}
 	for _, d := range points[len(points)-1].Disks {
@@ -331,7 +339,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		files[disk], kind = shipper.CopyDisk{Path: disks[disk], Partial: true}, target.KindResync
 	}
 	if len(files) == 0 {
-		return nil, "", none
+		return nil, "", none, nil
 	}
 	names := make([]string, 0, len(files))
 	for n := range files {
@@ -355,7 +363,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		writeFileAtomic(r.pendingPath(vm, disk), []byte(why))
 		r.log.ClearResync(vm, disk)
 	}
-	return files, kind, r.afterCopy(vm, files, reasons, len(reasons) > 0)
+	return files, kind, r.afterCopy(vm, files, reasons, len(reasons) > 0), nil
 }
 
 // flagged returns the disks of vm (among disks) that need a resync, with
