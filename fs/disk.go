@@ -1,8 +1,10 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"io"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -12,13 +14,60 @@ import (
 // block lock that every change of the file holds while it changes the
 // backing file and reports the change. One disk per inode, shared by all
 // file handles of the inode.
+//
+// Every change of the file goes through begin (the quiesce gate), then
+// takes the block lock, calls preserve (the copy-on-write of a snapshot)
+// before it changes the backing file, reports the change, unlocks and
+// calls end.
 type disk struct {
 	rec  DiskRecorder
 	lock *blockLock
+	// key identifies the backing file, for snapshots, which outlive the
+	// disk (a disk lives as long as the kernel keeps its inode).
+	key fileKey
+	// node is the inode of the disk, for the paths a per-set quiesce
+	// matches.
+	node *node
+	// gate holds the changes of the disk while a quiesce covers it.
+	gate gate
+	// snap is the snapshot of the disk, nil without one. Stored with the
+	// whole file locked (lockFile), loaded under the block lock.
+	snap atomic.Pointer[diskSnap]
 }
 
+// newDisk makes an unregistered disk of rec, for tests of the file
+// handle on its own.
 func newDisk(rec DiskRecorder) *disk {
 	return &disk{rec: rec, lock: newBlockLock(rec.BlockSize())}
+}
+
+// fileKey identifies a backing file: device and inode number.
+type fileKey struct {
+	dev, ino uint64
+}
+
+// begin waits until no quiesce holds the disk and counts the change in
+// flight. A nil error must be matched by end. It fails only when ctx ends
+// (the caller was interrupted) while the change is held.
+func (d *disk) begin(ctx context.Context) syscall.Errno {
+	if err := d.gate.enter(ctx); err != nil {
+		return syscall.EINTR
+	}
+	return 0
+}
+
+// end ends what begin started.
+func (d *disk) end() { d.gate.leave() }
+
+// preserve saves the before-image of the blocks of [off, off+n) for the
+// snapshot of the disk, if it has one and they are not saved yet. The
+// caller holds the block lock of the range (or the whole file) and has not
+// changed it yet. n < 0 means up to the end of the file. Without a
+// snapshot it costs an atomic load.
+func (d *disk) preserve(off, n int64) {
+	if s := d.snap.Load(); s != nil {
+		s.preserve(off, n)
+	}
 }
 
 // backingReader reads the backing file through a descriptor with pread. It

@@ -54,14 +54,20 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 }
 
 // Write writes data at off and reports Written with the blocks of the
-// range locked.
+// range locked (after saving their before-images for a snapshot). It waits
+// first while a quiesce holds the disk.
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	d := f.disk
 	if d == nil || len(data) == 0 {
 		n, err := pwrite(f.fd, data, off)
 		return uint32(n), gofs.ToErrno(err)
 	}
+	if errno := d.begin(ctx); errno != 0 {
+		return 0, errno
+	}
+	defer d.end()
 	held := d.lock.lockRange(off, int64(len(data)))
+	d.preserve(off, int64(len(data)))
 	n, err := pwrite(f.fd, data, off)
 	if n > 0 {
 		d.rec.Written(off, data[:n], &f.src)
@@ -158,7 +164,7 @@ func (f *file) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.AttrOu
 	// Truncate before the times, so that an explicit mtime is not
 	// overwritten by the truncate's.
 	if size, ok := in.GetSize(); ok {
-		if errno := f.truncate(int64(size)); errno != 0 {
+		if errno := f.truncate(ctx, int64(size)); errno != 0 {
 			return errno
 		}
 	}

@@ -9,7 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Allocate serves fallocate(2) and reports what it changed:
+// Allocate serves fallocate(2) and reports what it changed (every mode but
+// a plain KEEP_SIZE reservation waits first while a quiesce holds the
+// disk, and saves the before-images of what it changes for a snapshot):
 //
 //   - PUNCH_HOLE, and ZERO_RANGE or WRITE_ZEROES with KEEP_SIZE: Zeroed over
 //     the part of the range inside the file, with its blocks locked;
@@ -29,10 +31,19 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	const zeroing = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_WRITE_ZEROES
 	keepSize := mode&unix.FALLOC_FL_KEEP_SIZE != 0
 
-	switch {
-	case mode&zeroing != 0 && keepSize:
+	if mode == unix.FALLOC_FL_KEEP_SIZE {
+		// Reserves space; neither contents nor size change.
+		return gofs.ToErrno(fallocate(f.fd, mode, o, n))
+	}
+	if errno := d.begin(ctx); errno != 0 {
+		return errno
+	}
+	defer d.end()
+
+	if mode&zeroing != 0 && keepSize {
 		held := d.lock.lockRange(o, n)
 		defer d.lock.unlockRange(held)
+		d.preserve(o, n)
 		if err := fallocate(f.fd, mode, o, n); err != nil {
 			return gofs.ToErrno(err)
 		}
@@ -41,10 +52,6 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 			d.rec.Zeroed(o, min(o+n, end)-o, &f.src)
 		}
 		return 0
-
-	case mode == unix.FALLOC_FL_KEEP_SIZE:
-		// Reserves space; neither contents nor size change.
-		return gofs.ToErrno(fallocate(f.fd, mode, o, n))
 	}
 
 	d.lock.lockFile()
@@ -52,6 +59,15 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	before, err := f.size()
 	if err != nil {
 		return gofs.ToErrno(err)
+	}
+	switch {
+	case mode&zeroing != 0:
+		d.preserve(o, n)
+	case mode&^unix.FALLOC_FL_KEEP_SIZE == 0:
+		// Plain allocation changes no byte of the file.
+	default:
+		// Collapse or insert: everything from off may move.
+		d.preserve(o, -1)
 	}
 	if err := fallocate(f.fd, mode, o, n); err != nil {
 		return gofs.ToErrno(err)
@@ -101,14 +117,20 @@ func fallocate(fd int, mode uint32, off, n int64) error {
 }
 
 // truncate sets the size of the backing file and reports Resized, with the
-// whole file locked.
-func (f *file) truncate(size int64) syscall.Errno {
+// whole file locked. It waits first while a quiesce holds the disk, and
+// saves the before-images of what it cuts for a snapshot.
+func (f *file) truncate(ctx context.Context, size int64) syscall.Errno {
 	d := f.disk
 	if d == nil {
 		return gofs.ToErrno(unix.Ftruncate(f.fd, size))
 	}
+	if errno := d.begin(ctx); errno != 0 {
+		return errno
+	}
+	defer d.end()
 	d.lock.lockFile()
 	defer d.lock.unlockFile()
+	d.preserve(size, -1)
 	if err := unix.Ftruncate(f.fd, size); err != nil {
 		return gofs.ToErrno(err)
 	}
@@ -120,14 +142,21 @@ func (f *file) truncate(size int64) syscall.Errno {
 // without it, so that the disk was opened with the size before the
 // truncate; the truncate is then reported as Resized(0), unless the file
 // was empty already.
-func (f *file) truncateOnOpen(n *node, rel string, flags uint32) syscall.Errno {
+func (f *file) truncateOnOpen(ctx context.Context, n *node, rel string, flags uint32) syscall.Errno {
 	if f.disk != nil {
+		if errno := f.disk.begin(ctx); errno != 0 {
+			return errno
+		}
+		defer f.disk.end()
 		f.disk.lock.lockFile()
 		defer f.disk.lock.unlockFile()
 	}
 	before, err := f.size()
 	if err != nil {
 		return gofs.ToErrno(err)
+	}
+	if f.disk != nil {
+		f.disk.preserve(0, -1)
 	}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		err = unix.Ftruncate(f.fd, 0)
@@ -172,7 +201,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		return gofs.ToErrno(err)
 	}
 	defer unix.Close(fd)
-	f, errno := n.newFile(fd, rel, 0)
+	f, errno := n.newFile(ctx, fd, rel, 0)
 	if errno != 0 {
 		return errno
 	}

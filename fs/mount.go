@@ -95,9 +95,27 @@ type Server struct {
 // Unmount unmounts the file system and waits until the mount has stopped
 // and released every DiskRecorder. It fails (and the mount goes on) while a
 // file of the mount is open. Calling it again after success is a no-op.
+//
+// It fails at once while a Quiesce holds writes (release it first): the
+// kernel writes dirty pages back during an unmount, and those writes would
+// wait for the release inside the unmount. While it runs, Quiesce and
+// Snapshot fail with ErrClosed. Snapshots end with the mount: their files
+// stay until Delete.
 func (s *Server) Unmount() error {
-	if err := s.fuse.Unmount(); err != nil {
-		return fmt.Errorf("unmount %s: %w", s.m.mountpoint, err)
+	m := s.m
+	m.mu.Lock()
+	if n := len(m.mu.holds); n > 0 {
+		m.mu.Unlock()
+		return fmt.Errorf("unmount %s: writes are held by %d quiesce(s): release them first", m.mountpoint, n)
+	}
+	m.mu.unmounting++
+	m.mu.Unlock()
+	err := s.fuse.Unmount()
+	m.mu.Lock()
+	m.mu.unmounting--
+	m.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", m.mountpoint, err)
 	}
 	<-s.done
 	return nil
@@ -142,6 +160,9 @@ func Mount(source, mountpoint string, rec Recorder, opts Options) (*Server, erro
 		logger:     logger,
 	}
 	m.mu.disks = make(map[*disk]struct{})
+	m.mu.holds = make(map[*hold]struct{})
+	m.mu.snaps = make(map[fileKey]*diskSnap)
+	m.mu.untracked = make(map[fileKey]int)
 
 	//lint:ignore SA1019 the hook hands over the stat and lets node embed LoopbackNode by value, one allocation per node
 	root := &gofs.LoopbackRoot{Path: src, Dev: uint64(st.Dev), NewNode: m.newNode}
@@ -182,20 +203,45 @@ type mount struct {
 		// disks are the DiskRecorders opened and not yet released.
 		disks  map[*disk]struct{}
 		closed bool
+		// unmounting counts the Unmount calls in progress.
+		unmounting int
+		// holds are the quiesces in place.
+		holds map[*hold]struct{}
+		// snaps are the snapshots in place, by backing file: a disk
+		// opened later finds its snapshot here.
+		snaps map[fileKey]*diskSnap
+		// untracked counts the nodes of each file that the Recorder
+		// does not track (OpenDisk returned nil): they cannot be in a
+		// snapshot.
+		untracked map[fileKey]int
 	}
 }
 
-// addDisk registers d, so that it is released when the mount closes.
-func (m *mount) addDisk(d *disk) {
+// addDisk makes the disk of rec, the DiskRecorder of the file at rel
+// (device and inode in key) of node n, and registers it so that it is
+// released when the mount closes. The disk starts held by every quiesce
+// that covers rel, and with the snapshot of its file, if there is one.
+func (m *mount) addDisk(rec DiskRecorder, key fileKey, n *node, rel string) *disk {
 	m.mu.Lock()
-	closed := m.mu.closed
-	if !closed {
-		m.mu.disks[d] = struct{}{}
+	defer m.mu.Unlock()
+	bs := rec.BlockSize()
+	ds := m.mu.snaps[key]
+	if ds != nil {
+		// A block saved for the snapshot must lie within one locked
+		// block.
+		bs = max(bs, 1<<ds.shift)
 	}
-	m.mu.Unlock()
-	if closed {
-		d.rec.Release()
+	d := &disk{rec: rec, lock: newBlockLock(bs), key: key, node: n}
+	if m.mu.closed {
+		rec.Release()
+		return d
 	}
+	m.mu.disks[d] = struct{}{}
+	m.holdNewDiskLocked(d, rel)
+	if ds != nil {
+		d.snap.Store(ds)
+	}
+	return d
 }
 
 // releaseDisk releases d unless the mount already did.

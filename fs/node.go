@@ -33,6 +33,8 @@ type node struct {
 		// disk (nil: the file is not tracked).
 		asked bool
 		disk  *disk
+		// key identifies the backing file once asked.
+		key fileKey
 	}
 }
 
@@ -75,7 +77,7 @@ func (n *node) isRegular() bool {
 // diskFor returns the disk of the inode, asking the Recorder on first use
 // with rel and the current size of the file. It returns nil for an
 // untracked file or mount.
-func (n *node) diskFor(rel string, size int64) (*disk, syscall.Errno) {
+func (n *node) diskFor(rel string, st *syscall.Stat_t) (*disk, syscall.Errno) {
 	if n.m.rec == nil {
 		return nil, 0
 	}
@@ -84,15 +86,18 @@ func (n *node) diskFor(rel string, size int64) (*disk, syscall.Errno) {
 	if n.mu.asked {
 		return n.mu.disk, 0
 	}
-	dr, err := n.m.rec.OpenDisk(rel, size)
+	dr, err := n.m.rec.OpenDisk(rel, st.Size)
 	if err != nil {
 		n.m.logger.Printf("drfs: open disk %s: %v", rel, err)
 		return nil, errnoOf(err)
 	}
 	n.mu.asked = true
+	key := fileKey{dev: uint64(st.Dev), ino: uint64(st.Ino)}
+	n.mu.key = key
 	if dr != nil {
-		n.mu.disk = newDisk(dr)
-		n.m.addDisk(n.mu.disk)
+		n.mu.disk = n.m.addDisk(dr, key, n, rel)
+	} else {
+		n.m.untracked(key, rel)
 	}
 	return n.mu.disk, 0
 }
@@ -104,11 +109,15 @@ var _ = (gofs.NodeOnForgetter)((*node)(nil))
 func (n *node) OnForget() {
 	n.mu.Lock()
 	d := n.mu.disk
+	untracked, key := n.mu.asked && d == nil, n.mu.key
 	n.mu.asked = false
 	n.mu.disk = nil
 	n.mu.Unlock()
 	if d != nil {
 		n.m.releaseDisk(d)
+	}
+	if untracked {
+		n.m.forgetUntracked(key)
 	}
 }
 

@@ -51,7 +51,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, gofs.ToErrno(err)
 	}
-	f, errno := n.newFile(fd, rel, flags)
+	f, errno := n.newFile(ctx, fd, rel, flags)
 	if errno != 0 {
 		unix.Close(fd)
 		return nil, 0, errno
@@ -104,7 +104,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, syscall.EIO
 	}
-	f, errno := child.newFile(fd, rel, flags)
+	f, errno := child.newFile(ctx, fd, rel, flags)
 	if errno != 0 {
 		unix.Close(fd)
 		return nil, nil, 0, errno
@@ -175,7 +175,7 @@ func chownToCaller(ctx context.Context, fd int) {
 
 // newFile makes the file handle of fd, the backing file of n opened for an
 // OPEN or CREATE with flags, and applies its O_TRUNC.
-func (n *node) newFile(fd int, rel string, flags uint32) (*file, syscall.Errno) {
+func (n *node) newFile(ctx context.Context, fd int, rel string, flags uint32) (*file, syscall.Errno) {
 	f := &file{fd: fd, src: backingReader{fd: fd}}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
@@ -185,13 +185,13 @@ func (n *node) newFile(fd int, rel string, flags uint32) (*file, syscall.Errno) 
 		// O_TRUNC means nothing to a FIFO or a device.
 		return f, 0
 	}
-	d, errno := n.diskFor(rel, st.Size)
+	d, errno := n.diskFor(rel, &st)
 	if errno != 0 {
 		return nil, errno
 	}
 	f.disk = d
 	if flags&syscall.O_TRUNC != 0 {
-		if errno := f.truncateOnOpen(n, rel, flags); errno != 0 {
+		if errno := f.truncateOnOpen(ctx, n, rel, flags); errno != 0 {
 			return nil, errno
 		}
 	}
