@@ -45,6 +45,8 @@ type vmView struct {
 	Pending   int               `json:"pending_generations"`
 	BytesSent uint64            `json:"bytes_sent"`
 	Job       *orchestrator.Job `json:"job,omitempty"` // the unfinished job, if any
+	// AppHookError: why the last application-consistency hook failed.
+	AppHookError string `json:"app_consistent_error,omitempty"`
 }
 
 // views returns every VM of the source and every protected one, by name;
@@ -82,6 +84,7 @@ func (a *agent) views(vm string) []vmView {
 			v.Status = p.mu.vm.Status(now)
 			v.Describe = p.mu.vm.Describe()
 			v.Interval = p.mu.vm.Policy().Interval.String()
+			v.AppHookError = p.mu.appErr
 			p.mu.Unlock()
 			v.Target = p.target
 			for _, b := range logStatus[name] {

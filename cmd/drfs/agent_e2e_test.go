@@ -40,6 +40,14 @@ type runningAgent struct {
 func startAgent(t *testing.T, d dirs, socket string, extra ...string) *runningAgent {
 	t.Helper()
 	args := append([]string{"agent", "--source", d.src, "--mountpoint", d.mnt, "--state", d.state, "--socket", socket}, extra...)
+	return startAgentArgs(t, d.mnt, socket, args...)
+}
+
+// startAgentArgs starts drfs with args, an agent that mounts at mnt and
+// listens on socket.
+func startAgentArgs(t *testing.T, mnt, socket string, args ...string) *runningAgent {
+	t.Helper()
+	d := dirs{mnt: mnt}
 	a := &runningAgent{cmd: exec.Command(drfsBin, args...), mnt: d.mnt, socket: socket, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	a.cmd.Stderr = a.stderr
 	if err := a.cmd.Start(); err != nil {
@@ -399,4 +407,88 @@ func checkMetrics(t *testing.T, a *runningAgent) {
 			t.Errorf("metrics lack %s:\n%s", want, body)
 		}
 	}
+}
+
+// TestAgentHookUnprotect: app-consistent points from a freeze/thaw hook, a
+// failing hook shown in the status, unprotect saying what it removes and
+// keeps, and the agent's configuration errors with their line numbers.
+func TestAgentHookUnprotect(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	os.MkdirAll(filepath.Join(d.src, "vm2"), 0o755)
+	os.WriteFile(filepath.Join(d.src, "vm2", "disk.img"), make([]byte, 8<<20), 0o644)
+	base := filepath.Dir(d.state)
+	tgt := "dir://" + filepath.Join(base, "target")
+
+	// A configuration with mistakes is refused, each on its line.
+	conf := filepath.Join(base, "agent.conf")
+	os.WriteFile(conf, []byte("source = "+d.src+"\nmountpoint = "+d.mnt+"\nstate = "+d.state+"\ninterval = 2 minutes\nbogus = 1\n"), 0o644)
+	out, err := drfsRun(t, "agent", "--config", conf, "--socket", filepath.Join(base, "x.sock"))
+	if err == nil || !strings.Contains(out, "agent.conf:4: ") || !strings.Contains(out, "agent.conf:5: ") {
+		t.Errorf("drfs agent with a bad configuration: %v\n%s", err, out)
+	}
+	if isMounted(d.mnt) {
+		t.Fatal("a refused configuration mounted")
+	}
+	os.WriteFile(conf, []byte("source = "+d.src+"\nmountpoint = "+d.mnt+"\nstate = "+d.state+"\ntarget = "+tgt+"\ninterval = 1s\nresync-window = always\n"), 0o644)
+	socket := filepath.Join(base, "agent.sock")
+	a := startAgentArgs(t, d.mnt, socket, "agent", "--config", conf, "--socket", socket)
+
+	hookLog := filepath.Join(base, "hook.log")
+	hook := `echo "$DRFS_PHASE $DRFS_VM $DRFS_DISKS" >> ` + hookLog
+	if out, err := drfsRun(t, "protect", "vm1", "--app-consistent-hook", hook, "--app-consistent-every", "1s", "--wait", "--socket", socket); err != nil {
+		t.Fatalf("drfs protect vm1: %v\n%s", err, out)
+	}
+	if out, err := drfsRun(t, "protect", "vm2", "--app-consistent-hook", "echo frozen-fails; exit 3", "--wait", "--socket", socket); err != nil {
+		t.Fatalf("drfs protect vm2: %v\n%s", err, out)
+	}
+	writeRandom(t, rand.New(rand.NewPCG(3, 4)), filepath.Join(d.mnt, "vm1", "disk.img"), 64<<20, 20)
+	time.Sleep(3 * time.Second)
+	v2 := vmStatus(t, socket, "vm2")
+	if !strings.Contains(v2.AppHookError, "frozen-fails") {
+		t.Errorf("vm2's failing hook is not in its status: %+v", v2)
+	}
+	out, err = drfsRun(t, "status", "--socket", socket)
+	if err != nil || !strings.Contains(out, "vm1") || !strings.Contains(out, "app-consistency hook (freeze) failed") {
+		t.Errorf("drfs status: %v\n%s", err, out)
+	}
+
+	out, err = drfsRun(t, "unprotect", "vm2", "--socket", socket)
+	if err != nil || !strings.Contains(out, "vm2 unprotected") || !strings.Contains(out, "recovery point(s) there are kept") {
+		t.Errorf("drfs unprotect vm2: %v\n%s", err, out)
+	}
+	if v := vmStatus(t, socket, "vm2"); v.State != orchestrator.Unprotected {
+		t.Errorf("vm2 is %s after unprotect", v.State)
+	}
+	a.stop(t)
+
+	hooks, _ := os.ReadFile(hookLog)
+	freeze := strings.Count(string(hooks), "freeze vm1 "+filepath.Join(d.mnt, "vm1", "disk.img"))
+	thaw := strings.Count(string(hooks), "thaw vm1 ")
+	if freeze < 2 || freeze != thaw {
+		t.Errorf("hook ran %d freezes and %d thaws:\n%s", freeze, thaw, hooks)
+	}
+	var app int
+	for _, p := range points(t, tgt, "vm1") {
+		if p.AppConsistent {
+			app++
+		}
+	}
+	if app == 0 {
+		t.Errorf("no app-consistent point of vm1")
+	}
+	for _, p := range points(t, tgt, "vm2") {
+		if p.AppConsistent {
+			t.Errorf("vm2 point %s is app-consistent although its hook failed", p.ID())
+		}
+	}
+	// Restarted, the agent still protects vm1 and not vm2.
+	a = startAgentArgs(t, d.mnt, socket, "agent", "--config", conf, "--socket", socket)
+	if v := vmStatus(t, socket, "vm1"); v.State != orchestrator.Protected {
+		t.Errorf("vm1 is %s after a restart", v.State)
+	}
+	if v := vmStatus(t, socket, "vm2"); v.State != orchestrator.Unprotected {
+		t.Errorf("vm2 is %s after a restart", v.State)
+	}
+	a.stop(t)
 }

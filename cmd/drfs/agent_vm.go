@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -67,6 +68,10 @@ type protection struct {
 		vm        *orchestrator.VM
 		lastRound time.Time
 		job       uint64 // the job the VM's current stage runs as; 0 if none
+		// lastApp is when the last app-consistent cut was made, appErr why
+		// the last attempt failed ("" if it did not).
+		lastApp time.Time
+		appErr  string
 	}
 }
 
@@ -75,6 +80,10 @@ type overrides struct {
 	Interval  time.Duration `json:"interval,omitempty"`
 	Retention time.Duration `json:"retention,omitempty"`
 	MaxPoints int           `json:"max_points,omitempty"`
+	// AppHook, if set, is run around a rotation every AppEvery to make
+	// an app-consistent point (see appConsistentCut).
+	AppHook  string        `json:"app_consistent_hook,omitempty"`
+	AppEvery time.Duration `json:"app_consistent_every,omitempty"`
 }
 
 func (a *agent) policy(vm string, o overrides) orchestrator.Policy {
@@ -242,6 +251,9 @@ func (a *agent) protect(req protectRequest) (orchestrator.Job, error) {
 	}
 	if url == "" {
 		return orchestrator.Job{}, errors.New("no target: give --target URL, or set target in the agent's configuration")
+	}
+	if req.Policy.AppHook != "" && req.Policy.AppEvery <= 0 {
+		req.Policy.AppEvery = time.Hour
 	}
 	pol := a.policy(vm, req.Policy)
 	if err := pol.Validate(); err != nil {
@@ -704,6 +716,9 @@ func (a *agent) runRound(ctx context.Context, p *protection) {
 	if id != 0 && state == orchestrator.Resynchronizing {
 		a.jobs.Progress(id, 0, "comparing the disks with the replica by chunk checksums")
 	}
+	if state == orchestrator.Protected {
+		a.appConsistentCut(ctx, p)
+	}
 	stopProgress := a.followCopy(p, id)
 	p.mu.Lock()
 	p.mu.lastRound = a.clock.Now() // rounds start every interval, however long they take
@@ -899,4 +914,73 @@ func (a *agent) replicationStates() []control.Replication {
 		}
 	}
 	return out
+}
+
+// hookTimeout bounds each run of an application-consistency hook.
+const hookTimeout = 2 * time.Minute
+
+// appConsistentCut makes an app-consistent point of p when its hook is due:
+// the hook is run with DRFS_PHASE=freeze (e.g. virsh domfsfreeze), and if
+// it succeeds the VM's generation is cut and the hook is run again with
+// DRFS_PHASE=thaw; that generation's point is marked app-consistent. A
+// failed freeze leaves the point crash-consistent and is shown in the
+// status; thaw runs whatever happened after a freeze was attempted.
+func (a *agent) appConsistentCut(ctx context.Context, p *protection) {
+	hook, every := p.over.AppHook, p.over.AppEvery
+	if hook == "" {
+		return
+	}
+	now := a.clock.Now()
+	p.mu.Lock()
+	due := p.mu.lastApp.IsZero() || now.Sub(p.mu.lastApp) >= every
+	p.mu.Unlock()
+	if !due {
+		return
+	}
+	disks, _ := a.disksOf(p.name)
+	var paths []string
+	for _, path := range disks {
+		paths = append(paths, strings.Replace(path, a.cfg.Source, a.cfg.Mountpoint, 1))
+	}
+	slices.Sort(paths)
+	run := func(phase string) error {
+		hctx, cancel := context.WithTimeout(ctx, hookTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(hctx, "/bin/sh", "-c", hook)
+		cmd.Env = append(os.Environ(), "DRFS_VM="+p.name, "DRFS_PHASE="+phase, "DRFS_DISKS="+strings.Join(paths, " "))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("app-consistency hook (%s) failed: %v: %s", phase, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	ferr := run("freeze")
+	var gen uint64
+	if ferr == nil {
+		var rerr error
+		if gen, rerr = a.log.Rotate(p.name); rerr != nil {
+			ferr = fmt.Errorf("rotating while frozen: %w", rerr)
+		}
+	}
+	terr := run("thaw")
+	p.mu.Lock()
+	p.mu.lastApp = now
+	switch {
+	case ferr != nil:
+		p.mu.appErr = ferr.Error()
+	case terr != nil:
+		// The cut was made while frozen: the point is app-consistent,
+		// but the VM may still be frozen: say so loudly.
+		p.mu.appErr = terr.Error()
+	default:
+		p.mu.appErr = ""
+	}
+	appErr := p.mu.appErr
+	p.mu.Unlock()
+	if ferr == nil {
+		p.repl.markAppConsistent(p.name, gen)
+	}
+	if appErr != "" {
+		fmt.Fprintf(os.Stderr, "drfs: %s: %s\n", p.name, appErr)
+	}
 }

@@ -14,17 +14,19 @@ type protectCmd struct {
 	Interval  time.Duration `help:"Replication interval, 1s to 24h (30s, 5m and 15m are the usual choices; default: the agent's, 5m)."`
 	Retention time.Duration `help:"Keep recovery points this long, from the interval to 30 days (default: the agent's, 24h)."`
 	MaxPoints int           `name:"max-points" help:"Keep at most this many recovery points (default: no limit but the retention)."`
+	AppHook   string        `name:"app-consistent-hook" placeholder:"CMD" help:"Command run with DRFS_PHASE=freeze before a cut and DRFS_PHASE=thaw after it (DRFS_VM, DRFS_DISKS set), e.g. a script around virsh domfsfreeze/domfsthaw: that point is app-consistent."`
+	AppEvery  time.Duration `name:"app-consistent-every" default:"1h" help:"How often the app-consistency hook makes an app-consistent point (at most once per interval)."`
 	Wait      bool          `help:"Wait until the VM is Protected (or its protection fails), showing progress."`
 	socketFlag
 }
 
 func (c *protectCmd) Run() error {
-	if c.Interval < 0 || c.Retention < 0 || c.MaxPoints < 0 {
-		return fmt.Errorf("--interval, --retention and --max-points cannot be negative")
+	if c.Interval < 0 || c.Retention < 0 || c.MaxPoints < 0 || c.AppEvery < 0 {
+		return fmt.Errorf("--interval, --retention, --max-points and --app-consistent-every cannot be negative")
 	}
 	cl := newAgentClient(c.Socket)
 	job, err := cl.protect(protectRequest{VM: c.VM, Target: c.Target,
-		Policy: overrides{Interval: c.Interval, Retention: c.Retention, MaxPoints: c.MaxPoints}})
+		Policy: overrides{Interval: c.Interval, Retention: c.Retention, MaxPoints: c.MaxPoints, AppHook: c.AppHook, AppEvery: c.AppEvery}})
 	if err != nil {
 		return err
 	}

@@ -127,6 +127,9 @@ type replication struct {
 		now map[string]bool
 		// waitLogged: when the window opens, as last logged per waiting VM.
 		waitLogged map[string]time.Time
+		// appConsistent: generations cut while an application-consistency
+		// hook held the VM's writes (the agent's), not shipped yet.
+		appConsistent map[string]map[uint64]bool
 	}
 }
 
@@ -532,7 +535,28 @@ func (s pointKinds) Generation(vm string, gen uint64) (shipper.Generation, error
 	if err == nil && (g.Kind == "" || g.Kind == target.KindGeneration) && s.r.untrusted(vm) {
 		g.Kind = target.KindResync
 	}
+	if err == nil && g.Kind != target.KindResync {
+		s.r.mu.Lock()
+		g.AppConsistent = s.r.mu.appConsistent[vm][gen]
+		s.r.mu.Unlock()
+	}
 	return g, err
+}
+
+// markAppConsistent records that generation gen of vm was cut while an
+// application-consistency hook held the VM's writes: its point is marked
+// so. The mark lives in memory only; lost in a restart, the point is
+// crash-consistent, which is true too.
+func (r *replication) markAppConsistent(vm string, gen uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.appConsistent == nil {
+		r.mu.appConsistent = map[string]map[uint64]bool{}
+	}
+	if r.mu.appConsistent[vm] == nil {
+		r.mu.appConsistent[vm] = map[uint64]bool{}
+	}
+	r.mu.appConsistent[vm][gen] = true
 }
 
 // afterCopy returns the callback of a copy of files of vm: on failure the
@@ -699,6 +723,13 @@ func writeFileAtomic(path string, data []byte) {
 
 // shipped reports a round and expires old points.
 func (r *replication) shipped(s shipper.VMState) {
+	r.mu.Lock()
+	for gen := range r.mu.appConsistent[s.VM] {
+		if gen <= s.LastGeneration {
+			delete(r.mu.appConsistent[s.VM], gen)
+		}
+	}
+	r.mu.Unlock()
 	switch {
 	case s.LastError != nil && s.Stopped:
 		fmt.Fprintf(os.Stderr, "drfs: %s: replication STOPPED: %v\n", s.VM, s.LastError)

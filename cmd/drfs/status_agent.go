@@ -31,6 +31,9 @@ func agentStatus(w io.Writer, socket, vm string, asJSON bool) error {
 			retry = v.NextRetry.Local().Format(time.TimeOnly)
 		}
 		detail := v.Health.Reason
+		if detail == "" && v.AppHookError != "" {
+			detail = v.AppHookError
+		}
 		if detail == "" && v.Job != nil {
 			detail = fmt.Sprintf("job %d %s %d%% %s", v.Job.ID, v.Job.Kind, v.Job.Progress, v.Job.Message)
 		}
