@@ -22,6 +22,8 @@ type cli struct {
 	Rotate    rotateCmd    `cmd:"" help:"Freeze the active generation of a VM on a running mount."`
 	Points    pointsCmd    `cmd:"" help:"List the recovery points of VMs on a target."`
 	Restore   restoreCmd   `cmd:"" help:"Write a VM's disks as they were at a recovery point into a directory."`
+	Failover  failoverCmd  `cmd:"" help:"Fail a VM or a recovery plan over to its replica (unplanned, or a test copy); drfs failover cleanup removes a test copy."`
+	Plan      planCmd      `cmd:"" help:"Check a recovery plan file (validate), or let a running plan go on past a manual step (continue)."`
 	Verify    verifyCmd    `cmd:"" help:"Compare a VM's disks with a recovery point chunk by chunk, changing nothing."`
 	Resync    resyncCmd    `cmd:"" help:"Resynchronize a VM's disks with the target now (on a running mount)."`
 	Target    targetCmd    `cmd:"" help:"Serve replicas to source hosts: the recovery site's end of replication."`

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,16 +21,14 @@ import (
 type restoreCmd struct {
 	Target string `required:"" placeholder:"URL" help:"Target: dir:///path or https://host:port."`
 	VM     string `arg:"" help:"VM to restore."`
-	Point  string `default:"latest" placeholder:"ID|latest" help:"Recovery point: its number (drfs points), or latest for the newest crash-consistent one."`
+	Point  string `default:"latest" placeholder:"ID|latest|latest-processed|TIME" help:"Recovery point: its number (drfs points), latest for the newest crash-consistent one, latest-processed for the newest of any kind, or a time (RFC 3339, or relative as -1h) for the newest consistent one cut at or before it."`
 	To     string `required:"" placeholder:"DIR" type:"path" help:"Directory to write the VM's disks into; it must not exist or be empty."`
 	Force  bool   `help:"Restore a point that is only a fuzzy copy (initial replication or resync)."`
 	targets.TLS
 }
 
 func (c *restoreCmd) Run() error {
-	if entries, err := os.ReadDir(c.To); err == nil && len(entries) > 0 {
-		return fmt.Errorf("%s is not empty: restore into a new or empty directory", c.To)
-	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := checkEmptyDir(c.To); err != nil {
 		return err
 	}
 	store, err := targets.Open(c.Target, c.TLS)
@@ -37,74 +37,264 @@ func (c *restoreCmd) Run() error {
 	}
 	defer store.Close()
 	ctx := context.Background()
-	points, err := store.Points(ctx, c.VM)
+	points, err := vmPoints(ctx, store, c.Target, c.VM)
 	if err != nil {
-		return fmt.Errorf("points of %s on %s: %w", c.VM, c.Target, err)
+		return err
 	}
-	p, err := choosePoint(points, c.Point)
+	p, err := selectPoint(points, c.Point, time.Now(), c.Force)
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.VM, err)
 	}
 	if p.Kind != target.KindGeneration && !c.Force {
 		return fmt.Errorf("%s point %s is a fuzzy copy (%s), not a consistent state: restore a later point, or add --force", c.VM, p.ID(), p.Kind)
 	}
-	if err := os.MkdirAll(c.To, 0o755); err != nil {
+	fmt.Fprintf(os.Stderr, "drfs: restoring %s point %s (cut %s) into %s\n", c.VM, p.ID(), p.Frozen.Local().Format(time.RFC3339), c.To)
+	created, err := makeDir(c.To)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "drfs: restoring %s point %s (cut %s) into %s\n", c.VM, p.ID(), p.Frozen.Local().Format(time.RFC3339), c.To)
-	for _, d := range p.Disks {
-		if err := restoreDisk(ctx, store, c.VM, p.Generation, d, filepath.Join(c.To, filepath.FromSlash(d.Name))); err != nil {
-			return fmt.Errorf("restoring %s/%s: %w", c.VM, d.Name, err)
+	m, err := materialize(ctx, store, c.VM, p, c.To, reflinkSource(c.Target, c.VM, points, p))
+	if err != nil {
+		if created {
+			os.RemoveAll(c.To)
 		}
+		return err
 	}
-	fmt.Fprintf(os.Stderr, "drfs: %s restored: %d disk(s) in %s\n", c.VM, len(p.Disks), c.To)
+	fmt.Fprintf(os.Stderr, "drfs: %s restored: %d disk(s) in %s (%s)\n", c.VM, len(p.Disks), c.To, m.method())
 	return nil
 }
 
-// choosePoint finds the point named by id: a generation number, or latest
-// for the newest crash-consistent point.
-func choosePoint(points []target.Point, id string) (target.Point, error) {
-	if id == "latest" {
+// checkEmptyDir accepts a directory that does not exist or is empty.
+func checkEmptyDir(dir string) error {
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return fmt.Errorf("%s is not empty: use a new or empty directory", dir)
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// makeDir creates dir if it does not exist, and says whether it did.
+func makeDir(dir string) (bool, error) {
+	if _, err := os.Stat(dir); err == nil {
+		return false, nil
+	}
+	return true, os.MkdirAll(dir, 0o755)
+}
+
+// vmPoints lists the points of vm, saying clearly when the target does not
+// hold it.
+func vmPoints(ctx context.Context, store target.Store, url, vm string) ([]target.Point, error) {
+	points, err := store.Points(ctx, vm)
+	if errors.Is(err, target.ErrNotFound) {
+		return nil, fmt.Errorf("VM %s is not on %s (not protected there, or a name typed wrong: see drfs points): %w", vm, url, target.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("points of %s on %s: %w", vm, url, err)
+	}
+	if len(points) == 0 {
+		return nil, fmt.Errorf("VM %s has no recovery point on %s yet", vm, url)
+	}
+	return points, nil
+}
+
+// choosePoint finds the point named by spec, as selectPoint does now.
+func choosePoint(points []target.Point, spec string) (target.Point, error) {
+	return selectPoint(points, spec, time.Now(), false)
+}
+
+// selectPoint finds the point named by spec among points (oldest first):
+//   - latest: the newest crash-consistent point (kind generation);
+//   - latest-processed: the newest point of any kind, which may be a fuzzy
+//     initial or resync copy: the replica as the target holds it;
+//   - a number: that generation;
+//   - a time, RFC 3339 or relative to now ("-1h", "-90m"): the newest
+//     crash-consistent point cut at or before it (of any kind with anyKind).
+func selectPoint(points []target.Point, spec string, now time.Time, anyKind bool) (target.Point, error) {
+	consistent := func(p target.Point) bool { return anyKind || p.Kind == target.KindGeneration }
+	switch {
+	case spec == "latest":
 		for i := len(points) - 1; i >= 0; i-- {
 			if points[i].Kind == target.KindGeneration {
 				return points[i], nil
 			}
 		}
-		return target.Point{}, errors.New("no crash-consistent recovery point yet: the initial copy is finalised by the next interval's point")
+		return target.Point{}, errors.New("no crash-consistent recovery point yet: the initial copy is finalised by the next interval's point (latest-processed takes the fuzzy copy)")
+	case spec == "latest-processed":
+		if len(points) == 0 {
+			return target.Point{}, fmt.Errorf("no recovery point: %w", target.ErrNotFound)
+		}
+		return points[len(points)-1], nil
 	}
-	gen, err := strconv.ParseUint(id, 10, 64)
+	if gen, err := strconv.ParseUint(spec, 10, 64); err == nil {
+		for _, p := range points {
+			if p.Generation == gen {
+				return p, nil
+			}
+		}
+		return target.Point{}, fmt.Errorf("no recovery point %d (it may have expired): %w", gen, target.ErrNotFound)
+	}
+	at, err := parsePointTime(spec, now)
 	if err != nil {
-		return target.Point{}, fmt.Errorf("point %q: give a point number from drfs points, or latest", id)
+		return target.Point{}, err
 	}
-	for _, p := range points {
-		if p.Generation == gen {
-			return p, nil
+	for i := len(points) - 1; i >= 0; i-- {
+		if !points[i].Frozen.After(at) && consistent(points[i]) {
+			return points[i], nil
 		}
 	}
-	return target.Point{}, fmt.Errorf("no recovery point %d (it may have expired): %w", gen, target.ErrNotFound)
+	if len(points) > 0 && points[0].Frozen.After(at) {
+		return target.Point{}, fmt.Errorf("no recovery point cut at or before %s: the oldest, %s, was cut at %s: %w",
+			at.Local().Format(time.RFC3339), points[0].ID(), points[0].Frozen.Local().Format(time.RFC3339), target.ErrNotFound)
+	}
+	return target.Point{}, fmt.Errorf("no crash-consistent recovery point cut at or before %s (only fuzzy copies; --force takes one): %w", at.Local().Format(time.RFC3339), target.ErrNotFound)
 }
 
-// restoreDisk copies one disk of a point into a sparse file, showing progress.
-func restoreDisk(ctx context.Context, store target.Store, vm string, gen uint64, d target.DiskInfo, path string) error {
+// parsePointTime reads an RFC 3339 time or a negative duration from now.
+func parsePointTime(spec string, now time.Time) (time.Time, error) {
+	if strings.HasPrefix(spec, "-") {
+		d, err := time.ParseDuration(spec)
+		if err == nil {
+			return now.Add(d), nil
+		}
+	} else if t, err := time.Parse(time.RFC3339Nano, spec); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("point %q: give a point number from drfs points, latest, latest-processed, an RFC 3339 time (2026-11-23T09:00:00Z) or a time before now (-1h)", spec)
+}
+
+// materialized is what materialize did.
+type materialized struct {
+	Disks    []string // paths of the disks written
+	Written  int64    // bytes of data written
+	Cloned   int64    // bytes shared with the replica by reflink
+	Reflinks int      // disks cloned
+	Copies   int      // disks copied
+	Took     time.Duration
+}
+
+// method says how the disks were made.
+func (m materialized) method() string {
+	switch {
+	case m.Reflinks > 0 && m.Copies > 0:
+		return fmt.Sprintf("%d by reflink, %d by sparse copy", m.Reflinks, m.Copies)
+	case m.Reflinks > 0:
+		return "reflink"
+	}
+	return "sparse copy"
+}
+
+// materialize writes the disks of point p of vm into dir. Where replicas
+// names the directory of the VM's replica files (the point is the newest
+// and the store a local directory, see reflinkSource), each disk is first
+// cloned from its replica (FICLONE: O(1), blocks shared until written);
+// otherwise, or where the file system cannot clone, it is copied sparse
+// from the store. On error the disks it wrote are removed.
+func materialize(ctx context.Context, store target.Store, vm string, p target.Point, dir, replicas string) (m materialized, err error) {
+	start := time.Now()
+	defer func() {
+		if err != nil {
+			for _, d := range m.Disks {
+				os.Remove(d)
+			}
+			m.Disks = nil
+		}
+		m.Took = time.Since(start)
+	}()
+	for _, d := range p.Disks {
+		path := filepath.Join(dir, filepath.FromSlash(d.Name))
+		if replicas != "" {
+			cloned, cerr := cloneDisk(filepath.Join(replicas, filepath.FromSlash(d.Name)), path, d.Size)
+			if cloned {
+				m.Disks = append(m.Disks, path)
+			}
+			if cerr == nil {
+				m.Reflinks++
+				m.Cloned += d.Size
+				continue
+			}
+			if cloned || !errors.Is(cerr, errors.ErrUnsupported) {
+				return m, fmt.Errorf("cloning %s/%s: %w", vm, d.Name, cerr)
+			}
+		}
+		n, err := restoreDisk(ctx, store, vm, p.Generation, d, path, func() { m.Disks = append(m.Disks, path) })
+		m.Written += n
+		if err != nil {
+			return m, fmt.Errorf("restoring %s/%s: %w", vm, d.Name, err)
+		}
+		m.Copies++
+	}
+	return m, nil
+}
+
+// reflinkSource returns the directory of vm's replica files where p can be
+// cloned from them: a local directory store, and p its newest point (the
+// replica file holds the newest point as it is: docs/dirstore-format.md).
+// The store stays open, and so locked, while the caller clones.
+func reflinkSource(targetURL, vm string, points []target.Point, p target.Point) string {
+	u, err := url.Parse(targetURL)
+	if err != nil || u.Scheme != "dir" || len(points) == 0 || points[len(points)-1].Generation != p.Generation {
+		return ""
+	}
+	return filepath.Join(u.Path, vm, "replica")
+}
+
+// cloneDisk makes dst a reflink copy of src, which must be size bytes
+// long. It reports whether it created dst (then dst is removed by the
+// caller on error). An error wrapping errors.ErrUnsupported means the file
+// system cannot clone and nothing was created.
+func cloneDisk(src, dst string, size int64) (created bool, err error) {
+	sf, err := os.Open(src)
+	if err != nil {
+		return false, fmt.Errorf("%w: replica: %v", errors.ErrUnsupported, err)
+	}
+	defer sf.Close()
+	if fi, err := sf.Stat(); err != nil || fi.Size() != size {
+		return false, fmt.Errorf("%w: replica %s is not the point's size", errors.ErrUnsupported, src)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return false, err
+	}
+	df, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return false, err
+	}
+	defer df.Close()
+	if err := unix.IoctlFileClone(int(df.Fd()), int(sf.Fd())); err != nil {
+		os.Remove(dst)
+		switch {
+		case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EXDEV), errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOTTY), errors.Is(err, unix.ENOSYS):
+			return false, fmt.Errorf("%w: FICLONE: %v", errors.ErrUnsupported, err)
+		}
+		return false, &os.PathError{Op: "FICLONE", Path: dst, Err: err}
+	}
+	return true, df.Sync()
+}
+
+// restoreDisk copies one disk of a point into a new sparse file at path,
+// showing progress, and returns the bytes of data it wrote. created is
+// called once the file exists.
+func restoreDisk(ctx context.Context, store target.Store, vm string, gen uint64, d target.DiskInfo, path string, created func()) (int64, error) {
 	r, err := store.Open(ctx, vm, gen, d.Name)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer r.Close()
 	extents, err := r.Extents()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
+		return 0, err
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
+	created()
 	if err := f.Truncate(r.Size()); err != nil {
-		return err
+		return 0, err
 	}
 	var total, done int64
 	for _, e := range extents {
@@ -114,13 +304,16 @@ func restoreDisk(ctx context.Context, store target.Store, vm string, gen uint64,
 	buf := make([]byte, 4<<20)
 	for _, e := range extents {
 		for off := e.Off; off < e.Off+e.Len; {
+			if err := ctx.Err(); err != nil {
+				return done, err
+			}
 			n := min(int64(len(buf)), e.Off+e.Len-off)
 			got, err := r.ReadAt(buf[:n], off)
 			if err != nil && !(err == io.EOF && int64(got) == n) {
-				return err
+				return done, err
 			}
 			if _, err := f.WriteAt(buf[:n], off); err != nil {
-				return err
+				return done, err
 			}
 			off += n
 			done += n
@@ -128,7 +321,7 @@ func restoreDisk(ctx context.Context, store target.Store, vm string, gen uint64,
 		}
 	}
 	progress.finish()
-	return f.Sync()
+	return done, f.Sync()
 }
 
 // progress prints a line of progress to stderr at most every half second.

@@ -1,0 +1,384 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/orchestrator"
+	"github.com/drfs-project/drfs/target"
+)
+
+// failoverCmd is drfs failover VM|--plan FILE, and drfs failover cleanup.
+type failoverCmd struct {
+	Start   failoverStartCmd   `cmd:"" default:"withargs" help:"Fail a VM or a recovery plan over to its replica at the recovery site (the default: drfs failover VM ...)."`
+	Cleanup failoverCleanupCmd `cmd:"" help:"Remove the copy a test failover made in DIR (only a directory drfs failover made)."`
+}
+
+type failoverStartCmd struct {
+	VM       string `arg:"" optional:"" help:"VM to fail over (or --plan)."`
+	Plan     string `type:"existingfile" placeholder:"FILE" help:"Fail over the VMs of a recovery plan (docs/failover.md), each into DIR/VM."`
+	Type     string `required:"" enum:"planned,unplanned,test" help:"unplanned: the source is gone, start from a recovery point; test: an isolated copy while replication goes on (drfs failover cleanup removes it); planned: needs the source agent (not yet)."`
+	Target   string `required:"" placeholder:"URL" help:"Target: dir:///path, https://host:port or azblob://account/container."`
+	Point    string `default:"latest" placeholder:"latest|latest-processed|ID|TIME" help:"latest: the newest crash-consistent point; latest-processed: the newest point of any kind (may be a fuzzy initial or resync copy); a point number; or a time (RFC 3339, or relative as -1h): the newest consistent point cut at or before it."`
+	To       string `required:"" placeholder:"DIR" type:"path" help:"Directory to write the disks into (a plan: DIR/VM for each VM); it must not exist or be empty."`
+	Hook     string `placeholder:"CMD" help:"Command (sh -c) to run after materialising, with DRFS_VM, DRFS_POINT, DRFS_FAILOVER_TYPE, DRFS_DIR and DRFS_DISKS in its environment; its failure fails the failover (the disks stay)."`
+	Force    bool   `help:"Accept a chosen point that is only a fuzzy copy (initial replication or resync)."`
+	DryRun   bool   `help:"Print what would happen, in order, and change nothing."`
+	StateDir string `default:"/var/lib/drfs/plans" type:"path" placeholder:"DIR" help:"Where a running plan says it waits at a manual step, for drfs plan continue."`
+	targets.TLS
+}
+
+// markerName is the file a failover leaves in its directory: what it is,
+// so that cleanup removes only what drfs made.
+const markerName = ".drfs-failover.json"
+
+// failoverMarker is the content of markerName. A VM's directory has VM,
+// Point and Disks; a plan's directory has Plan and VMs (each in DIR/VM
+// with its own marker).
+type failoverMarker struct {
+	Type   orchestrator.FailoverType `json:"type"`
+	Target string                    `json:"target"`
+	Time   time.Time                 `json:"time"`
+	VM     string                    `json:"vm,omitempty"`
+	Point  uint64                    `json:"point,omitempty"`
+	Kind   target.PointKind          `json:"kind,omitempty"`
+	Cut    time.Time                 `json:"cut,omitzero"`
+	Disks  []string                  `json:"disks,omitempty"` // relative to the directory
+	Plan   string                    `json:"plan,omitempty"`
+	VMs    []string                  `json:"vms,omitempty"`
+}
+
+// hookError is a hook that failed: the command exits with its status.
+type hookError struct {
+	cmd  string
+	code int
+	err  error
+}
+
+func (e *hookError) Error() string { return fmt.Sprintf("hook %q failed: %v", e.cmd, e.err) }
+func (e *hookError) Unwrap() error { return e.err }
+
+func (c *failoverStartCmd) Run() error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := c.run(ctx)
+	stop()
+	code := 1
+	var he *hookError
+	if errors.As(err, &he) && he.code > 0 {
+		code = he.code
+	}
+	var pf *orchestrator.PlanFailure
+	if errors.As(err, &pf) {
+		fmt.Fprintln(os.Stderr, "drfs: "+strings.ReplaceAll(pf.Report(), "\n", "\ndrfs: "))
+		os.Exit(code)
+	}
+	if he != nil {
+		fmt.Fprintln(os.Stderr, "drfs:", err)
+		os.Exit(code)
+	}
+	return err
+}
+
+func (c *failoverStartCmd) run(ctx context.Context) error {
+	typ, err := orchestrator.ParseFailoverType(c.Type)
+	if err != nil {
+		return err
+	}
+	if typ == orchestrator.Planned {
+		return errors.New("a planned failover quiesces the source and ships its last generation first: it runs on the source agent, which does not offer it yet; with the source gone, use --type unplanned")
+	}
+	if (c.VM == "") == (c.Plan == "") {
+		return errors.New("name one VM, or a recovery plan with --plan FILE")
+	}
+	if err := checkEmptyDir(c.To); err != nil {
+		return err
+	}
+	if err := c.checkIsolated(); err != nil {
+		return err
+	}
+	store, err := targets.Open(c.Target, c.TLS)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if c.Plan != "" {
+		return c.runPlan(ctx, store, typ)
+	}
+	j, err := c.prepare(ctx, store, typ, c.VM, c.To)
+	if err != nil {
+		return err
+	}
+	if c.DryRun {
+		fmt.Println(j.describe())
+		return nil
+	}
+	created, err := makeDir(c.To)
+	if err != nil {
+		return err
+	}
+	_, err = j.run(ctx)
+	if err != nil && created && j.m.Disks == nil {
+		os.RemoveAll(c.To)
+	}
+	return err
+}
+
+// checkIsolated refuses a directory inside a directory target: a failover
+// must not write into the store.
+func (c *failoverStartCmd) checkIsolated() error {
+	u, err := url.Parse(c.Target)
+	if err != nil || u.Scheme != "dir" {
+		return nil
+	}
+	if rel, err := filepath.Rel(filepath.Clean(u.Path), filepath.Clean(c.To)); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+		return fmt.Errorf("%s is inside the target %s: fail over into a directory of its own", c.To, c.Target)
+	}
+	return nil
+}
+
+// vmFailover is the failover of one VM, its point chosen.
+type vmFailover struct {
+	typ       orchestrator.FailoverType
+	targetURL string
+	store     target.Store
+	vm        string
+	point     target.Point
+	replicas  string // where to clone from, or ""
+	dir       string
+	hook      string
+	m         materialized
+}
+
+// prepare checks everything about the failover of vm into dir that can be
+// checked without changing anything, and chooses its point.
+func (c *failoverStartCmd) prepare(ctx context.Context, store target.Store, typ orchestrator.FailoverType, vm, dir string) (*vmFailover, error) {
+	points, err := vmPoints(ctx, store, c.Target, vm)
+	if err != nil {
+		return nil, err
+	}
+	p, err := selectPoint(points, c.Point, time.Now(), c.Force)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", vm, err)
+	}
+	if p.Kind != target.KindGeneration && !c.Force && c.Point != "latest-processed" {
+		return nil, fmt.Errorf("%s point %s is a fuzzy copy (%s), not a consistent state: choose a later point, or add --force", vm, p.ID(), p.Kind)
+	}
+	return &vmFailover{typ: typ, targetURL: c.Target, store: store, vm: vm, point: p,
+		replicas: reflinkSource(c.Target, vm, points, p), dir: dir, hook: c.Hook}, nil
+}
+
+func (j *vmFailover) describe() string {
+	how := "sparse copy"
+	if j.replicas != "" {
+		how = "reflink of the replica where the file system can, else sparse copy"
+	}
+	return fmt.Sprintf("%s failover of %s at point %s (%s, cut %s) into %s by %s",
+		j.typ, j.vm, j.point.ID(), j.point.Kind, j.point.Frozen.Local().Format(time.RFC3339), j.dir, how)
+}
+
+// run materialises the point in j.dir (which exists and is empty), leaves
+// the marker, and runs the hook. It returns a line that says what it did.
+func (j *vmFailover) run(ctx context.Context) (string, error) {
+	p := j.point
+	fmt.Fprintf(os.Stderr, "drfs: %s\n", j.describe())
+	if p.Kind != target.KindGeneration {
+		fmt.Fprintf(os.Stderr, "drfs: warning: point %s of %s is a fuzzy copy (%s): its disks may not be consistent with each other or in themselves; check them (fsck) before use\n", p.ID(), j.vm, p.Kind)
+	}
+	m, err := materialize(ctx, j.store, j.vm, p, j.dir, j.replicas)
+	j.m = m
+	if err != nil {
+		return "", err
+	}
+	mk := failoverMarker{Type: j.typ, Target: redactURL(j.targetURL), Time: time.Now().UTC(), VM: j.vm,
+		Point: p.Generation, Kind: p.Kind, Cut: p.Frozen}
+	for _, d := range p.Disks {
+		mk.Disks = append(mk.Disks, d.Name)
+	}
+	if err := writeMarker(j.dir, mk); err != nil {
+		return "", err
+	}
+	done := fmt.Sprintf("%s failed over (%s) at point %s into %s: %d disk(s), materialised in %v (RTO), %s written, %s",
+		j.vm, j.typ, p.ID(), j.dir, len(p.Disks), m.Took.Round(time.Millisecond), bytesString(m.Written), m.method())
+	if m.Cloned > 0 {
+		done += fmt.Sprintf(" (%s shared with the replica)", bytesString(m.Cloned))
+	}
+	fmt.Fprintf(os.Stderr, "drfs: %s\n", done)
+	if j.hook == "" {
+		return done, nil
+	}
+	env := []string{
+		"DRFS_VM=" + j.vm,
+		"DRFS_POINT=" + p.ID(),
+		"DRFS_FAILOVER_TYPE=" + string(j.typ),
+		"DRFS_DIR=" + j.dir,
+		"DRFS_DISKS=" + strings.Join(m.Disks, " "),
+	}
+	fmt.Fprintf(os.Stderr, "drfs: %s: running hook: %s\n", j.vm, j.hook)
+	if err := runHook(ctx, j.hook, env); err != nil {
+		return done, fmt.Errorf("%s: %w (the materialised disks stay in %s)", j.vm, err, j.dir)
+	}
+	return done + "; hook ran", nil
+}
+
+// runHook runs cmd with sh -c, its output shown, env added to drfs's.
+func runHook(ctx context.Context, cmd string, env []string) error {
+	c := exec.CommandContext(ctx, "sh", "-c", cmd)
+	c.Stdout, c.Stderr = os.Stdout, os.Stderr
+	c.Env = append(os.Environ(), env...)
+	start := time.Now()
+	err := c.Run()
+	if err == nil {
+		fmt.Fprintf(os.Stderr, "drfs: hook %q done in %v\n", cmd, time.Since(start).Round(time.Millisecond))
+		return nil
+	}
+	code := 1
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() > 0 {
+		code = ee.ExitCode()
+	}
+	return &hookError{cmd: cmd, code: code, err: err}
+}
+
+func writeMarker(dir string, mk failoverMarker) error {
+	data, err := json.MarshalIndent(mk, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, markerName), append(data, '\n'), 0o644)
+}
+
+func readMarker(dir string) (failoverMarker, error) {
+	var mk failoverMarker
+	data, err := os.ReadFile(filepath.Join(dir, markerName))
+	if errors.Is(err, os.ErrNotExist) {
+		return mk, fmt.Errorf("%s was not made by drfs failover (it has no %s): not removing it", dir, markerName)
+	}
+	if err != nil {
+		return mk, err
+	}
+	if err := json.Unmarshal(data, &mk); err != nil {
+		return mk, fmt.Errorf("%s: %s: %w: not removing it", dir, markerName, err)
+	}
+	return mk, nil
+}
+
+// redactURL drops credentials from a target URL for the marker.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		u.RawQuery = ""
+		return u.Redacted()
+	}
+	return s
+}
+
+type failoverCleanupCmd struct {
+	Dir string `arg:"" type:"path" help:"Directory a test failover (of a VM or a plan) materialised into."`
+}
+
+// Run removes what the test failover wrote in Dir (its disks and marker),
+// then Dir if nothing else is left; files drfs did not write stay, and are
+// named.
+func (c *failoverCleanupCmd) Run() error {
+	mk, err := readMarker(c.Dir)
+	if err != nil {
+		return err
+	}
+	if mk.Type != orchestrator.Test {
+		what := "VM " + mk.VM
+		if mk.Plan != "" {
+			what = "plan " + mk.Plan
+		}
+		return fmt.Errorf("%s holds the %s failover of %s: those are the VM's disks now, not a test copy; drfs failover cleanup removes only test failovers", c.Dir, mk.Type, what)
+	}
+	var left []string
+	if mk.Plan != "" {
+		for _, vm := range mk.VMs {
+			sub := filepath.Join(c.Dir, vm)
+			if _, err := os.Stat(sub); errors.Is(err, os.ErrNotExist) {
+				continue // the plan stopped before it
+			}
+			vmk, err := readMarker(sub)
+			if err == nil && (vmk.Type != orchestrator.Test || vmk.VM != vm) {
+				err = fmt.Errorf("%s: its marker does not name a test failover of %s: not removing it", sub, vm)
+			}
+			if err != nil {
+				return err
+			}
+			l, err := cleanupVM(sub, vmk)
+			if err != nil {
+				return err
+			}
+			left = append(left, l...)
+		}
+	} else if left, err = cleanupVM(c.Dir, mk); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(c.Dir, markerName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Remove(c.Dir); err != nil {
+		if entries, _ := os.ReadDir(c.Dir); len(entries) > 0 {
+			for _, e := range entries {
+				left = append(left, filepath.Join(c.Dir, e.Name()))
+			}
+		}
+	}
+	what := "VM " + mk.VM
+	if mk.Plan != "" {
+		what = "plan " + mk.Plan
+	}
+	if len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "drfs: removed the test failover of %s; kept what drfs did not write: %s\n", what, strings.Join(left, " "))
+		return nil
+	}
+	fmt.Fprintf(os.Stderr, "drfs: removed the test failover of %s (%s)\n", what, c.Dir)
+	return nil
+}
+
+// cleanupVM removes the disks and marker of one VM's test failover in dir,
+// and dir if it is then empty; it returns what was left.
+func cleanupVM(dir string, mk failoverMarker) ([]string, error) {
+	for _, d := range mk.Disks {
+		if !filepath.IsLocal(filepath.FromSlash(d)) {
+			return nil, fmt.Errorf("%s: %s names disk %q outside the directory: not removing anything", dir, markerName, d)
+		}
+	}
+	for _, d := range mk.Disks {
+		path := filepath.Join(dir, filepath.FromSlash(d))
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		// Directories of disk names (a/b.img), when empty.
+		for p := filepath.Dir(path); p != dir && strings.HasPrefix(p, dir); p = filepath.Dir(p) {
+			if os.Remove(p) != nil {
+				break
+			}
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, markerName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if os.Remove(dir) == nil {
+		return nil, nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var left []string
+	for _, e := range entries {
+		left = append(left, filepath.Join(dir, e.Name()))
+	}
+	return left, nil
+}
