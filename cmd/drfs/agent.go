@@ -149,6 +149,7 @@ func (c *agentCmd) Run() error {
 		log.Close()
 		return err
 	}
+	a.srv = srv
 	a.start()
 	fmt.Fprintf(os.Stderr, "drfs: agent: %s mounted at %s, state in %s, control socket %s; Ctrl-C or SIGTERM stops\n",
 		cfg.Source, cfg.Mountpoint, cfg.State, c.Socket)

@@ -45,6 +45,9 @@ type vmView struct {
 	Pending   int               `json:"pending_generations"`
 	BytesSent uint64            `json:"bytes_sent"`
 	Job       *orchestrator.Job `json:"job,omitempty"` // the unfinished job, if any
+	// SnapshotBytes: the space the before-images of the initial
+	// replication's snapshot take, while it exists.
+	SnapshotBytes int64 `json:"snapshot_bytes,omitempty"`
 	// AppHookError: why the last application-consistency hook failed.
 	AppHookError string `json:"app_consistent_error,omitempty"`
 }
@@ -85,6 +88,9 @@ func (a *agent) views(vm string) []vmView {
 			v.Describe = p.mu.vm.Describe()
 			v.Interval = p.mu.vm.Policy().Interval.String()
 			v.AppHookError = p.mu.appErr
+			if p.mu.snap != nil {
+				v.SnapshotBytes = p.mu.snap.Bytes()
+			}
 			p.mu.Unlock()
 			v.Target = p.target
 			for _, b := range logStatus[name] {

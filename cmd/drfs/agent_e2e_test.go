@@ -236,7 +236,8 @@ func (w *seqWriter) checkPrefix(img, base []byte) (int, error) {
 }
 
 // TestAgentProtect drives the agent as an operator would: protect a VM
-// whose disk a writer keeps busy, wait for Protected, kill -9 the agent,
+// whose disk a writer keeps busy (the initial copy, from a snapshot, is a
+// consistent cut too), wait for Protected, kill -9 the agent,
 // change the disk behind its back, start it again: it resynchronizes by
 // itself. Every recovery point (but the fuzzy initial copy) restores to a
 // consistent cut of the writer's writes, and the last one to the source.
@@ -323,6 +324,9 @@ func TestAgentProtect(t *testing.T) {
 		}
 	}
 	checkMetrics(t, a)
+	if !strings.Contains(a.stderr.String(), "from a snapshot at generation") {
+		t.Errorf("the initial replication was not copied from a snapshot:\n%s", a.stderr)
+	}
 
 	// kill -9, a change behind the agent's back, restart: it repairs itself.
 	a.kill(t)
@@ -491,4 +495,15 @@ func TestAgentHookUnprotect(t *testing.T) {
 		t.Errorf("vm2 is %s after a restart", v.State)
 	}
 	a.stop(t)
+}
+
+// TestAgentConfExample: the example configuration in docs parses.
+func TestAgentConfExample(t *testing.T) {
+	cfg, err := orchestrator.LoadConfig("../../docs/agent.conf.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PolicyFor("db").Interval != 30*time.Second || cfg.Target == "" {
+		t.Errorf("docs/agent.conf.example: %+v", cfg)
+	}
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	drfsfs "github.com/drfs-project/drfs/fs"
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
@@ -29,6 +32,7 @@ import (
 // their change log is dropped as it forms.
 type agent struct {
 	cfg    *orchestrator.Config
+	srv    *drfsfs.Server // the tracking mount; set before start
 	log    *tracker.Log
 	bs     int
 	stores storeCache
@@ -72,6 +76,9 @@ type protection struct {
 		// the last attempt failed ("" if it did not).
 		lastApp time.Time
 		appErr  string
+		// snap is the snapshot of the initial replication, until the VM
+		// finalizes.
+		snap *drfsfs.Snapshot
 	}
 }
 
@@ -145,10 +152,11 @@ func (a *agent) stop(timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for _, p := range a.protections() {
+		a.deleteSnapshot(p) // the next start takes a new one
 		if p.state() == orchestrator.Protected && p.repl != nil {
 			fmt.Fprintf(os.Stderr, "drfs: %s: shipping the last generation\n", p.name)
 			p.repl.loop.Round(ctx)
-			a.afterRound(p, 0)
+			a.afterRound(p, 0, loopResult(p))
 		}
 	}
 	a.persist()
@@ -719,16 +727,160 @@ func (a *agent) runRound(ctx context.Context, p *protection) {
 	if state == orchestrator.Protected {
 		a.appConsistentCut(ctx, p)
 	}
+	if state == orchestrator.Finalizing {
+		a.deleteSnapshot(p)
+	}
 	stopProgress := a.followCopy(p, id)
 	p.mu.Lock()
 	p.mu.lastRound = a.clock.Now() // rounds start every interval, however long they take
 	p.mu.Unlock()
-	p.repl.loop.Round(ctx)
+	var res roundResult
+	if state == orchestrator.InitialReplication && a.srv != nil && !a.targetHolds(ctx, p) {
+		res = a.snapshotCopy(ctx, p)
+	} else {
+		p.repl.loop.Round(ctx)
+		res = loopResult(p)
+	}
 	stopProgress()
 	if ctx.Err() != nil {
 		return // stopping: the job is cancelled, and goes on at the next start
 	}
-	a.afterRound(p, id)
+	a.afterRound(p, id, res)
+}
+
+// roundResult is how a round went: its error, the newest point it made,
+// and its bytes.
+type roundResult struct {
+	err       error
+	gen       uint64
+	raw, wire uint64
+}
+
+// loopResult is the result of p's last loop round.
+func loopResult(p *protection) roundResult {
+	st, ok := p.repl.loop.State(p.name)
+	if !ok {
+		return roundResult{err: errors.New("the round did not run")}
+	}
+	return roundResult{err: st.LastError, gen: st.LastGeneration, raw: st.Last.RawBytes, wire: st.Last.WireBytes}
+}
+
+// targetHolds reports whether p's target holds a point of its VM (or
+// cannot say).
+func (a *agent) targetHolds(ctx context.Context, p *protection) bool {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	points, err := p.store.Points(ctx, p.name)
+	return err == nil && len(points) > 0 || err != nil && !errors.Is(err, target.ErrNotFound)
+}
+
+// snapshotCopy is the initial replication of p: with the VM's writes held
+// for an instant, its generation is cut and a snapshot of its disks taken
+// at that cut; the disks are then copied from the snapshot while the VM
+// writes on (the snapshot keeps the before-images of what it overwrites),
+// and the copy rides on the cut's generation. The point it makes is the
+// VM at the cut: consistent, not a fuzzy copy. The snapshot is deleted when
+// the VM finalizes (or at once if the copy fails: the next try takes a new
+// one).
+func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
+	vm := p.name
+	disks, _ := a.disksOf(vm)
+	names := make([]string, 0, len(disks))
+	rels := make([]string, 0, len(disks))
+	for name, path := range disks {
+		names = append(names, name)
+		rels = append(rels, relPath(a.cfg.Source, path))
+	}
+	slices.Sort(names)
+	slices.Sort(rels)
+	dir := a.snapshotDir(vm)
+	a.deleteSnapshot(p)
+	os.RemoveAll(dir) // a snapshot does not survive a restart of the mount
+
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	release, err := a.srv.QuiescePaths(qctx, rels)
+	cancel()
+	if err != nil {
+		return roundResult{err: fmt.Errorf("holding the writes of %s for its snapshot: %w", vm, err)}
+	}
+	gen, err := a.log.Rotate(vm)
+	var snap *drfsfs.Snapshot
+	if err == nil {
+		snap, err = a.srv.Snapshot(rels, dir)
+	}
+	release()
+	if err != nil {
+		return roundResult{err: fmt.Errorf("snapshot of %s: %w", vm, err)}
+	}
+	p.mu.Lock()
+	p.mu.snap = snap
+	p.mu.Unlock()
+	// The older generations are in the snapshot already.
+	for _, g := range a.log.Frozen(vm) {
+		if g < gen {
+			a.log.Drop(vm, g)
+		}
+	}
+	copies := map[string]shipper.CopyDisk{}
+	var total int64
+	for _, name := range names {
+		v, err := snap.View(relPath(a.cfg.Source, disks[name]))
+		if err != nil {
+			a.deleteSnapshot(p)
+			return roundResult{err: fmt.Errorf("snapshot of %s: %w", vm, err)}
+		}
+		sv := snapshotView{v}
+		if exts, err := sv.Extents(); err == nil {
+			for _, e := range exts {
+				total += e.Len
+			}
+		}
+		copies[name] = shipper.CopyDisk{Path: disks[name], View: countingView{sv, &p.copied}}
+	}
+	p.copied.Store(0)
+	p.toCopy.Store(total)
+	fmt.Fprintf(os.Stderr, "drfs: %s: initial replication of %d disk(s) (%s allocated) from a snapshot at generation %d to %s\n",
+		vm, len(names), bytesString(total), gen, p.target)
+	st, err := p.repl.sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindGeneration)
+	p.toCopy.Store(0)
+	if err != nil {
+		a.deleteSnapshot(p)
+		return roundResult{err: err}
+	}
+	fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: the disks at the snapshot, %s sent in %v\n",
+		vm, gen, bytesString(int64(st.WireBytes)), st.Duration.Round(time.Millisecond))
+	return roundResult{gen: gen, raw: st.RawBytes, wire: st.WireBytes}
+}
+
+func (a *agent) snapshotDir(vm string) string {
+	return filepath.Join(a.cfg.State, "snapshots", url.PathEscape(vm))
+}
+
+// deleteSnapshot deletes p's snapshot, if it has one, and its files.
+func (a *agent) deleteSnapshot(p *protection) {
+	p.mu.Lock()
+	snap := p.mu.snap
+	p.mu.snap = nil
+	p.mu.Unlock()
+	if snap == nil {
+		return
+	}
+	if err := snap.Delete(); err != nil {
+		fmt.Fprintf(os.Stderr, "drfs: %s: deleting its snapshot: %v\n", p.name, err)
+	}
+	os.RemoveAll(a.snapshotDir(p.name))
+}
+
+// snapshotView is a disk of a snapshot as the shipper reads it.
+type snapshotView struct{ *drfsfs.View }
+
+func (v snapshotView) Extents() ([]target.Extent, error) {
+	exts, err := v.View.Extents()
+	out := make([]target.Extent, len(exts))
+	for i, e := range exts {
+		out[i] = target.Extent{Off: e.Off, Len: e.Len}
+	}
+	return out, err
 }
 
 // followCopy reports the progress of a whole copy to job id while a round
@@ -760,11 +912,10 @@ func (a *agent) followCopy(p *protection, id uint64) func() {
 
 // afterRound tells p's VM how its last round went, moves its lifecycle on,
 // and ends the job id of its stage when the stage is done.
-func (a *agent) afterRound(p *protection, id uint64) {
-	st, ok := p.repl.loop.State(p.name)
+func (a *agent) afterRound(p *protection, id uint64, res roundResult) {
 	now := a.clock.Now()
 	var newest time.Time
-	if ok && st.LastError == nil {
+	if res.err == nil {
 		newest = a.newestPoint(p)
 	}
 	flagged := a.flagged(p.name)
@@ -772,13 +923,7 @@ func (a *agent) afterRound(p *protection, id uint64) {
 	p.mu.Lock()
 	vm := p.mu.vm
 	before := vm.State()
-	var err error
-	switch {
-	case !ok:
-		err = errors.New("the round did not run")
-	case st.LastError != nil:
-		err = st.LastError
-	}
+	err := res.err
 	if err != nil {
 		vm.Failed(now, err)
 	} else {
@@ -812,7 +957,7 @@ func (a *agent) afterRound(p *protection, id uint64) {
 				status.NextRetry.Local().Format(time.TimeOnly)))
 		case after != before:
 			a.jobs.Succeed(id, fmt.Sprintf("recovery point %d on the target (%s of data, %s sent); %s",
-				st.LastGeneration, bytesString(int64(st.Last.RawBytes)), bytesString(int64(st.Last.WireBytes)), vm.Describe()))
+				res.gen, bytesString(int64(res.raw)), bytesString(int64(res.wire)), vm.Describe()))
 		}
 	}
 	if after != before {

@@ -112,6 +112,7 @@ type replication struct {
 	log    *tracker.Log
 	store  targets.Store
 	loop   *shipper.Loop
+	sh     *shipper.Shipper // the loop's
 	now    func() time.Time // the clock of the resync window
 
 	mu struct {
@@ -199,6 +200,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	}
 	st = shipper.Retry(st, shipper.DefaultPolicy, nil)
 	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID})
+	r.sh = sh
 	copies := copiesFunc(r.copies)
 	if f.wrapCopies != nil {
 		copies = f.wrapCopies(copies)

@@ -31,6 +31,9 @@ func agentStatus(w io.Writer, socket, vm string, asJSON bool) error {
 			retry = v.NextRetry.Local().Format(time.TimeOnly)
 		}
 		detail := v.Health.Reason
+		if v.SnapshotBytes > 0 {
+			detail += fmt.Sprintf(" (snapshot %s)", bytesString(v.SnapshotBytes))
+		}
 		if detail == "" && v.AppHookError != "" {
 			detail = v.AppHookError
 		}
