@@ -363,4 +363,3 @@ func (r *RPOReport) String() string {
 	fmt.Fprintf(&b, "peak RSS: agent %s, server %s\n", mib(r.AgentPeakRSS), mib(r.ServerPeakRSS))
 	return b.String()
 }
-
