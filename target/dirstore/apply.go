@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -33,9 +34,9 @@ func (s *Store) loadStaged(vm string, gen uint64, d planDisk) (*staged, *os.File
 	if err != nil {
 		return nil, nil, err
 	}
-	if fi, err := bf.Stat(); err != nil || fi.Size() != st.diskSize {
+	if fi, err := bf.Stat(); err != nil || fi.Size() != st.blocksSize() {
 		bf.Close()
-		return nil, nil, fmt.Errorf("%w: blocks file of staged %s is not %d bytes", target.ErrCorrupt, d.Name, st.diskSize)
+		return nil, nil, fmt.Errorf("%w: blocks file of staged %s is not %d bytes", target.ErrCorrupt, d.Name, st.blocksSize())
 	}
 	return st, bf, nil
 }
@@ -121,31 +122,40 @@ func (s *Store) writeUndo(vm string, gen uint64, d planDisk) (int64, error) {
 // blocks file bf, zero extents where the replica is not zeros already.
 func (c *capture) saveExtents(st *staged, bf *os.File, limit int64) error {
 	var buf []byte
-	for _, e := range st.extents {
+	seq := &seqReader{f: bf}
+	err := st.each(func(e stagedExtent, at int64) error {
 		if e.off >= limit {
-			break // extents come in order: the rest are past it too
+			return errStop // extents come in order: the rest are past it too
 		}
 		end := min(e.off+e.len, limit)
 		if e.zero {
 			if err := c.flush(); err != nil {
 				return err
 			}
-			if err := c.saveChanged(e.off, end); err != nil {
-				return err
-			}
-			continue
+			return c.saveChanged(e.off, end)
 		}
-		for at := e.off; at < end; {
-			n := min(end-at, saveChunk)
-			buf = slices.Grow(buf[:0], int(n))[:n]
-			if err := readFull(bf, buf, at); err != nil {
+		for off := e.off; off < end; {
+			n := min(end-off, saveChunk)
+			var b []byte
+			var err error
+			if st.packed {
+				b, err = seq.at(at+off-e.off, n)
+			} else {
+				buf = slices.Grow(buf[:0], int(n))[:n]
+				b, err = buf, readFull(bf, buf, at+off-e.off)
+			}
+			if err == nil {
+				err = c.addData(off, b)
+			}
+			if err != nil {
 				return err
 			}
-			if err := c.addData(at, buf); err != nil {
-				return err
-			}
-			at += n
+			off += n
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	return c.flush()
 }
@@ -259,12 +269,12 @@ func (c *capture) walk(off, end int64, hole func(at, n int64) error, data func(a
 	return nil
 }
 
-// applyDisk applies the staged disk d to its replica and syncs it. A disk
-// that starts afresh (new to the newest point, or without a replica) takes
-// the blocks file itself as its replica, by a hard link; otherwise the
-// extents are copied into the replica in the kernel and the zero extents
-// punched. Either way it is idempotent: applying again gives the same
-// replica.
+// applyDisk applies the staged disk d to its replica and syncs it. An
+// image blocks file of a disk that starts afresh (new to the newest point,
+// or without a replica) becomes the replica by a hard link; otherwise the
+// data extents are copied into the replica in the kernel and the zero
+// extents punched. Either way it is idempotent: applying again gives the
+// same replica.
 func (s *Store) applyDisk(vm string, gen uint64, d planDisk) error {
 	st, bf, err := s.loadStaged(vm, gen, d)
 	if err != nil {
@@ -279,37 +289,87 @@ func (s *Store) applyDisk(vm string, gen uint64, d planDisk) error {
 	if err != nil {
 		return err
 	}
-	if d.Reset || !existed {
+	if !st.packed && (d.Reset || !existed) {
 		return s.linkReplica(vm, gen, st, rp)
 	}
-	f, err := s.root.OpenFile(rp, os.O_RDWR, filePerm)
+	f, err := s.root.OpenFile(rp, os.O_RDWR|os.O_CREATE, filePerm)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if !existed {
+		if err := s.syncDir(path.Dir(rp)); err != nil {
+			return err
+		}
+	}
 	w := &replicaWriter{s: s, f: f, bs: st.blockSize, op: "replica"}
+	if d.Reset {
+		if err := w.truncate(0); err != nil {
+			return err
+		}
+	}
 	if err := w.truncate(d.Size); err != nil {
 		return err
 	}
 	partial := false
-	for _, e := range st.extents {
-		if e.zero {
+	seq := &seqReader{f: bf}
+	err = st.each(func(e stagedExtent, at int64) error {
+		var err error
+		switch {
+		case e.zero:
 			err = w.punch(e.off, e.len)
-		} else {
-			err = w.copyFrom(bf, e.off, e.len)
+		case st.packed && e.len < copyMin:
+			var b []byte
+			if b, err = seq.at(at, e.len); err == nil {
+				err = w.write(e.off, b)
+			}
+		default:
+			err = w.copyFrom(bf, at, e.off, e.len)
 		}
-		if err != nil {
-			return err
-		}
-		if !partial && w.writes > 0 {
+		if err == nil && !partial && w.writes > 0 {
 			partial = true
 			s.step("apply " + d.Name + " partial")
 		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	if err := f.Sync(); err != nil {
 		return err
 	}
 	return f.Close()
+}
+
+// copyMin is the shortest extent of a packed file that applyDisk copies
+// with copy_file_range; shorter ones (scattered 4 KiB blocks) are read in
+// large sequential pieces and written with one pwrite each, which costs
+// less than a copy_file_range per block.
+const copyMin = 64 << 10
+
+// seqReader reads a file front to back through a 1 MiB buffer.
+type seqReader struct {
+	f   *os.File
+	buf []byte
+	off int64 // file offset of buf[0]
+}
+
+// at returns the n bytes at off, which must not be before those of the
+// previous call.
+func (r *seqReader) at(off, n int64) ([]byte, error) {
+	if off < r.off || off+n > r.off+int64(len(r.buf)) {
+		size := max(n, 1<<20)
+		r.buf = slices.Grow(r.buf[:0], int(size))[:size]
+		m, err := r.f.ReadAt(r.buf, off)
+		r.buf, r.off = r.buf[:m], off
+		if int64(m) < n {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return r.buf[off-r.off : off-r.off+n], nil
 }
 
 // linkReplica makes the blocks file of st the replica at rp: a hard link
@@ -425,13 +485,13 @@ func (w *replicaWriter) write(off int64, b []byte) error {
 	return err
 }
 
-// copyFrom copies [off, off+n) of src to the same place in the replica.
-func (w *replicaWriter) copyFrom(src *os.File, off, n int64) error {
+// copyFrom copies n bytes at from in src to off in the replica.
+func (w *replicaWriter) copyFrom(src *os.File, from, off, n int64) error {
 	if err := w.s.fault(w.op); err != nil {
 		return err
 	}
 	w.writes++
-	return copyRange(src, w.f, off, n)
+	return copyRange(src, from, w.f, off, n)
 }
 
 func (w *replicaWriter) punch(off, n int64) error {

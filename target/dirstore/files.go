@@ -182,18 +182,19 @@ func writeZeros(f *os.File, off, n int64) error {
 	return nil
 }
 
-// copyBuffered copies [off, off+n) of src to the same offsets of dst
-// through a buffer.
-func copyBuffered(src, dst *os.File, off, n int64) error {
+// copyBuffered copies n bytes at from in src to off in dst through a
+// buffer.
+func copyBuffered(src *os.File, from int64, dst *os.File, off, n int64) error {
 	buf := make([]byte, min(n, 1<<20))
 	for n > 0 {
 		b := buf[:min(n, int64(len(buf)))]
-		if err := readFull(src, b, off); err != nil {
+		if err := readFull(src, b, from); err != nil {
 			return err
 		}
 		if _, err := dst.WriteAt(b, off); err != nil {
 			return err
 		}
+		from += int64(len(b))
 		off += int64(len(b))
 		n -= int64(len(b))
 	}

@@ -73,11 +73,11 @@ func dataExtents(f *os.File, off, end int64) ([]extent, error) {
 	return out, serr
 }
 
-// copyRange copies [off, off+n) of src to the same offsets of dst in the
-// kernel (copy_file_range: a reflink where the file system shares blocks,
-// else a page-cache copy with no trip through user space). Where the kernel
+// copyRange copies n bytes at from in src to off in dst in the kernel
+// (copy_file_range: a reflink where the file system shares blocks, else a
+// page-cache copy with no trip through user space). Where the kernel
 // cannot, it copies through a buffer.
-func copyRange(src, dst *os.File, off, n int64) error {
+func copyRange(src *os.File, from int64, dst *os.File, off, n int64) error {
 	sc, err := src.SyscallConn()
 	if err != nil {
 		return err
@@ -87,7 +87,7 @@ func copyRange(src, dst *os.File, off, n int64) error {
 		return err
 	}
 	var cerr error
-	roff, woff, end := off, off, off+n
+	roff, woff, end := from, off, from+n
 	err = sc.Control(func(sfd uintptr) {
 		err := dc.Control(func(dfd uintptr) {
 			for roff < end {
@@ -116,7 +116,19 @@ func copyRange(src, dst *os.File, off, n int64) error {
 	case cerr == nil:
 		return nil
 	case errors.Is(cerr, unix.EXDEV), errors.Is(cerr, unix.ENOSYS), errors.Is(cerr, unix.EOPNOTSUPP), errors.Is(cerr, unix.EINVAL):
-		return copyBuffered(src, dst, roff, end-roff)
+		return copyBuffered(src, roff, dst, woff, end-roff)
 	}
 	return &os.PathError{Op: "copy_file_range", Path: dst.Name(), Err: cerr}
+}
+
+// startWriteback asks the kernel to start writing f's dirty pages to disk
+// without waiting (sync_file_range SYNC_FILE_RANGE_WRITE), so that the fsync
+// at the end of a large write finds little left to do. It is only a hint:
+// errors are ignored, and durability still comes from fsync.
+func startWriteback(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			unix.SyncFileRange(int(fd), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+		})
+	}
 }

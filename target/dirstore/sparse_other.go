@@ -15,5 +15,10 @@ func dataExtents(f *os.File, off, end int64) ([]extent, error) {
 	return []extent{{off, end - off}}, nil
 }
 
-// copyRange copies [off, off+n) of src to the same offsets of dst.
-func copyRange(src, dst *os.File, off, n int64) error { return copyBuffered(src, dst, off, n) }
+// copyRange copies n bytes at from in src to off in dst.
+func copyRange(src *os.File, from int64, dst *os.File, off, n int64) error {
+	return copyBuffered(src, from, dst, off, n)
+}
+
+// startWriteback does nothing here: fsync does all the work.
+func startWriteback(f *os.File) {}

@@ -45,6 +45,10 @@ func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, s
 	if err := ctx.Err(); err != nil {
 		return wrap(err)
 	}
+	packed, err := s.holds(vm, disk)
+	if err != nil {
+		return wrap(err)
+	}
 
 	for _, dir := range []string{tmpDir(vm), blocksDir(vm, gen)} {
 		if err := s.mkdirAll(dir); err != nil {
@@ -70,7 +74,7 @@ func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, s
 	if !ok {
 		src = bufio.NewReaderSize(stream, 256<<10)
 	}
-	st, err := s.receive(ctx, &inputReader{src: src}, f, vm, gen, disk)
+	st, err := s.receive(ctx, &inputReader{src: src}, f, vm, gen, disk, packed)
 	if err != nil {
 		return wrap(err)
 	}
@@ -114,6 +118,20 @@ func (s *Store) stageCheck(vm string, gen uint64, locked bool) (done bool, err e
 			vm, gen, target.ErrOutOfOrder, n.Generation)
 	}
 	return false, nil
+}
+
+// holds reports whether the newest point of vm holds disk: then its stream
+// is staged packed, else as an image that Commit links as the replica. A
+// guess that a later commit proves wrong costs speed, not correctness:
+// Commit applies either layout to any replica.
+func (s *Store) holds(vm, disk string) (bool, error) {
+	v, err := s.rlock(vm)
+	if err != nil {
+		return false, err
+	}
+	defer v.mu.RUnlock()
+	_, ok := diskSizes(v.newest())[disk]
+	return ok, nil
 }
 
 // stageInstall moves a staged record into place, replacing an earlier one
@@ -160,9 +178,9 @@ func (s *Store) stageInstall(vm string, gen uint64, disk, tmp, blocks string) (e
 }
 
 // receive decodes the stream from in, checks that it is the stream of vm,
-// gen and disk, and writes its blocks into f. It returns the staged record
-// of the stream, without the blocks file's name.
-func (s *Store) receive(ctx context.Context, in *inputReader, f *os.File, vm string, gen uint64, disk string) (*staged, error) {
+// gen and disk, and writes its blocks into f, packed or as an image. It
+// returns the staged record of the stream, without the blocks file's name.
+func (s *Store) receive(ctx context.Context, in *inputReader, f *os.File, vm string, gen uint64, disk string, packed bool) (*staged, error) {
 	fr, err := frame.NewReader(in, frame.Limits{})
 	if err != nil {
 		return nil, in.classify(err)
@@ -174,12 +192,14 @@ func (s *Store) receive(ctx context.Context, in *inputReader, f *os.File, vm str
 	if h.DiskSize > math.MaxInt64/2 {
 		return nil, fmt.Errorf("%w: disk size %d", target.ErrCorrupt, h.DiskSize)
 	}
-	st := &staged{gen: gen, base: h.Base, blockSize: int64(h.BlockSize), diskSize: int64(h.DiskSize)}
-	if err := s.fault("stage"); err != nil {
-		return nil, err
-	}
-	if err := f.Truncate(st.diskSize); err != nil {
-		return nil, err
+	st := &staged{gen: gen, base: h.Base, blockSize: int64(h.BlockSize), diskSize: int64(h.DiskSize), packed: packed}
+	if !packed {
+		if err := s.fault("stage"); err != nil {
+			return nil, err
+		}
+		if err := f.Truncate(st.diskSize); err != nil {
+			return nil, err
+		}
 	}
 	w := &blocksWriter{s: s, f: f, st: st}
 	for n := 0; ; n++ {
@@ -207,7 +227,7 @@ func (s *Store) receive(ctx context.Context, in *inputReader, f *os.File, vm str
 	}
 	// The trailer checked the stream. Stage reads nothing after it (a
 	// transport may carry more), so a reader left open does not hold it up.
-	if err := w.flush(); err != nil {
+	if err := w.finish(); err != nil {
 		return nil, err
 	}
 	st.dataBytes = int64(fr.Stats().DataBytes)
@@ -218,17 +238,26 @@ func (s *Store) receive(ctx context.Context, in *inputReader, f *os.File, vm str
 const blocksRun = 256 << 10
 
 // blocksWriter writes verified data blocks into a blocks file, runs of
-// consecutive blocks in one write, and records them in the staged record.
-// A block of zeros is not written (the file is sparse): it becomes a zero
-// extent, which Commit punches in the replica.
+// consecutive blocks in one write, at their disk offset or (packed) one
+// after the other, and records them in the staged record. A block of zeros
+// is not written: it becomes a zero extent, which Commit punches in the
+// replica.
 type blocksWriter struct {
 	s       *Store
 	f       *os.File
 	st      *staged
+	pos     int64  // end of the data written to a packed file
+	out     []byte // data gathered for a packed file, to be written at pos
 	runOff  int64
 	run     []byte
-	partial bool // the step hook heard of the first write
+	partial bool  // the step hook heard of the first write
+	unsync  int64 // bytes written since writeback was last started
 }
+
+// writebackEvery is how many bytes a blocksWriter writes between hints to
+// start writeback (startWriteback): the disk works while the stream is
+// still arriving, rather than all in the fsync at its end.
+const writebackEvery = 32 << 20
 
 func (w *blocksWriter) data(off int64, data []byte) error {
 	if len(w.run) > 0 && (w.runOff+int64(len(w.run)) != off || len(w.run)+len(data) > blocksRun) {
@@ -254,15 +283,8 @@ func (w *blocksWriter) flush() error {
 		}
 		j = min(j, int64(len(run)))
 		if !zero {
-			if err := w.s.fault("stage"); err != nil {
+			if err := w.write(run[i:j], w.runOff+i); err != nil {
 				return err
-			}
-			if _, err := w.f.WriteAt(run[i:j], w.runOff+i); err != nil {
-				return err
-			}
-			if !w.partial {
-				w.partial = true
-				w.s.step("stage partial")
 			}
 		}
 		w.st.add(w.runOff+i, j-i, zero)
@@ -270,6 +292,57 @@ func (w *blocksWriter) flush() error {
 	}
 	w.run = w.run[:0]
 	return nil
+}
+
+// write writes the data of disk offset off: there in an image, at the end
+// in a packed file, where writes gather in out (scattered blocks are
+// consecutive in the file).
+func (w *blocksWriter) write(b []byte, off int64) error {
+	if !w.st.packed {
+		return w.writeAt(b, off)
+	}
+	w.out = append(w.out, b...)
+	if len(w.out) < blocksRun {
+		return nil
+	}
+	return w.writeOut()
+}
+
+// writeOut writes what a packed file gathered.
+func (w *blocksWriter) writeOut() error {
+	if len(w.out) == 0 {
+		return nil
+	}
+	err := w.writeAt(w.out, w.pos)
+	w.pos += int64(len(w.out))
+	w.out = w.out[:0]
+	return err
+}
+
+func (w *blocksWriter) writeAt(b []byte, at int64) error {
+	if err := w.s.fault("stage"); err != nil {
+		return err
+	}
+	if _, err := w.f.WriteAt(b, at); err != nil {
+		return err
+	}
+	if w.unsync += int64(len(b)); w.unsync >= writebackEvery {
+		startWriteback(w.f)
+		w.unsync = 0
+	}
+	if !w.partial {
+		w.partial = true
+		w.s.step("stage partial")
+	}
+	return nil
+}
+
+// finish writes everything still gathered.
+func (w *blocksWriter) finish() error {
+	if err := w.flush(); err != nil {
+		return err
+	}
+	return w.writeOut()
 }
 
 type byteReader interface {

@@ -11,17 +11,23 @@ import (
 )
 
 // A staged disk is two files. Stage writes the verified blocks of the
-// stream into a blocks file, in replica layout: each block at its disk
-// offset, the rest holes, the file as long as the disk. The staged record
-// (staging/<gen>/<disk>) says what the stream changes: its ranges of data
-// (to be copied from the blocks file) and of zeros (to be punched), in disk
-// order, and names the blocks file. docs/dirstore-format.md specifies the
-// record's bytes.
+// stream into a blocks file; the staged record (staging/<gen>/<disk>) says
+// what the stream changes: its ranges of data (to be copied from the blocks
+// file) and of zeros (to be punched), in disk order, and names the blocks
+// file. docs/dirstore-format.md specifies the record's bytes.
 //
-// The layout is what makes Commit cheap: a disk new to the newest point
-// becomes its replica by a hard link of the blocks file, and a change to an
-// existing replica is an in-kernel copy of ranges (copy_file_range, a
-// reflink where the file system shares blocks), with no decoding.
+// The blocks file has one of two layouts, chosen at Stage:
+//
+//   - image, for a disk the newest point does not hold: each block at its
+//     disk offset, the rest holes, the file as long as the disk. Commit
+//     makes it the replica by a hard link: no byte is written twice.
+//   - packed, for a disk the replica already holds: the data extents one
+//     after the other. Commit copies them into the replica in the kernel
+//     (copy_file_range). A packed file is written sequentially and removed
+//     cheaply, where an image of scattered small blocks is an expensive
+//     file to build and to delete.
+//
+// Either way Commit decodes nothing: the data was verified at Stage.
 const (
 	stagedMagic     = "DRFSSTGD"
 	stagedVersion   = 1
@@ -49,8 +55,53 @@ type staged struct {
 	blockSize int64
 	diskSize  int64
 	dataBytes int64  // uncompressed data bytes of the stream, for Point.Bytes
+	packed    bool   // the blocks file holds the data extents back to back, not an image
 	blocks    string // name of the blocks file in blocks/<gen>/
 	extents   []stagedExtent
+}
+
+// stagedPacked is the flag of a packed blocks file in the record.
+const stagedPacked = 1 << 0
+
+// errStop ends an each walk early without an error.
+var errStop = errors.New("stop")
+
+// each calls fn with every extent and, for a data extent, the offset of its
+// bytes in the blocks file (-1 for a zero extent), in order. fn returning
+// errStop ends the walk with nil.
+func (st *staged) each(fn func(e stagedExtent, at int64) error) error {
+	pos := int64(0)
+	for _, e := range st.extents {
+		at := int64(-1)
+		if !e.zero {
+			at = e.off
+			if st.packed {
+				at = pos
+				pos += e.len
+			}
+		}
+		if err := fn(e, at); err != nil {
+			if err == errStop {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// blocksSize is the length the blocks file must have.
+func (st *staged) blocksSize() int64 {
+	if !st.packed {
+		return st.diskSize
+	}
+	var n int64
+	for _, e := range st.extents {
+		if !e.zero {
+			n += e.len
+		}
+	}
+	return n
 }
 
 // add appends [off, off+n) of the given kind, merging it with the previous
@@ -74,6 +125,9 @@ func (st *staged) marshal() []byte {
 	b := make([]byte, stagedHeaderLen, stagedHeaderLen+2+len(st.blocks)+len(st.extents)*stagedExtentLen+8)
 	copy(b, stagedMagic)
 	le.PutUint16(b[8:], stagedVersion)
+	if st.packed {
+		le.PutUint16(b[10:], stagedPacked)
+	}
 	le.PutUint32(b[12:], uint32(st.blockSize))
 	le.PutUint64(b[16:], st.gen)
 	le.PutUint64(b[24:], st.base)
@@ -113,7 +167,12 @@ func unmarshalStaged(b []byte) (*staged, error) {
 	case le.Uint16(b[8:]) != stagedVersion:
 		return nil, bad("version %d", le.Uint16(b[8:]))
 	}
+	flags := le.Uint16(b[10:])
+	if flags&^stagedPacked != 0 {
+		return nil, bad("flags %#x", flags)
+	}
 	st := &staged{
+		packed:    flags&stagedPacked != 0,
 		blockSize: int64(le.Uint32(b[12:])),
 		gen:       le.Uint64(b[16:]),
 		base:      le.Uint64(b[24:]),
