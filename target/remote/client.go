@@ -117,6 +117,9 @@ func Dial(rawURL string, opts ClientOptions) (*Client, error) {
 			WriteByteTimeout:              c.stall,
 			MaxReceiveBufferPerStream:     4<<20 - 1,
 			MaxReceiveBufferPerConnection: 4<<20 - 1,
+			// DATA frames of up to 256 KiB rather than 16 KiB: fewer frames,
+			// and each one fills whole TLS records.
+			MaxReadFrameSize: 256 << 10,
 		},
 		IdleConnTimeout:        90 * time.Second,
 		MaxResponseHeaderBytes: 64 << 10,
