@@ -154,7 +154,7 @@ func (c *agentCmd) Run() error {
 	fmt.Fprintf(os.Stderr, "drfs: agent: %s mounted at %s, state in %s, control socket %s; Ctrl-C or SIGTERM stops\n",
 		cfg.Source, cfg.Mountpoint, cfg.State, c.Socket)
 
-	waitUnmount(srv, cfg.Mountpoint)
+	waitUnmount(srv, cfg.Mountpoint, a.releaseHolds)
 	cleanup()
 	// The mount is gone: no write can land any more. Stop the VMs' work
 	// and ship each protected VM's last generation.
@@ -165,6 +165,14 @@ func (c *agentCmd) Run() error {
 	}
 	fmt.Fprintln(os.Stderr, "drfs: agent stopped; change log closed cleanly")
 	return nil
+}
+
+// releaseHolds lets the held writes of failed-over VMs go, so that the
+// mount can stop.
+func (a *agent) releaseHolds() {
+	for _, p := range a.protections() {
+		a.releaseHold(p)
+	}
 }
 
 // shutdownRemoving shuts an HTTP server on a unix socket down and removes
@@ -183,7 +191,7 @@ func (s shutdownRemoving) Shutdown(ctx context.Context) error {
 // waitUnmount returns when the mount is gone: unmounted from outside, or
 // unmounted here on SIGINT/SIGTERM (retried at the next signal while files
 // are open on it).
-func waitUnmount(srv *drfsfs.Server, mountpoint string) {
+func waitUnmount(srv *drfsfs.Server, mountpoint string, beforeUnmount func()) {
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
@@ -195,6 +203,9 @@ func waitUnmount(srv *drfsfs.Server, mountpoint string) {
 			return
 		case s := <-sig:
 			fmt.Fprintf(os.Stderr, "drfs: %v: unmounting %s\n", s, mountpoint)
+			if beforeUnmount != nil {
+				beforeUnmount()
+			}
 			if err := srv.Unmount(); err != nil {
 				fmt.Fprintf(os.Stderr, "drfs: cannot unmount %s: %v (close the files open on it, then signal again)\n", mountpoint, err)
 				continue

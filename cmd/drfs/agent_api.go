@@ -28,6 +28,9 @@ import (
 //	POST /v1/unprotect?vm=NAME     what was removed, in words
 //	POST /v1/resume?vm=NAME        a VM stopped by a permanent error runs again
 //	POST /v1/resync?vm=NAME        every disk compared with the replica, now
+//	POST /v1/failover              failoverRequest → the planned failover's job
+//	POST /v1/failover/cancel?vm=NAME  the source replicates again
+//	POST /v1/commit?vm=NAME        the failover is final
 //	GET  /v1/jobs[?vm=NAME]        []orchestrator.Job, oldest first
 //	GET  /v1/jobs/ID               one job
 //
@@ -168,6 +171,34 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 		}
 		writeJSON(w, disks)
 	})
+	mux.HandleFunc("POST /v1/failover", func(w http.ResponseWriter, r *http.Request) {
+		var req failoverRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+			httpError(w, http.StatusBadRequest, err)
+			return
+		}
+		job, err := a.plannedFailover(r.Context(), req)
+		if err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, job)
+	})
+	mux.HandleFunc("POST /v1/failover/cancel", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.cancelFailover(r.URL.Query().Get("vm")); err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, "cancelled")
+	})
+	mux.HandleFunc("POST /v1/commit", func(w http.ResponseWriter, r *http.Request) {
+		msg, err := a.commitFailover(r.Context(), r.URL.Query().Get("vm"))
+		if err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, msg)
+	})
 	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, a.jobs.List(r.URL.Query().Get("vm")))
 	})
@@ -263,6 +294,11 @@ func (c *agentClient) protect(req protectRequest) (orchestrator.Job, error) {
 
 func (c *agentClient) simple(verb, vm string, out any) error {
 	return c.call(http.MethodPost, "/v1/"+verb+"?vm="+url.QueryEscape(vm), nil, out)
+}
+
+func (c *agentClient) failover(req failoverRequest) (orchestrator.Job, error) {
+	var j orchestrator.Job
+	return j, c.call(http.MethodPost, "/v1/failover", req, &j)
 }
 
 func (c *agentClient) jobs(vm string) ([]orchestrator.Job, error) {

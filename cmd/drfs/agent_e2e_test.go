@@ -161,17 +161,28 @@ func seqData(seq uint64) []byte {
 }
 
 // write writes the next block at a random block of the file at path.
+// One goroutine writes at a time; the lock is not held during the write,
+// which a planned failover may hold up.
 func (w *seqWriter) write(f *os.File, buf []byte, rng *rand.Rand, nblocks int64) error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	seq := uint64(len(w.blocks) + 1)
+	w.mu.Unlock()
 	blk := rng.Int64N(nblocks)
 	copy(buf, seqData(seq))
 	if _, err := f.WriteAt(buf, blk*seqBlock); err != nil {
 		return err
 	}
+	w.mu.Lock()
 	w.blocks = append(w.blocks, blk)
+	w.mu.Unlock()
 	return nil
+}
+
+// acked returns how many writes were acknowledged.
+func (w *seqWriter) acked() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.blocks)
 }
 
 // run writes until stop is closed, through an O_DIRECT handle.
@@ -505,5 +516,122 @@ func TestAgentConfExample(t *testing.T) {
 	}
 	if cfg.PolicyFor("db").Interval != 30*time.Second || cfg.Target == "" {
 		t.Errorf("docs/agent.conf.example: %+v", cfg)
+	}
+}
+
+// TestAgentPlannedFailover: a planned failover while a writer runs loses
+// nothing: the failed-over disk holds every acknowledged write and equals
+// the source; cancel lets the source go on; a second one, with a stop
+// hook, is committed.
+func TestAgentPlannedFailover(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	base := make([]byte, 64<<20)
+	for i := range 1024 {
+		copy(base[i*seqBlock:], seqData(1<<40+uint64(i)))
+	}
+	disk := filepath.Join(d.src, "vm1", "disk.img")
+	if err := os.WriteFile(disk, base, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(d.src, "other.img"), make([]byte, 1<<20), 0o644)
+	top := filepath.Dir(d.state)
+	tgt := "dir://" + filepath.Join(top, "target")
+	socket := filepath.Join(top, "agent.sock")
+	a := startAgent(t, d, socket, "--target", tgt, "--resync-window", "always")
+	if out, err := drfsRun(t, "protect", "vm1", "--interval", "1s", "--wait", "--socket", socket); err != nil {
+		t.Fatalf("drfs protect: %v\n%s", err, out)
+	}
+
+	// Bad input changes nothing.
+	notEmpty := t.TempDir()
+	os.WriteFile(filepath.Join(notEmpty, "x"), nil, 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"failover", "other.img", "--type", "planned", "--to", filepath.Join(top, "fo0")}, "other.img is not protected"},
+		{[]string{"failover", "vm1", "--type", "planned", "--to", notEmpty}, "not empty"},
+		{[]string{"commit", "vm1"}, "cannot commit"},
+		{[]string{"failover", "cancel", "vm1"}, "cannot cancel"},
+	} {
+		out, err := drfsRun(t, append(c.args, "--socket", socket)...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("drfs %v: %v, want an error with %q:\n%s", c.args, err, c.want, out)
+		}
+	}
+
+	var w seqWriter
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.run(t, filepath.Join(d.mnt, "vm1", "disk.img"), rand.New(rand.NewPCG(7, 8)), 4096, stop, time.Millisecond)
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	fo := filepath.Join(top, "fo1")
+	out, err := drfsRun(t, "failover", "vm1", "--type", "planned", "--to", fo, "--socket", socket)
+	if err != nil || !strings.Contains(out, "no data lost") {
+		t.Fatalf("planned failover: %v\n%s\n%s", err, out, a.stderr)
+	}
+	acked := w.acked() // the writer is held now: nothing more is acknowledged
+	img, err := os.ReadFile(filepath.Join(fo, "disk.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := w.checkPrefix(img, base)
+	if err != nil || k != acked {
+		t.Fatalf("the failed-over disk holds writes 1..%d (%v), %d were acknowledged", k, err, acked)
+	}
+	src, _ := os.ReadFile(disk)
+	if !bytes.Equal(img, src) {
+		t.Fatal("the failed-over disk differs from the source's final state")
+	}
+	t.Logf("planned failover with the writer running: all %d acknowledged writes failed over", acked)
+	if v := vmStatus(t, socket, "vm1"); v.State != orchestrator.FailedOver {
+		t.Fatalf("vm1 is %s after a planned failover", v.State)
+	}
+
+	// Cancelled, the source writes and replicates again.
+	if out, err := drfsRun(t, "failover", "cancel", "vm1", "--socket", socket); err != nil {
+		t.Fatalf("failover cancel: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for w.acked() == acked {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer is still held after the failover was cancelled")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	waitState(t, a, "vm1", orchestrator.Protected)
+
+	// Again with a stop hook, then committed.
+	hookRan := filepath.Join(top, "stopped")
+	fo2 := filepath.Join(top, "fo2")
+	out, err = drfsRun(t, "failover", "vm1", "--type", "planned", "--to", fo2, "--stop-hook", "echo $DRFS_VM > "+hookRan, "--socket", socket)
+	if err != nil {
+		t.Fatalf("planned failover with a stop hook: %v\n%s", err, out)
+	}
+	if b, _ := os.ReadFile(hookRan); strings.TrimSpace(string(b)) != "vm1" {
+		t.Errorf("the stop hook did not run: %q", b)
+	}
+	img, _ = os.ReadFile(filepath.Join(fo2, "disk.img"))
+	src, _ = os.ReadFile(disk)
+	if !bytes.Equal(img, src) {
+		t.Fatal("the second failover differs from the source")
+	}
+	out, err = drfsRun(t, "commit", "vm1", "--socket", socket)
+	if err != nil || !strings.Contains(out, "committed") {
+		t.Fatalf("drfs commit: %v\n%s", err, out)
+	}
+	if v := vmStatus(t, socket, "vm1"); v.State != orchestrator.Committed {
+		t.Errorf("vm1 is %s after commit", v.State)
+	}
+	a.stop(t)
+	if pts := points(t, tgt, "vm1"); len(pts) != 1 {
+		t.Errorf("%d points of vm1 after commit, want the one failed over to", len(pts))
 	}
 }

@@ -79,6 +79,9 @@ type protection struct {
 		// snap is the snapshot of the initial replication, until the VM
 		// finalizes.
 		snap *drfsfs.Snapshot
+		// hold releases the writes of a VM failed over by a planned
+		// failover; nil when they are not held.
+		hold func()
 	}
 }
 
@@ -551,6 +554,8 @@ func (a *agent) unprotect(vm string) (string, error) {
 	if j, ok := a.jobs.Active(vm); ok {
 		a.jobs.Cancel(j.ID, "the VM was unprotected")
 	}
+	a.releaseHold(p)
+	a.deleteSnapshot(p)
 	p.mu.Lock()
 	state := p.mu.vm.Describe()
 	p.mu.vm.Apply(a.clock.Now(), orchestrator.Unprotect{})

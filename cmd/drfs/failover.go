@@ -23,20 +23,23 @@ import (
 type failoverCmd struct {
 	Start   failoverStartCmd   `cmd:"" default:"withargs" help:"Fail a VM or a recovery plan over to its replica at the recovery site (the default: drfs failover VM ...)."`
 	Cleanup failoverCleanupCmd `cmd:"" help:"Remove the copy a test failover made in DIR (only a directory drfs failover made)."`
+	Cancel  failoverCancelCmd  `cmd:"" help:"Undo a planned failover that was not committed: the source VM writes and replicates again (agent)."`
 }
 
 type failoverStartCmd struct {
 	VM       string `arg:"" optional:"" help:"VM to fail over (or --plan)."`
 	Plan     string `type:"existingfile" placeholder:"FILE" help:"Fail over the VMs of a recovery plan (docs/failover.md), each into DIR/VM."`
-	Type     string `required:"" enum:"planned,unplanned,test" help:"unplanned: the source is gone, start from a recovery point; test: an isolated copy while replication goes on (drfs failover cleanup removes it); planned: needs the source agent (not yet)."`
-	Target   string `required:"" placeholder:"URL" help:"Target: dir:///path, https://host:port or azblob://account/container."`
+	Type     string `required:"" enum:"planned,unplanned,test" help:"planned: run by the source's agent: the VM's writes held, its last generation shipped and checked, no data lost; unplanned: the source is gone, start from a recovery point; test: an isolated copy while replication goes on (drfs failover cleanup removes it)."`
+	Target   string `placeholder:"URL" help:"Target: dir:///path, https://host:port or azblob://account/container (unplanned and test; a planned failover uses the VM's)."`
 	Point    string `default:"latest" placeholder:"latest|latest-processed|ID|TIME" help:"latest: the newest crash-consistent point; latest-processed: the newest point of any kind (may be a fuzzy initial or resync copy); a point number; or a time (RFC 3339, or relative as -1h): the newest consistent point cut at or before it."`
 	To       string `required:"" placeholder:"DIR" type:"path" help:"Directory to write the disks into (a plan: DIR/VM for each VM); it must not exist or be empty."`
 	Hook     string `placeholder:"CMD" help:"Command (sh -c) to run after materialising, with DRFS_VM, DRFS_POINT, DRFS_FAILOVER_TYPE, DRFS_DIR and DRFS_DISKS in its environment; its failure fails the failover (the disks stay)."`
 	Force    bool   `help:"Accept a chosen point that is only a fuzzy copy (initial replication or resync)."`
 	DryRun   bool   `help:"Print what would happen, in order, and change nothing."`
 	StateDir string `default:"/var/lib/drfs/plans" type:"path" placeholder:"DIR" help:"Where a running plan says it waits at a manual step, for drfs plan continue."`
+	StopHook string `name:"stop-hook" placeholder:"CMD" help:"Planned: command (sh -c) that stops the VM first, with DRFS_VM and DRFS_DISKS set, e.g. virsh shutdown --mode acpi."`
 	targets.TLS
+	socketFlag
 }
 
 // markerName is the file a failover leaves in its directory: what it is,
@@ -96,7 +99,10 @@ func (c *failoverStartCmd) run(ctx context.Context) error {
 		return err
 	}
 	if typ == orchestrator.Planned {
-		return errors.New("a planned failover quiesces the source and ships its last generation first: it runs on the source agent, which does not offer it yet; with the source gone, use --type unplanned")
+		return c.runPlanned(ctx)
+	}
+	if c.Target == "" {
+		return errors.New("give the target with --target URL (the recovery site's replicas)")
 	}
 	if (c.VM == "") == (c.Plan == "") {
 		return errors.New("name one VM, or a recovery plan with --plan FILE")

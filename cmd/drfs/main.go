@@ -15,6 +15,7 @@ type cli struct {
 	Protect   protectCmd   `cmd:"" help:"Protect a VM: prerequisite checks, initial replication, then delta replication every interval (agent)."`
 	Unprotect unprotectCmd `cmd:"" help:"Stop protecting a VM; its recovery points on the target are kept (agent)."`
 	Resume    resumeCmd    `cmd:"" help:"Let a VM stopped by a non-recoverable error replicate again (agent)."`
+	Commit    commitCmd    `cmd:"" help:"Make a planned failover final; older recovery points are released (agent)."`
 	Jobs      jobsCmd      `cmd:"" help:"List the agent's jobs, or follow one (drfs jobs watch ID)."`
 	Mount     mountCmd     `cmd:"" help:"Mount a directory of disk images through the tracking mount."`
 	Log       logCmd       `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`

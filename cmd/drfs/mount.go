@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	drfsfs "github.com/drfs-project/drfs/fs"
@@ -81,28 +79,7 @@ func (c *mountCmd) Run() error {
 	}
 	fmt.Fprintf(os.Stderr, "drfs: %s mounted at %s, change log in %s; Ctrl-C or SIGTERM unmounts\n", c.Source, c.Mountpoint, c.State)
 
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { srv.Wait(); close(done) }()
-	for unmounted := false; !unmounted; {
-		select {
-		case <-done:
-			// Unmounted from outside (umount, fusermount -u).
-			unmounted = true
-		case s := <-sig:
-			fmt.Fprintf(os.Stderr, "drfs: %v: unmounting %s\n", s, c.Mountpoint)
-			if err := srv.Unmount(); err != nil {
-				fmt.Fprintf(os.Stderr, "drfs: cannot unmount %s: %v (close the files open on it, then signal again)\n", c.Mountpoint, err)
-				continue
-			}
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-			}
-			unmounted = true
-		}
-	}
+	waitUnmount(srv, c.Mountpoint, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ctl.Shutdown(ctx)

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/drfs-project/drfs/orchestrator"
+)
+
+// runPlanned asks the source's agent for a planned failover of c.VM: its
+// writes held, its last generation shipped and checked against the disks,
+// the replica materialised in c.To. The agent does it all: it holds the
+// target open.
+func (c *failoverStartCmd) runPlanned(ctx context.Context) error {
+	if c.VM == "" || c.Plan != "" {
+		return errors.New("a planned failover names one VM (the agent protecting it runs it)")
+	}
+	if c.DryRun {
+		fmt.Printf("planned failover of %s: hold its writes%s, ship its last generation, check it against the disks chunk by chunk, materialise it in %s%s\n",
+			c.VM, map[bool]string{true: " (after the stop hook)", false: ""}[c.StopHook != ""], c.To, map[bool]string{true: ", run the hook", false: ""}[c.Hook != ""])
+		return nil
+	}
+	cl := newAgentClient(c.Socket)
+	cl.http.Timeout = 0 // the job takes as long as shipping and checking take
+	done := make(chan struct{})
+	go func() {
+		// Show the job's progress while the request runs.
+		bar := newProgressBar(os.Stderr)
+		defer bar.done()
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if j, err := activeJob(cl, c.VM, orchestrator.JobFailover); err == nil {
+					bar.show("failover "+c.VM, j.Progress, j.Message)
+				}
+			}
+		}
+	}()
+	job, err := cl.failover(failoverRequest{VM: c.VM, To: c.To, Hook: c.Hook, StopHook: c.StopHook})
+	close(done)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: %s\n", c.VM, job.Message)
+	return nil
+}
+
+// activeJob returns vm's unfinished job of kind.
+func activeJob(cl *agentClient, vm string, kind orchestrator.JobKind) (orchestrator.Job, error) {
+	jobs, err := cl.jobs(vm)
+	if err != nil {
+		return orchestrator.Job{}, err
+	}
+	for _, j := range jobs {
+		if j.Kind == kind && !j.State.Done() {
+			return j, nil
+		}
+	}
+	return orchestrator.Job{}, errors.New("none")
+}
+
+type commitCmd struct {
+	VM string `arg:"" help:"VM whose failover to make final."`
+	socketFlag
+}
+
+func (c *commitCmd) Run() error {
+	var msg string
+	if err := newAgentClient(c.Socket).simple("commit", c.VM, &msg); err != nil {
+		return err
+	}
+	fmt.Println(msg)
+	return nil
+}
+
+type failoverCancelCmd struct {
+	VM string `arg:"" help:"VM whose planned failover to undo (not committed yet): the source's writes and its replication go on."`
+	socketFlag
+}
+
+func (c *failoverCancelCmd) Run() error {
+	var msg string
+	if err := newAgentClient(c.Socket).simple("failover/cancel", c.VM, &msg); err != nil {
+		return err
+	}
+	fmt.Printf("%s: failover cancelled; the source runs and replicates again\n", c.VM)
+	return nil
+}
