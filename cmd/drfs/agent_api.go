@@ -31,6 +31,8 @@ import (
 //	POST /v1/failover              failoverRequest → the planned failover's job
 //	POST /v1/failover/cancel?vm=NAME  the source replicates again
 //	POST /v1/commit?vm=NAME        the failover is final
+//	POST /v1/reprotect             reprotectRequest: reverse replication set up
+//	POST /v1/failback?vm=NAME      the recovery site's last point written back
 //	GET  /v1/jobs[?vm=NAME]        []orchestrator.Job, oldest first
 //	GET  /v1/jobs/ID               one job
 //
@@ -193,6 +195,27 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 	})
 	mux.HandleFunc("POST /v1/commit", func(w http.ResponseWriter, r *http.Request) {
 		msg, err := a.commitFailover(r.Context(), r.URL.Query().Get("vm"))
+		if err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, msg)
+	})
+	mux.HandleFunc("POST /v1/reprotect", func(w http.ResponseWriter, r *http.Request) {
+		var req reprotectRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+			httpError(w, http.StatusBadRequest, err)
+			return
+		}
+		msg, err := a.reprotect(r.Context(), req)
+		if err != nil {
+			httpError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, msg)
+	})
+	mux.HandleFunc("POST /v1/failback", func(w http.ResponseWriter, r *http.Request) {
+		msg, err := a.failback(r.Context(), r.URL.Query().Get("vm"))
 		if err != nil {
 			httpError(w, http.StatusConflict, err)
 			return

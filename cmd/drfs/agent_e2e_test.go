@@ -635,3 +635,94 @@ func TestAgentPlannedFailover(t *testing.T) {
 		t.Errorf("%d points of vm1 after commit, want the one failed over to", len(pts))
 	}
 }
+
+// TestAgentFailback: fail over (planned) to a second site, commit, write
+// there, reprotect (the original site seeds a reverse target with the old
+// disks; the recovery site's agent protects into it and sends only what
+// changed), fail back: the original disk equals the failed-over one, and
+// protection in the original direction resumes.
+func TestAgentFailback(t *testing.T) {
+	needFUSE(t)
+	top := t.TempDir()
+	mk := func(names ...string) []string {
+		var out []string
+		for _, n := range names {
+			p := filepath.Join(top, n)
+			os.MkdirAll(p, 0o755)
+			out = append(out, p)
+		}
+		return out
+	}
+	p := mk("a/src/vm1", "a/mnt", "a/state", "b/src", "b/mnt", "b/state")
+	siteA := dirs{src: filepath.Dir(p[0]), mnt: p[1], state: p[2]}
+	siteB := dirs{src: p[3], mnt: p[4], state: p[5]}
+	const size = 32 << 20
+	diskA := filepath.Join(siteA.src, "vm1", "disk.img")
+	data := make([]byte, size)
+	for i := 0; i < size/2; i += seqBlock {
+		copy(data[i:], seqData(uint64(i)))
+	}
+	os.WriteFile(diskA, data, 0o644)
+	forward, reverse := "dir://"+filepath.Join(top, "a-to-b"), "dir://"+filepath.Join(top, "b-to-a")
+	sockA, sockB := filepath.Join(top, "a.sock"), filepath.Join(top, "b.sock")
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := drfsRun(t, args...)
+		if err != nil {
+			t.Fatalf("drfs %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+
+	a := startAgent(t, siteA, sockA, "--target", forward, "--source-id", "site-a", "--resync-window", "always")
+	run("protect", "vm1", "--interval", "1s", "--wait", "--socket", sockA)
+	writeRandom(t, rand.New(rand.NewPCG(1, 2)), filepath.Join(siteA.mnt, "vm1", "disk.img"), size, 30)
+	run("failover", "vm1", "--type", "planned", "--to", filepath.Join(siteB.src, "vm1"), "--socket", sockA)
+	run("commit", "vm1", "--socket", sockA)
+	if out, err := drfsRun(t, "failback", "vm1", "--socket", sockA); err == nil || !strings.Contains(out, "not ReverseReplicating") {
+		t.Errorf("failback before reprotect: %v\n%s", err, out)
+	}
+
+	// The VM runs at site B now.
+	b := startAgent(t, siteB, sockB, "--source-id", "site-b", "--resync-window", "always")
+	diskB := filepath.Join(siteB.mnt, "vm1", "disk.img")
+	var w seqWriter
+	f, err := os.OpenFile(diskB, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 40 {
+		if err := w.write(f, make([]byte, seqBlock), rng, size/seqBlock); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	const changed = 40 * seqBlock
+	out := run("reprotect", "vm1", "--reverse", reverse, "--reverse-source-id", "site-b", "--socket", sockA)
+	t.Logf("reprotect: %s", out)
+	if v := vmStatus(t, sockA, "vm1"); v.State != orchestrator.ReverseReplicating {
+		t.Fatalf("vm1 at site A is %s after reprotect", v.State)
+	}
+	run("protect", "vm1", "--target", reverse, "--interval", "1s", "--wait", "--socket", sockB)
+	vb := waitState(t, b, "vm1", orchestrator.Protected)
+	t.Logf("reverse replication: %s sent for %s changed on a %s disk", bytesString(int64(vb.BytesSent)), bytesString(changed), bytesString(size))
+	if vb.BytesSent > 3*changed {
+		t.Errorf("reprotect sent %s for %s changed on a %s disk: not proportional to the change", bytesString(int64(vb.BytesSent)), bytesString(changed), bytesString(size))
+	}
+	writeRandom(t, rand.New(rand.NewPCG(5, 6)), diskB, size, 10)
+	run("failover", "vm1", "--type", "planned", "--socket", sockB)
+	b.stop(t)
+	want, _ := os.ReadFile(filepath.Join(siteB.src, "vm1", "disk.img"))
+
+	out = run("failback", "vm1", "--socket", sockA)
+	t.Logf("failback: %s", out)
+	got, _ := os.ReadFile(diskA)
+	if !bytes.Equal(got, want) {
+		t.Fatal("the disk at site A differs from the failed-over disk after the failback")
+	}
+	waitState(t, a, "vm1", orchestrator.Protected)
+	writeRandom(t, rand.New(rand.NewPCG(7, 8)), filepath.Join(siteA.mnt, "vm1", "disk.img"), size, 5)
+	a.stop(t)
+	restoreAndCompare(t, forward, "vm1", "latest", readAll(t, filepath.Join(siteA.src, "vm1"), "disk.img"))
+}

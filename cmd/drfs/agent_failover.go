@@ -16,7 +16,9 @@ import (
 // failoverRequest is a planned failover asked of the agent.
 type failoverRequest struct {
 	VM string `json:"vm"`
-	// To is the empty directory the replica is materialised in.
+	// To is the empty directory the replica is materialised in; without
+	// it the point is only made and checked (failing back: the other site
+	// materialises it).
 	To string `json:"to"`
 	// StopHook, if set, is run first (DRFS_VM, DRFS_DISKS set) to stop the
 	// VM, e.g. virsh shutdown; Hook after materialising, as in an
@@ -40,8 +42,10 @@ func (a *agent) plannedFailover(ctx context.Context, req failoverRequest) (orche
 	if st := p.state(); st != orchestrator.Protected {
 		return orchestrator.Job{}, fmt.Errorf("cannot fail over %s: it is %s, not Protected (a planned failover needs its replication in step)", req.VM, st)
 	}
-	if err := checkEmptyDir(req.To); err != nil {
-		return orchestrator.Job{}, err
+	if req.To != "" {
+		if err := checkEmptyDir(req.To); err != nil {
+			return orchestrator.Job{}, err
+		}
 	}
 	job, err := a.jobs.Add(orchestrator.JobFailover, req.VM)
 	if err != nil {
@@ -134,6 +138,17 @@ func (a *agent) failoverSteps(ctx context.Context, p *protection, req failoverRe
 		return "", fmt.Errorf("point %s has %d disk(s), %s has %d", point.ID(), len(point.Disks), vm, len(disks))
 	}
 
+	if req.To == "" {
+		// Failing back, the original site materialises the point itself.
+		p.mu.Lock()
+		err = p.mu.vm.Apply(a.clock.Now(), orchestrator.Failover{Type: orchestrator.Planned, Point: point.ID()})
+		p.mu.Unlock()
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("no data lost: the last generation is point %s on %s, equal to the disks (%d chunks compared); not materialised here; the source's writes stay held",
+			point.ID(), p.target, compared), nil
+	}
 	a.jobs.Progress(id, 70, "materialising point "+point.ID()+" in "+req.To)
 	created, err := makeDir(req.To)
 	if err != nil {

@@ -27,6 +27,8 @@ type protectionRecord struct {
 	Target string           `json:"target"`
 	Policy overrides        `json:"policy"`
 	Status *orchestrator.VM `json:"status"`
+	// Reverse: where the recovery site replicates back into.
+	Reverse string `json:"reverse,omitempty"`
 }
 
 func agentStateFile(state string) string { return filepath.Join(state, "agent", "state.json") }
@@ -55,7 +57,7 @@ func (a *agent) load() error {
 		}
 		name := r.Status.Name()
 		r.Status.SetPolicy(a.policy(name, r.Policy))
-		p := &protection{name: name, target: r.Target, over: r.Policy}
+		p := &protection{name: name, target: r.Target, over: r.Policy, reverse: r.Reverse}
 		p.mu.vm = r.Status
 		a.mu.vms[name] = p
 	}
@@ -71,9 +73,9 @@ func (a *agent) persist() {
 	st := agentState{Version: agentStateVersion, Jobs: a.jobs}
 	for _, p := range a.protections() {
 		p.mu.Lock()
-		vm := *p.mu.vm
+		vm, reverse := *p.mu.vm, p.reverse
 		p.mu.Unlock()
-		st.VMs = append(st.VMs, protectionRecord{Target: p.target, Policy: p.over, Status: &vm})
+		st.VMs = append(st.VMs, protectionRecord{Target: p.target, Policy: p.over, Status: &vm, Reverse: reverse})
 	}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err == nil {

@@ -59,7 +59,11 @@ type protection struct {
 	over   overrides
 	store  targets.Store
 	repl   *replication
-	wake   chan struct{} // a round is wanted now (resume, resync --now)
+	// reverse is the target at this site that the recovery site
+	// replicates back into, while the VM is ReverseReplicating; set under mu.
+	reverse string
+	wake    chan struct{} // a round is wanted now (resume, resync --now)
+
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the supervisor returns
 

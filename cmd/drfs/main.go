@@ -16,6 +16,8 @@ type cli struct {
 	Unprotect unprotectCmd `cmd:"" help:"Stop protecting a VM; its recovery points on the target are kept (agent)."`
 	Resume    resumeCmd    `cmd:"" help:"Let a VM stopped by a non-recoverable error replicate again (agent)."`
 	Commit    commitCmd    `cmd:"" help:"Make a planned failover final; older recovery points are released (agent)."`
+	Reprotect reprotectCmd `cmd:"" help:"After a commit, replicate the VM back: its disks as failed over seed a target here that the recovery site protects it into (agent)."`
+	Failback  failbackCmd  `cmd:"" help:"Bring a reverse-replicated VM home: the last point of the recovery site is written into its disks, then protection resumes (agent)."`
 	Jobs      jobsCmd      `cmd:"" help:"List the agent's jobs, or follow one (drfs jobs watch ID)."`
 	Mount     mountCmd     `cmd:"" help:"Mount a directory of disk images through the tracking mount."`
 	Log       logCmd       `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`

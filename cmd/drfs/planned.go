@@ -93,3 +93,37 @@ func (c *failoverCancelCmd) Run() error {
 	fmt.Printf("%s: failover cancelled; the source runs and replicates again\n", c.VM)
 	return nil
 }
+
+type reprotectCmd struct {
+	VM       string `arg:"" help:"VM failed over and committed, to replicate back from the recovery site."`
+	Reverse  string `required:"" placeholder:"URL" help:"Target at this site that the recovery site replicates back into (a directory this site serves with drfs target serve)."`
+	SourceID string `name:"reverse-source-id" required:"" placeholder:"NAME" help:"The recovery site's identity on that target (its agent's source-id, or its certificate's CommonName through drfs target serve)."`
+	socketFlag
+}
+
+func (c *reprotectCmd) Run() error {
+	cl := newAgentClient(c.Socket)
+	cl.http.Timeout = 0 // a copy of the disks
+	var msg string
+	if err := cl.call("POST", "/v1/reprotect", reprotectRequest{VM: c.VM, Reverse: c.Reverse, SourceID: c.SourceID}, &msg); err != nil {
+		return err
+	}
+	fmt.Println(msg)
+	return nil
+}
+
+type failbackCmd struct {
+	VM string `arg:"" help:"VM to bring home: the recovery site failed it over (planned) into the reverse target."`
+	socketFlag
+}
+
+func (c *failbackCmd) Run() error {
+	cl := newAgentClient(c.Socket)
+	cl.http.Timeout = 0
+	var msg string
+	if err := cl.simple("failback", c.VM, &msg); err != nil {
+		return err
+	}
+	fmt.Println(msg)
+	return nil
+}

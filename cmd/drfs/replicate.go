@@ -802,7 +802,9 @@ func walkVM(source, vm string, fn func(vm, disk, path string, size int64) error)
 		return nil
 	}
 	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
+		if err != nil || !d.Type().IsRegular() || d.Name() == markerName {
+			// The marker a failover leaves beside the disks it made is
+			// not a disk.
 			return err
 		}
 		info, err := d.Info()
