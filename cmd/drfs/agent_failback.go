@@ -150,6 +150,13 @@ func (a *agent) failback(ctx context.Context, vm string) (string, error) {
 	if st := p.state(); st != orchestrator.ReverseReplicating {
 		return "", fmt.Errorf("cannot fail back %s: it is %s, not ReverseReplicating (drfs reprotect first)", vm, st)
 	}
+	if p.repl == nil {
+		// Restarted since the failover: the replication to the old
+		// replica is set up again, to resume after the failback.
+		if err := a.attach(p); err != nil {
+			return "", err
+		}
+	}
 	store, err := targets.Open(p.reverse, a.stores.tls)
 	if err != nil {
 		return "", fmt.Errorf("%w (the recovery site's agent must have let go of it: drfs unprotect or stop it there)", err)

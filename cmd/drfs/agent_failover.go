@@ -53,8 +53,11 @@ func (a *agent) plannedFailover(ctx context.Context, req failoverRequest) (orche
 	}
 	a.jobs.Start(job.ID)
 	// The VM's rounds stop: from here on this job ships it.
-	p.cancel()
-	<-p.done
+	a.mu.Lock()
+	cancel, done := p.cancel, p.done
+	a.mu.Unlock()
+	cancel()
+	<-done
 	msg, err := a.failoverSteps(ctx, p, req, job.ID)
 	if err != nil {
 		a.releaseHold(p)
@@ -223,6 +226,9 @@ func (a *agent) commitFailover(ctx context.Context, vm string) (string, error) {
 	}
 	a.persist()
 	msg := vm + " committed: the failover is final"
+	if p.store == nil {
+		a.attach(p) // restarted since the failover
+	}
 	if p.store != nil {
 		before, _ := p.store.Points(ctx, vm)
 		if err := p.store.Expire(ctx, vm, a.clock.Now().Add(time.Hour), 1); err != nil {

@@ -134,6 +134,8 @@ func (a *agent) closeStores() { a.stores.closeAll() }
 // start launches the supervisors of the protected VMs and the loop that
 // drops the change log of the others.
 func (a *agent) start() {
+	// Finished jobs are kept a week for drfs jobs --all.
+	a.jobs.Prune(a.clock.Now().Add(-7 * 24 * time.Hour))
 	a.mu.Lock()
 	for _, p := range a.mu.vms {
 		a.launchLocked(p)
@@ -550,10 +552,11 @@ func (a *agent) unprotect(vm string) (string, error) {
 		return "", fmt.Errorf("%s is not protected (protected: %s)", vm, orNone(a.protectedNames()))
 	}
 	delete(a.mu.vms, vm)
+	cancel, done := p.cancel, p.done
 	a.mu.Unlock()
-	if p.cancel != nil {
-		p.cancel()
-		<-p.done
+	if cancel != nil {
+		cancel()
+		<-done
 	}
 	if j, ok := a.jobs.Active(vm); ok {
 		a.jobs.Cancel(j.ID, "the VM was unprotected")
@@ -623,6 +626,9 @@ func (a *agent) supervise(ctx context.Context, p *protection) {
 			case <-p.wake:
 				t.Stop()
 			case <-t.C():
+				if wait == forever {
+					continue // stopped: only drfs resume wakes it
+				}
 			}
 		}
 		if ctx.Err() != nil {
