@@ -219,28 +219,6 @@ func waitUnmount(srv *drfsfs.Server, mountpoint string, beforeUnmount func()) {
 	}
 }
 
-// listenUnix listens on a unix socket that only root can use; a stale
-// socket left by a killed agent is replaced, a live one is an error.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if _, err := os.Lstat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("control socket %s is served by another drfs agent: stop it first, or give --socket", path)
-		}
-		os.Remove(path)
-	}
-	old := syscall.Umask(0o077)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	return ln, nil
-}
-
 // serveMetrics serves the Prometheus metrics of the agent on addr.
 func (a *agent) serveMetrics(addr string) (*http.Server, error) {
 	reg := prometheus.NewRegistry()

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -123,7 +124,7 @@ func (a *agent) views(vm string) []vmView {
 
 // serveAPI serves the agent's control socket at path.
 func (a *agent) serveAPI(path string) (*http.Server, error) {
-	ln, err := listenUnix(path)
+	ln, err := control.Listen(path, "stop that agent first, or give --socket")
 	if err != nil {
 		return nil, err
 	}

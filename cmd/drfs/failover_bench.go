@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 
 	"github.com/drfs-project/drfs/bench"
@@ -28,9 +27,7 @@ func (c *benchFailoverCmd) Run() error {
 		return err
 	}
 	if c.JSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(rep)
 	}
 	return rep.WriteTable(os.Stdout)
 }

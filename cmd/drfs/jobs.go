@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -41,9 +40,7 @@ func (c *jobsListCmd) Run() error {
 		jobs = recent
 	}
 	if c.JSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(jobs)
+		return printJSON(jobs)
 	}
 	if len(jobs) == 0 {
 		fmt.Println("no jobs (drfs jobs --all lists the older ones)")

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 
@@ -41,6 +42,14 @@ type versionCmd struct{}
 func (versionCmd) Run() error {
 	fmt.Println("drfs", version)
 	return nil
+}
+
+// printJSON writes v to standard output as indented JSON, the --json form
+// of every read command.
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func main() {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -42,9 +41,7 @@ func (c *pointsCmd) Run() error {
 		all[vm] = pts
 	}
 	if c.JSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(all)
+		return printJSON(all)
 	}
 	if len(vms) == 0 {
 		fmt.Printf("no VMs on %s\n", c.Target)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,9 +34,7 @@ func (c *statusCmd) mountStatus() error {
 		return fmt.Errorf("status of %s: %w", c.State, err)
 	}
 	if c.JSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return printJSON(st)
 	}
 	if len(st) == 0 {
 		fmt.Println("nothing replicated yet (is the mount running with --target?)")

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -96,13 +97,17 @@ type Server struct {
 // flags the disks and one for now is refused.
 func (s *Server) OnResync(h ResyncHook) { s.hook.Store(&h) }
 
-// Serve listens on the unix socket at path. A stale socket left by a killed
-// mount is replaced; a live one is an error.
-func Serve(path string, log Log, replication func() []Replication) (*Server, error) {
+// Listen listens on a unix socket at path that only root can use. A stale
+// socket left by a killed process is replaced; a live one is an error that
+// ends with hint.
+func Listen(path, hint string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
 	if _, err := os.Lstat(path); err == nil {
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("control socket %s is served by another drfs process: is this state directory mounted already?", path)
+			return nil, fmt.Errorf("control socket %s is served by another drfs process: %s", path, hint)
 		}
 		os.Remove(path)
 	}
@@ -111,6 +116,16 @@ func Serve(path string, log Log, replication func() []Replication) (*Server, err
 	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve listens on the unix socket at path. A stale socket left by a killed
+// mount is replaced; a live one is an error.
+func Serve(path string, log Log, replication func() []Replication) (*Server, error) {
+	ln, err := Listen(path, "is this state directory mounted already?")
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{path: path}
 	mux := http.NewServeMux()
