@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -225,13 +226,7 @@ func TestQuiesceDeadline(t *testing.T) {
 // completes, recorded once, and the mount unmounts cleanly.
 func TestQuiesceMmapFsyncUnmount(t *testing.T) {
 	tm, _ := hookedMount(t, map[string][]byte{"d": make([]byte, 16384), "e": make([]byte, 4096)})
-	fd := openRW(t, tm.path("d"), 0)
 	efd := openRW(t, tm.path("e"), 0)
-	mem, err := unix.Mmap(fd, 0, 16384, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(mem)
 	if _, err := unix.Pwrite(efd, []byte("x"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -239,9 +234,7 @@ func TestQuiesceMmapFsyncUnmount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copy(mem[5000:], "through the mapping")
-	synced := make(chan error, 1)
-	go func() { synced <- unix.Msync(mem, unix.MS_SYNC) }()
+	synced := startMmapWrite(tm.path("d"), 16384, 5000, 19, 7)
 	mustBeHeld(t, "msync of a dirty mapping", synced)
 	fsynced := make(chan error, 1)
 	go func() { fsynced <- unix.Fsync(efd) }()
@@ -260,9 +253,9 @@ func TestQuiesceMmapFsyncUnmount(t *testing.T) {
 	}
 	release()
 	mustComplete(t, "msync", synced)
-	got := make([]byte, 19)
-	if _, err := unix.Pread(fd, got, 5000); err != nil || string(got) != "through the mapping" {
-		t.Errorf("read back %q, %v", got, err)
+	want := randomBytes(rand.New(rand.NewPCG(7, 0)), 19)
+	if got := readFile(t, tm.path("d"))[5000:5019]; !bytes.Equal(got, want) {
+		t.Errorf("read back %x, want %x", got, want)
 	}
 }
 
