@@ -463,6 +463,10 @@ func TestAgentHookUnprotect(t *testing.T) {
 	if !strings.Contains(v2.AppHookError, "frozen-fails") {
 		t.Errorf("vm2's failing hook is not in its status: %+v", v2)
 	}
+	out, err = drfsRun(t, "jobs", "watch", "1", "--socket", socket)
+	if err != nil || !strings.Contains(out, "enable-protection of vm1) succeeded") {
+		t.Errorf("drfs jobs watch 1: %v\n%s", err, out)
+	}
 	out, err = drfsRun(t, "status", "--socket", socket)
 	if err != nil || !strings.Contains(out, "vm1") || !strings.Contains(out, "app-consistency hook (freeze) failed") {
 		t.Errorf("drfs status: %v\n%s", err, out)
@@ -725,4 +729,67 @@ func TestAgentFailback(t *testing.T) {
 	writeRandom(t, rand.New(rand.NewPCG(7, 8)), filepath.Join(siteA.mnt, "vm1", "disk.img"), size, 5)
 	a.stop(t)
 	restoreAndCompare(t, forward, "vm1", "latest", readAll(t, filepath.Join(siteA.src, "vm1"), "disk.img"))
+}
+
+// TestAgentExt4: a VM whose disk holds an ext4 file system being filled
+// while it is protected (initial replication from a snapshot) restores to
+// an image that passes e2fsck -fn, with every file.
+func TestAgentExt4(t *testing.T) {
+	needFUSE(t)
+	for _, tool := range []string{"losetup", "mkfs.ext4", "e2fsck"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+	d := newDirs(t)
+	os.Truncate(filepath.Join(d.src, "vm1", "disk.img"), 128<<20)
+	top := filepath.Dir(d.state)
+	tgt := "dir://" + filepath.Join(top, "target")
+	socket := filepath.Join(top, "agent.sock")
+	a := startAgent(t, d, socket, "--target", tgt, "--resync-window", "always")
+	files := map[string][]byte{}
+	rng := rand.New(rand.NewPCG(9, 10))
+	for i := range 40 {
+		b := make([]byte, 1+rng.IntN(300<<10))
+		for j := range b {
+			b[j] = byte(rng.IntN(16))
+		}
+		files[fmt.Sprintf("d%d/f%d", i%4, i)] = b
+	}
+	withLoopExt4(t, filepath.Join(d.mnt, "vm1", "disk.img"), true, func(root string) {
+		protected := make(chan string, 1)
+		go func() {
+			out, err := drfsRun(t, "protect", "vm1", "--interval", "1s", "--wait", "--socket", socket)
+			if err != nil {
+				out = "FAILED: " + err.Error() + "\n" + out
+			}
+			protected <- out
+		}()
+		for name, data := range files {
+			os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o755)
+			if err := os.WriteFile(filepath.Join(root, name), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if out := <-protected; strings.HasPrefix(out, "FAILED") {
+			t.Fatalf("drfs protect: %s", out)
+		}
+	})
+	waitState(t, a, "vm1", orchestrator.Protected)
+	a.stop(t)
+	dir := filepath.Join(t.TempDir(), "restore")
+	if out, err := drfsRun(t, "restore", "--target", tgt, "vm1", "--to", dir); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	img := filepath.Join(dir, "disk.img")
+	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck -fn on the restored image: %v\n%s", err, out)
+	}
+	withLoopExt4(t, img, false, func(root string) {
+		for name, data := range files {
+			if got, err := os.ReadFile(filepath.Join(root, name)); err != nil || !bytes.Equal(got, data) {
+				t.Errorf("restored file %s differs (%v)", name, err)
+			}
+		}
+	})
 }

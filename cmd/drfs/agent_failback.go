@@ -143,6 +143,22 @@ func (s *seedSource) Drop(string, uint64) error { return nil }
 // VM's disks through the mount, only where they differ, then checked; the
 // VM then resynchronizes with its old replica and is Protected again.
 func (a *agent) failback(ctx context.Context, vm string) (string, error) {
+	job, err := a.jobs.Add(orchestrator.JobFailback, vm)
+	if err != nil {
+		return "", err
+	}
+	a.jobs.Start(job.ID)
+	msg, err := a.failbackSteps(ctx, vm, job.ID)
+	if err != nil {
+		a.jobs.Fail(job.ID, err)
+		return "", err
+	}
+	a.jobs.Succeed(job.ID, msg)
+	return msg, nil
+}
+
+// failbackSteps are the steps of failback (job id).
+func (a *agent) failbackSteps(ctx context.Context, vm string, id uint64) (string, error) {
 	p := a.protection(vm)
 	if p == nil {
 		return "", fmt.Errorf("%s is not protected", vm)
@@ -180,7 +196,8 @@ func (a *agent) failback(ctx context.Context, vm string) (string, error) {
 	// first, logged like any other.
 	a.releaseHold(p)
 	var written int64
-	for _, d := range point.Disks {
+	for i, d := range point.Disks {
+		a.jobs.Progress(id, i*90/len(point.Disks), fmt.Sprintf("writing the chunks of %s that differ from point %s", d.Name, point.ID()))
 		n, err := a.applyPoint(ctx, store, vm, point.Generation, d, disks[d.Name])
 		written += n
 		if err != nil {
