@@ -98,6 +98,14 @@ type Options struct {
 	// up to 4 MiB (the service's limit); 4 MiB if 0. Consecutive dirty
 	// blocks are coalesced up to it.
 	PageWrite int
+	// Gap is the largest gap between dirty blocks that one page write
+	// bridges, filled with what the newest point holds there (read from
+	// its snapshot in one ranged GET per write, nothing to read where it
+	// is a hole), a multiple of 512 (URL: gap=N): fewer, larger writes for
+	// scattered blocks, at the price of reading and rewriting the gaps.
+	// DefaultGap if 0; negative: no gaps bridged, only adjacent blocks
+	// coalesced.
+	Gap int
 
 	// Retry configures the SDK's retries of throttled (429, 503), failed
 	// (500, 502, 504) and timed-out requests; zero fields take the store's
@@ -122,6 +130,7 @@ type Store struct {
 	prefix    string // "" or a path ending in "/"
 	parallel  int
 	pageWrite int
+	gap       int // largest gap bridged; 0: none
 	create    bool
 	now       func() time.Time
 	secrets   []string      // redacted from every error message
@@ -141,6 +150,7 @@ type Store struct {
 	stepHook func(step string)
 
 	pageWrites atomic.Int64 // Put Page and Clear Pages calls, for tests and benchmarks
+	stats      applyStats
 }
 
 type pinKey struct {
@@ -217,8 +227,17 @@ func New(rawURL string, opts Options) (*Store, error) {
 				return nil, fmt.Errorf("azblob: parallel=%q: want 1 to 64", v)
 			}
 			opts.Parallel = n
+		case "gap":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n%pageSize != 0 || n > maxPageWrite {
+				return nil, fmt.Errorf("azblob: gap=%q: want a multiple of %d up to %d bytes (0: no gaps bridged)", v, pageSize, maxPageWrite)
+			}
+			opts.Gap = n
+			if n == 0 {
+				opts.Gap = -1
+			}
 		default:
-			return nil, fmt.Errorf("azblob: unknown URL parameter %q (known: endpoint, create, parallel)", k)
+			return nil, fmt.Errorf("azblob: unknown URL parameter %q (known: endpoint, create, parallel, gap)", k)
 		}
 	}
 	if opts.Parallel <= 0 {
@@ -230,12 +249,20 @@ func New(rawURL string, opts Options) (*Store, error) {
 	if opts.PageWrite < pageSize || opts.PageWrite > maxPageWrite || opts.PageWrite%pageSize != 0 {
 		return nil, fmt.Errorf("azblob: page write size %d: want a multiple of %d up to %d", opts.PageWrite, pageSize, maxPageWrite)
 	}
+	switch {
+	case opts.Gap == 0:
+		opts.Gap = DefaultGap
+	case opts.Gap < 0:
+		opts.Gap = 0
+	case opts.Gap%pageSize != 0 || opts.Gap > maxPageWrite:
+		return nil, fmt.Errorf("azblob: gap %d: want a multiple of %d up to %d", opts.Gap, pageSize, maxPageWrite)
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	s := &Store{
 		account: account, container: cont, prefix: prefix,
-		parallel: opts.Parallel, pageWrite: opts.PageWrite, create: opts.CreateContainer, now: opts.Now,
+		parallel: opts.Parallel, pageWrite: opts.PageWrite, gap: opts.Gap, create: opts.CreateContainer, now: opts.Now,
 		locks: map[string]*sync.Mutex{}, pins: map[pinKey]int{}, sweepAge: time.Minute,
 	}
 	if err := s.connect(endpoint, opts); err != nil {

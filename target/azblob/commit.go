@@ -212,13 +212,11 @@ func (s *Store) finish(ctx context.Context, vm string, m *manifest, etag azcore.
 	p.Disks = slices.Clone(p.Disks)
 	var seq atomic.Int64 // page writes of the commit, for the test hook
 	for _, d := range a.Staged {
-		prevSize := int64(-1)
+		var prev *pointDisk
 		if newest != nil && !d.Reset {
-			if pd := newest.disk(d.Name); pd != nil {
-				prevSize = pd.Size
-			}
+			prev = newest.disk(d.Name)
 		}
-		if err := s.applyDisk(ctx, vm, gen, d, prevSize, &seq); err != nil {
+		if err := s.applyDisk(ctx, vm, gen, d, prev, &seq); err != nil {
 			return nil, "", wrap(err)
 		}
 		s.step("apply " + d.Name)

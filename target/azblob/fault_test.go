@@ -117,49 +117,61 @@ func checkClean(t *testing.T, st *Store, vm string, swept bool) {
 // TestCommitCutPages cuts a Commit after n page writes (its context
 // cancelled from the write hook), checks that nothing is visible and every
 // old point still reads as it was, then lets a second Store, as a restarted
-// process would, finish the commit with its next Commit.
+// process would, finish the commit with its next Commit: with one block
+// per write, and with writes that bridge gaps (read-modify-write).
 func TestCommitCutPages(t *testing.T) {
 	azuriteEndpoint(t)
-	for _, n := range []int64{1, 4, 11, 20} { // of 20
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			st := newTestStore(t, Options{PageWrite: 4096, Parallel: 4})
-			m, g := cutScenario(t, st)
-			before, err := st.Points(bg, "vm")
-			must(t, err)
-			ctx, cancel := context.WithCancel(bg)
-			defer cancel()
-			st.pageHook = func(seq int64) error {
-				if seq == n {
-					cancel()
-				}
-				return nil
-			}
-			err = st.Commit(ctx, "vm", g.Gen, g.Commit())
-			wantRetryable(t, "Commit cut by its context", err)
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("Commit cut by its context: %v, want context.Canceled", err)
-			}
-			after, err := st.Points(bg, "vm")
-			must(t, err)
-			if !slices.EqualFunc(after, before, func(a, b target.Point) bool { return a.Generation == b.Generation }) {
-				t.Fatalf("points %v after a cut commit, want %v", after, before)
-			}
-			// The disk blobs hold part of generation 5; the snapshots do not.
-			m.CheckPoints(t, st)
-
-			s2 := reopen(t, st)
-			must(t, s2.Commit(bg, "vm", g.Gen, g.Commit()))
-			g.Committed()
-			m.CheckPoints(t, s2)
-			checkClean(t, s2, "vm", true)
-
-			// Replication goes on on top of it.
-			next := m.Next(6)
-			next.RandomGen(rand.New(rand.NewPCG(1, uint64(n))), storetest.RandomOptions{Changes: 20, MaxGrow: 9000, MinSize: 4096})
-			must(t, next.Apply(bg, s2))
-			m.CheckPoints(t, s2)
-		})
+	for _, c := range []struct {
+		name string
+		opts Options
+		cuts []int64
+	}{
+		{"block", Options{PageWrite: 4096, Parallel: 4}, []int64{1, 4, 11, 16}},          // of 16
+		{"gaps", Options{PageWrite: 16384, Gap: 8192, Parallel: 4}, []int64{1, 3, 6, 8}}, // of 8
+	} {
+		for _, n := range c.cuts {
+			t.Run(fmt.Sprint(c.name, n), func(t *testing.T) { cutPages(t, c.opts, n) })
+		}
 	}
+}
+
+func cutPages(t *testing.T, opts Options, n int64) {
+	st := newTestStore(t, opts)
+	m, g := cutScenario(t, st)
+	before, err := st.Points(bg, "vm")
+	must(t, err)
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	st.pageHook = func(seq int64) error {
+		if seq == n {
+			cancel()
+		}
+		return nil
+	}
+	err = st.Commit(ctx, "vm", g.Gen, g.Commit())
+	wantRetryable(t, "Commit cut by its context", err)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Commit cut by its context: %v, want context.Canceled", err)
+	}
+	after, err := st.Points(bg, "vm")
+	must(t, err)
+	if !slices.EqualFunc(after, before, func(a, b target.Point) bool { return a.Generation == b.Generation }) {
+		t.Fatalf("points %v after a cut commit, want %v", after, before)
+	}
+	// The disk blobs hold part of generation 5; the snapshots do not.
+	m.CheckPoints(t, st)
+
+	s2 := reopen(t, st)
+	must(t, s2.Commit(bg, "vm", g.Gen, g.Commit()))
+	g.Committed()
+	m.CheckPoints(t, s2)
+	checkClean(t, s2, "vm", true)
+
+	// Replication goes on on top of it.
+	next := m.Next(6)
+	next.RandomGen(rand.New(rand.NewPCG(1, uint64(n))), storetest.RandomOptions{Changes: 20, MaxGrow: 9000, MinSize: 4096})
+	must(t, next.Apply(bg, s2))
+	m.CheckPoints(t, s2)
 }
 
 // TestCommitCutSteps cuts a Commit after each step of its protocol and
