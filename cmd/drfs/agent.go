@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -91,7 +92,15 @@ func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 
 var flagLinePrefix = regexp.MustCompile(`(?m)^flags:(\d+: )?`)
 
+// agentMemoryLimit is the agent's soft memory limit unless GOMEMLIMIT
+// says otherwise: the garbage collector works harder near it, so that the
+// agent's memory stays bounded however large the disks it protects.
+const agentMemoryLimit = 160 << 20
+
 func (c *agentCmd) Run() error {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(agentMemoryLimit)
+	}
 	cfg, tlsFiles, err := c.config()
 	if err != nil {
 		return err
