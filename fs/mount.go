@@ -262,6 +262,11 @@ func (m *mount) close() {
 	m.mu.closed = true
 	disks := m.mu.disks
 	m.mu.disks = nil
+	for _, ds := range m.mu.snaps {
+		// Changes made from now on, outside the mount, are not
+		// preserved.
+		ds.fail(ErrClosed)
+	}
 	m.mu.Unlock()
 	for d := range disks {
 		d.rec.Release()

@@ -22,12 +22,14 @@ func (nopRecorder) Removed(string)                               {}
 
 // BenchmarkRandomWrite4K: 4 KiB O_DIRECT writes at random aligned offsets of
 // a 64 MiB file, through go-fuse's plain loopback mounted with the same
-// options ("loopback"), through drfs without a recorder ("untracked") and
-// with one ("tracked"), by 1 and 4 writers.
+// options ("loopback"), through drfs without a recorder ("untracked"), with
+// one ("tracked"), and with one and a snapshot of the file ("snapshot":
+// the file is full of data, so the first write of each block copies its
+// before-image), by 1 and 4 writers.
 func BenchmarkRandomWrite4K(b *testing.B) {
 	requireFUSE(b)
 	const size = 64 << 20
-	for _, kind := range []string{"loopback", "untracked", "tracked"} {
+	for _, kind := range []string{"loopback", "untracked", "tracked", "snapshot"} {
 		for _, writers := range []int{1, 4} {
 			b.Run(fmt.Sprintf("%s/writers=%d", kind, writers), func(b *testing.B) {
 				dir := b.TempDir()
@@ -40,6 +42,14 @@ func BenchmarkRandomWrite4K(b *testing.B) {
 				}
 				if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
 					b.Fatal(err)
+				}
+				if kind == "snapshot" {
+					chunk := randomBytes(rand.New(rand.NewPCG(3, 3)), 1<<20)
+					for off := int64(0); off < size; off += int64(len(chunk)) {
+						if _, err := f.WriteAt(chunk, off); err != nil {
+							b.Fatal(err)
+						}
+					}
 				}
 				f.Close()
 				unmount := mountForBench(b, kind, src, mnt)
@@ -94,13 +104,25 @@ func mountForBench(b *testing.B, kind, src, mnt string) func() {
 		return func() { srv.Unmount() }
 	default:
 		var rec Recorder
-		if kind == "tracked" {
+		if kind == "tracked" || kind == "snapshot" {
 			rec = nopRecorder{}
 		}
 		srv, err := Mount(src, mnt, rec, Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		return func() { srv.Unmount() }
+		if kind != "snapshot" {
+			return func() { srv.Unmount() }
+		}
+		snap, err := srv.Snapshot([]string{"d"}, b.TempDir())
+		if err != nil {
+			srv.Unmount()
+			b.Fatal(err)
+		}
+		return func() {
+			b.ReportMetric(float64(snap.Bytes())/float64(b.N), "saved-B/op")
+			snap.Delete()
+			srv.Unmount()
+		}
 	}
 }
