@@ -31,7 +31,7 @@ const coalescingFlush = 500 * time.Microsecond
 
 // coalescingConn gathers the full-size records that crypto/tls writes one
 // by one and sends them together with the short record that ends the
-// write (one writev), or when recordBuffer fills, or coalescingFlush after
+// write (one write), or when recordBuffer fills, or coalescingFlush after
 // the first one waits. It assumes each Write is one TLS record, as
 // crypto/tls does; a Write that is not a full record (a handshake message,
 // a short record) is sent at once with whatever waits. A failed write is
@@ -71,14 +71,19 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// flushLocked sends the waiting records and then p.
+// flushLocked sends the waiting records and then p, in one write: p is
+// copied behind them (a wrapped net.Conn has no writev).
 func (c *coalescingConn) flushLocked(p []byte) error {
 	c.timer.Stop()
-	if len(c.buf) == 0 && len(p) == 0 {
+	out := p
+	if len(c.buf) > 0 {
+		c.buf = append(c.buf, p...)
+		out = c.buf
+	}
+	if len(out) == 0 {
 		return nil
 	}
-	bufs := net.Buffers{c.buf, p}
-	_, err := bufs.WriteTo(c.Conn)
+	_, err := c.Conn.Write(out)
 	c.buf = c.buf[:0]
 	if err != nil {
 		c.err = err
