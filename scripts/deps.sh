@@ -2,7 +2,7 @@
 # Installs what drfs's tests and demo need on a fresh Debian/Ubuntu machine.
 set -euo pipefail
 need=()
-for pair in fio:fio qemu-img:qemu-utils mkfs.ext4:e2fsprogs rsync:rsync fusermount3:fuse3 losetup:mount; do
+for pair in fio:fio qemu-img:qemu-utils mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs rsync:rsync fusermount3:fuse3 losetup:mount; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

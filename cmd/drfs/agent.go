@@ -27,9 +27,6 @@ import (
 	"github.com/drfs-project/drfs/tracker"
 )
 
-// defaultSocket is where the agent listens and the commands find it.
-const defaultSocket = "/run/drfs/agent.sock"
-
 // socketFlag locates the agent for the commands that talk to it.
 type socketFlag struct {
 	Socket string `default:"/run/drfs/agent.sock" env:"DRFS_SOCKET" placeholder:"PATH" help:"Control socket of the drfs agent." type:"path"`
