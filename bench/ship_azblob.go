@@ -41,13 +41,14 @@ var DefaultAzblobVariants = []string{"parallel=1", "gap=0"}
 // CPUProfile, Verify and Progress apply.
 type ShipAzblobConfig struct {
 	ShipConfig
-	// Target is the store's URL, azblob://ACCOUNT/CONTAINER[/PREFIX][?...];
-	// the credentials come from the environment. Every case works under a
-	// new prefix inside it and deletes what it wrote.
-	Target string
-	// Variants are further azblob cases, each a set of URL parameters that
-	// override the target's (such as "parallel=1" or "gap=0&parallel=8");
-	// nil means DefaultAzblobVariants.
+	// Targets are the stores' URLs, azblob://ACCOUNT/CONTAINER[/PREFIX][?...],
+	// one azblob case each (the block blob goes to the first); the
+	// credentials come from the environment. Every case works under a new
+	// prefix inside its URL and deletes what it wrote.
+	Targets []string
+	// Variants are further azblob cases on the first target, each a set of
+	// URL parameters that override its own (such as "parallel=1" or
+	// "gap=0&parallel=8"); nil means DefaultAzblobVariants.
 	Variants []string
 }
 
@@ -99,10 +100,18 @@ func RunShipAzblob(ctx context.Context, cfg ShipAzblobConfig) (*ShipAzblobReport
 	if cfg.Size < 1<<20 || cfg.Size%(1<<20) != 0 {
 		return nil, fmt.Errorf("ship benchmark: size %d is not a positive multiple of 1 MiB", cfg.Size)
 	}
-	base, err := url.Parse(cfg.Target)
-	if err != nil || base.Scheme != "azblob" {
-		return nil, fmt.Errorf("ship benchmark: --target %q: want azblob://ACCOUNT/CONTAINER[/PREFIX][?endpoint=URL]", cfg.Target)
+	var targets []*url.URL
+	for _, t := range cfg.Targets {
+		u, err := url.Parse(t)
+		if err != nil || u.Scheme != "azblob" {
+			return nil, fmt.Errorf("ship benchmark: --target %q: want azblob://ACCOUNT/CONTAINER[/PREFIX][?endpoint=URL]", t)
+		}
+		targets = append(targets, u)
 	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("ship benchmark: no azblob target")
+	}
+	base := targets[0]
 	cfg.Rounds = max(cfg.Rounds, 1)
 	if cfg.Workloads == nil {
 		cfg.Workloads = []string{ShipRandom4K, ShipExtents1M}
@@ -115,11 +124,17 @@ func RunShipAzblob(ctx context.Context, cfg ShipAzblobConfig) (*ShipAzblobReport
 	if cfg.Variants == nil {
 		cfg.Variants = DefaultAzblobVariants
 	}
-	params := append([]string{""}, cfg.Variants...)
-	for _, p := range params {
+	// The azblob cases: each target as given, then the variants of the
+	// first.
+	var cases []azblobCaseSpec
+	for _, t := range targets {
+		cases = append(cases, azblobCaseSpec{base: t, params: showParams(t)})
+	}
+	for _, p := range cfg.Variants {
 		if _, err := url.ParseQuery(p); err != nil {
 			return nil, fmt.Errorf("ship benchmark: variant %q: %w", p, err)
 		}
+		cases = append(cases, azblobCaseSpec{base: base, extra: p, params: p})
 	}
 	if cfg.Ext4From == "" {
 		cfg.Ext4From = DefaultExt4Tree
@@ -147,7 +162,7 @@ func RunShipAzblob(ctx context.Context, cfg ShipAzblobConfig) (*ShipAzblobReport
 		rep.Endpoint += " at " + ep
 	}
 	for _, w := range cfg.Workloads {
-		wr, err := runAzblobWorkload(ctx, cfg, rep, base, run, params, w, filepath.Join(scratch, w))
+		wr, err := runAzblobWorkload(ctx, cfg, rep, run, cases, w, filepath.Join(scratch, w))
 		if err != nil {
 			return rep, fmt.Errorf("%s: %w", w, err)
 		}
@@ -156,7 +171,26 @@ func RunShipAzblob(ctx context.Context, cfg ShipAzblobConfig) (*ShipAzblobReport
 	return rep, nil
 }
 
-func runAzblobWorkload(ctx context.Context, cfg ShipAzblobConfig, rep *ShipAzblobReport, base *url.URL, run string, params []string, workload, dir string) (_ *ShipAzblobWorkloadReport, err error) {
+// azblobCaseSpec is one azblob case: a target with extra URL parameters.
+type azblobCaseSpec struct {
+	base   *url.URL
+	extra  string // URL parameters over base's
+	params string // what the report shows
+}
+
+// showParams lists a target's URL parameters that tune the store.
+func showParams(u *url.URL) string {
+	q := u.Query()
+	var out []string
+	for _, k := range []string{"parallel", "gap"} {
+		if v := q.Get(k); v != "" {
+			out = append(out, k+"="+v)
+		}
+	}
+	return strings.Join(out, "&")
+}
+
+func runAzblobWorkload(ctx context.Context, cfg ShipAzblobConfig, rep *ShipAzblobReport, run string, cases []azblobCaseSpec, workload, dir string) (_ *ShipAzblobWorkloadReport, err error) {
 	defer func() {
 		if rerr := os.RemoveAll(dir); rerr != nil && err == nil {
 			err = rerr
@@ -172,7 +206,9 @@ func runAzblobWorkload(ctx context.Context, cfg ShipAzblobConfig, rep *ShipAzblo
 		Workload: workload, Description: g.description, DiskSize: g.diskSize,
 		Bytes: g.bytes, Extents: len(g.spans), Fill: g.fill,
 	}
-	names := append([]string{CaseBlockBlob}, params...)
+	names := make([]azblobCaseSpec, 1+len(cases))
+	names[0] = azblobCaseSpec{base: cases[0].base}
+	copy(names[1:], cases)
 	rounds := make([][]AzblobShipCase, len(names))
 	for round := range cfg.Rounds {
 		load := loadAverage()
@@ -180,16 +216,17 @@ func runAzblobWorkload(ctx context.Context, cfg ShipAzblobConfig, rep *ShipAzblo
 			rep.LoadMin = load
 		}
 		rep.LoadMax = max(rep.LoadMax, load)
-		for i, p := range names {
+		for i, spec := range names {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
 			name := CaseAzblob
 			if i == 0 {
-				name, p = CaseBlockBlob, ""
+				name = CaseBlockBlob
 			}
+			p := spec.params
 			r := shipRun{workload: workload, name: name, round: round, rounds: cfg.Rounds > 1}
-			u := caseURL(base, fmt.Sprintf("%s/%s/r%d-c%d", run, workload, round, i), p)
+			u := caseURL(spec.base, fmt.Sprintf("%s/%s/r%d-c%d", run, workload, round, i), spec.extra)
 			var c AzblobShipCase
 			if i == 0 {
 				c, err = blockBlobCase(ctx, g, u)
@@ -321,7 +358,7 @@ func (r *ShipAzblobReport) WriteTable(w io.Writer) error {
 			}
 			params := c.Params
 			if params == "" {
-				params = "(target's)"
+				params = "(defaults)"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t%s\t%d\t%s\t%d\t%d\t\n",
 				wl.Workload, c.Case, params, figure(c.MBps()), ratio(c.MBps(), bb.MBps()),

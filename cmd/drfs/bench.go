@@ -118,11 +118,11 @@ type benchShipCmd struct {
 	InProcess  bool     `name:"in-process" help:"Run the remote server in the benchmark's process instead of drfs target serve in a child: one CPU profile then covers both sides."`
 	JSON       bool     `help:"Print the report as JSON instead of a table."`
 	CPUProfile string   `name:"cpuprofile" type:"path" placeholder:"PREFIX" help:"Write a CPU profile of the benchmark's process during each ship to PREFIX-WORKLOAD-CASE.pprof, for go tool pprof."`
-	Target     string   `placeholder:"URL" help:"Ship to this Azure Blob store instead (azblob://ACCOUNT/CONTAINER[/PREFIX]?endpoint=URL, credentials from the environment), against the same bytes uploaded as one block blob, with variants parallel=1 and gap=0; workloads random-4k and extents-1m unless --workloads says."`
+	Target     []string `placeholder:"URL" sep:"none" help:"Ship to this Azure Blob store instead (azblob://ACCOUNT/CONTAINER[/PREFIX]?endpoint=URL, credentials from the environment), against the same bytes uploaded as one block blob; repeated, one case per URL, else the URL and its variants parallel=1 and gap=0. Workloads random-4k and extents-1m unless --workloads says."`
 }
 
 func (c *benchShipCmd) Run() error {
-	if c.Target != "" {
+	if len(c.Target) > 0 {
 		return c.runAzblob()
 	}
 	if c.Rounds < 1 {

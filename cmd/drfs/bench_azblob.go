@@ -27,7 +27,10 @@ func (c *benchShipCmd) runAzblob() error {
 			CPUProfile: c.CPUProfile,
 			Progress:   os.Stderr,
 		},
-		Target: c.Target,
+		Targets: c.Target,
+	}
+	if len(c.Target) > 1 {
+		cfg.Variants = []string{} // the targets are the cases
 	}
 	if slices.Equal(c.Workloads, bench.DefaultShipWorkloads) {
 		cfg.Workloads = nil // random-4k and extents-1m

@@ -8,8 +8,10 @@
 // the block list committed only once the trailer checked out). Commit
 // records the commit in the manifest (an "applying" marker), applies the
 // staged records to the page blobs (dirty blocks coalesced into page writes
-// of up to 4 MiB, sent in parallel with a Content-MD5 the service checks;
-// zero blocks as Clear Pages), snapshots each changed disk blob, and writes
+// of up to 4 MiB across gaps of up to 128 KiB, the gaps filled with the
+// blob's own contents; sent in parallel with a Content-MD5 the service
+// checks; zero extents as Clear Pages, or nothing over holes), snapshots
+// each changed disk blob, and writes
 // the manifest with the new point and without the marker. The manifest is
 // the commit point: a point exists once the manifest names it. A commit cut
 // half-way is finished by the next Commit or Expire of the VM from the
