@@ -238,47 +238,98 @@ func (l *Log) ReadGeneration(vmName string, gen uint64, fn func(Record) error) e
 		return err
 	}
 	defer it.Close()
-	for it.First(); it.Valid(); it.Next() {
-		disk, block, e, err := decodeIndex(it.Key(), it.Value())
-		if err != nil {
-			return fmt.Errorf("tracker: generation %d of %s: %w", gen, vmName, err)
-		}
-		r := Record{Disk: names[disk], Kind: e.kind}
-		switch e.kind {
-		case KindData:
-			for done := uint64(0); done < e.count; {
-				n := min(e.count-done, chunk)
-				p := buf[:int64(n)*l.bs]
-				m, err := f.ReadAt(p, e.arg+int64(done)*l.bs)
-				if err != nil && !errors.Is(err, io.EOF) {
-					return fmt.Errorf("tracker: reading generation %d of %s: %w", gen, vmName, err)
-				}
-				if m < len(p) {
-					// The segment ends early: a write into it failed. Ship
-					// what there is (so shipping is not stuck) and make
-					// sure the disk is resynchronized.
-					clear(p[m:])
-					if d := l.diskByID(disk); d != nil {
-						l.markResync(d, fmt.Sprintf("%s (generation %d is short)", reasonDamaged, gen))
-					}
-				}
-				r.Block, r.Blocks, r.Data = block+done, n, p
-				if err := fn(r); err != nil {
-					return err
-				}
-				done += n
+
+	// The index is in block order, the segment in write order: for a
+	// generation of scattered writes each data entry is one small slot
+	// somewhere in the segment, and reading them one by one waits for
+	// each read from the disk in turn (one read in flight). So the
+	// entries are taken a window at a time, and before a window is
+	// emitted the kernel is asked to read the slots of the next one
+	// (sorted by offset, neighbours merged) into the page cache: all of
+	// a window's reads are in flight at once, and they overlap with fn
+	// consuming the previous window. The preads that follow then copy
+	// from the cache. Memory stays bounded: two windows of the page
+	// cache, which the kernel can reclaim (a slot reclaimed before it is
+	// read is simply read again), and no buffer of ours. Mapping the
+	// segment instead would save the copies, but a read error on the
+	// disk would then kill the process (SIGBUS) where a pread returns an
+	// error; and it would still need the read-ahead to be fast on a cold
+	// cache, which is where the time goes.
+	pf := newPrefetcher(f, l.bs)
+	valid := it.First()
+	fill := func(w []readEntry) ([]readEntry, error) {
+		w = w[:0]
+		var bytes int64
+		for ; valid && bytes < prefetchWindow; valid = it.Next() {
+			disk, block, e, err := decodeIndex(it.Key(), it.Value())
+			if err != nil {
+				return w, fmt.Errorf("tracker: generation %d of %s: %w", gen, vmName, err)
 			}
-			continue
-		case KindZero:
-			r.Block, r.Blocks = block, e.count
-		case KindSize:
-			r.Size = e.arg
+			w = append(w, readEntry{disk: disk, block: block, e: e})
+			if e.kind == KindData {
+				bytes += int64(e.count) * l.bs
+			}
 		}
-		if err := fn(r); err != nil {
+		return w, it.Error()
+	}
+	emit := func(w []readEntry) error {
+		for _, re := range w {
+			disk, block, e := re.disk, re.block, re.e
+			r := Record{Disk: names[disk], Kind: e.kind}
+			switch e.kind {
+			case KindData:
+				for done := uint64(0); done < e.count; {
+					n := min(e.count-done, chunk)
+					p := buf[:int64(n)*l.bs]
+					m, err := f.ReadAt(p, e.arg+int64(done)*l.bs)
+					if err != nil && !errors.Is(err, io.EOF) {
+						return fmt.Errorf("tracker: reading generation %d of %s: %w", gen, vmName, err)
+					}
+					if m < len(p) {
+						// The segment ends early: a write into it failed. Ship
+						// what there is (so shipping is not stuck) and make
+						// sure the disk is resynchronized.
+						clear(p[m:])
+						if d := l.diskByID(disk); d != nil {
+							l.markResync(d, fmt.Sprintf("%s (generation %d is short)", reasonDamaged, gen))
+						}
+					}
+					r.Block, r.Blocks, r.Data = block+done, n, p
+					if err := fn(r); err != nil {
+						return err
+					}
+					done += n
+				}
+				continue
+			case KindZero:
+				r.Block, r.Blocks = block, e.count
+			case KindSize:
+				r.Size = e.arg
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	cur, err := fill(nil)
+	if err != nil {
+		return err
+	}
+	pf.prefetch(cur)
+	var next []readEntry
+	for len(cur) > 0 {
+		if next, err = fill(next); err != nil {
 			return err
 		}
+		pf.prefetch(next)
+		if err := emit(cur); err != nil {
+			return err
+		}
+		cur, next = next, cur
 	}
-	return it.Error()
+	return nil
 }
 
 func (l *Log) diskByID(id uint32) *Disk {

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package tracker
+
+const dropCacheSupported = false
+
+func dropCache(string) error { return nil }
