@@ -126,6 +126,19 @@ type DiskReader interface {
 	Extents() ([]Extent, error)
 }
 
+// Overlayer is a capability of a DiskReader whose store keeps the newest
+// point of a disk as a file (its replica) and older points as undo data
+// over it. Overlay calls fn, in ascending order, for the byte ranges where
+// the reader's point differs from the replica file as it is now: data holds
+// the point's bytes of [off, off+len(data)), or is nil for a range of n
+// zeros. A point is then made by copying the replica (a reflink, where the
+// file system has them), setting its size, and writing these ranges: a cost
+// of the undo data, not of the disk. The replica must not change meanwhile
+// (the caller holds the store). data is valid only during the call.
+type Overlayer interface {
+	Overlay(fn func(off, n int64, data []byte) error) error
+}
+
 // Extent is a byte range [Off, Off+Len).
 type Extent struct{ Off, Len int64 }
 

@@ -209,8 +209,15 @@ func materialize(ctx context.Context, store target.Store, vm string, p target.Po
 				m.Disks = append(m.Disks, path)
 			}
 			if cerr == nil {
+				// An older point is the replica with the undo data of
+				// the generations after it written over.
+				n, oerr := overlayPoint(ctx, store, vm, p.Generation, d.Name, path)
+				m.Written += n
+				if oerr != nil {
+					return m, fmt.Errorf("%s/%s: writing the undo data over the clone: %w", vm, d.Name, oerr)
+				}
 				m.Reflinks++
-				m.Cloned += d.Size
+				m.Cloned += d.Size - n
 				continue
 			}
 			if cloned || !errors.Is(cerr, errors.ErrUnsupported) {
@@ -228,19 +235,57 @@ func materialize(ctx context.Context, store target.Store, vm string, p target.Po
 }
 
 // reflinkSource returns the directory of vm's replica files where p can be
-// cloned from them: a local directory store, and p its newest point (the
-// replica file holds the newest point as it is: docs/dirstore-format.md).
-// The store stays open, and so locked, while the caller clones.
+// cloned from them: a local directory store (the replica file holds the
+// newest point as it is, and an older one is the replica with undo data
+// written over it: docs/dirstore-format.md). The store stays open, and so
+// locked, while the caller clones.
 func reflinkSource(targetURL, vm string, points []target.Point, p target.Point) string {
 	u, err := url.Parse(targetURL)
-	if err != nil || u.Scheme != "dir" || len(points) == 0 || points[len(points)-1].Generation != p.Generation {
+	if err != nil || u.Scheme != "dir" || len(points) == 0 {
 		return ""
 	}
 	return filepath.Join(u.Path, vm, "replica")
 }
 
-// cloneDisk makes dst a reflink copy of src, which must be size bytes
-// long. It reports whether it created dst (then dst is removed by the
+// overlayPoint writes over the clone at path the ranges where disk of
+// point gen differs from the replica (target.Overlayer): nothing for the
+// newest point, the undo data of the later generations for an older one.
+// It returns the bytes written.
+func overlayPoint(ctx context.Context, store target.Store, vm string, gen uint64, disk, path string) (int64, error) {
+	r, err := store.Open(ctx, vm, gen, disk)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	o, ok := r.(target.Overlayer)
+	if !ok {
+		return 0, fmt.Errorf("%w: the store cannot say how a point differs from its replica", errors.ErrUnsupported)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var n int64
+	err = o.Overlay(func(off, size int64, data []byte) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if data == nil {
+			return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, size)
+		}
+		_, err := f.WriteAt(data, off)
+		n += size
+		return err
+	})
+	if err != nil {
+		return n, err
+	}
+	return n, f.Sync()
+}
+
+// cloneDisk makes dst a reflink copy of src, of size bytes (cut or
+// extended). It reports whether it created dst (then dst is removed by the
 // caller on error). An error wrapping errors.ErrUnsupported means the file
 // system cannot clone and nothing was created.
 func cloneDisk(src, dst string, size int64) (created bool, err error) {
@@ -249,9 +294,6 @@ func cloneDisk(src, dst string, size int64) (created bool, err error) {
 		return false, fmt.Errorf("%w: replica: %v", errors.ErrUnsupported, err)
 	}
 	defer sf.Close()
-	if fi, err := sf.Stat(); err != nil || fi.Size() != size {
-		return false, fmt.Errorf("%w: replica %s is not the point's size", errors.ErrUnsupported, src)
-	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return false, err
 	}
@@ -267,6 +309,10 @@ func cloneDisk(src, dst string, size int64) (created bool, err error) {
 			return false, fmt.Errorf("%w: FICLONE: %v", errors.ErrUnsupported, err)
 		}
 		return false, &os.PathError{Op: "FICLONE", Path: dst, Err: err}
+	}
+	// An older point may be of another size than the replica is now.
+	if err := df.Truncate(size); err != nil {
+		return true, err
 	}
 	return true, df.Sync()
 }

@@ -278,6 +278,31 @@ func (r *diskReader) Extents() ([]target.Extent, error) {
 	return out, err
 }
 
+var _ target.Overlayer = (*diskReader)(nil)
+
+// Overlay reports the ranges where the point differs from the replica: the
+// undo data of the generations after it (see target.Overlayer). The newest
+// point reports none.
+func (r *diskReader) Overlay(fn func(off, n int64, data []byte) error) error {
+	if err := r.lock(); err != nil {
+		return err
+	}
+	defer r.unlock()
+	return r.walk(0, r.size, 0, func(pc piece) error {
+		switch {
+		case pc.e == nil:
+			return nil
+		case pc.e.zero:
+			return fn(pc.off, pc.end-pc.off, nil)
+		}
+		data, err := r.payload(pc)
+		if err != nil {
+			return err
+		}
+		return fn(pc.off, pc.end-pc.off, data[pc.off-pc.e.off:pc.end-pc.e.off])
+	})
+}
+
 // Close releases the reader's files and its hold on the point.
 func (r *diskReader) Close() error {
 	r.mu.Lock()
