@@ -255,12 +255,12 @@ func (l *Log) ReadGeneration(vmName string, gen uint64, fn func(Record) error) e
 	// disk would then kill the process (SIGBUS) where a pread returns an
 	// error; and it would still need the read-ahead to be fast on a cold
 	// cache, which is where the time goes.
-	pf := newPrefetcher(f, l.bs)
+	pf := newPrefetcher(f, l.bs, l.readAhead)
 	valid := it.First()
 	fill := func(w []readEntry) ([]readEntry, error) {
 		w = w[:0]
 		var bytes int64
-		for ; valid && bytes < prefetchWindow; valid = it.Next() {
+		for ; valid && bytes < l.readAhead; valid = it.Next() {
 			disk, block, e, err := decodeIndex(it.Key(), it.Value())
 			if err != nil {
 				return w, fmt.Errorf("tracker: generation %d of %s: %w", gen, vmName, err)

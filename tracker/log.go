@@ -97,6 +97,10 @@ type Log struct {
 	ops  sync.Pool // *op
 	bufs sync.Pool // *[]byte of readChunk bytes, for ReadGeneration
 
+	// readAhead is ReadGeneration's read-ahead window in bytes:
+	// prefetchWindow, smaller in tests.
+	readAhead int64
+
 	// nameMu serializes OpenDisk, Renamed and Removed.
 	nameMu sync.Mutex
 
@@ -223,7 +227,7 @@ func Open(opts Options) (*Log, error) {
 			return nil, fmt.Errorf("tracker: syncing state directory %s: %w", opts.Dir, err)
 		}
 	}
-	l := &Log{opts: opts, fs: fs, bs: int64(opts.BlockSize), db: db, lock: lock}
+	l := &Log{opts: opts, fs: fs, bs: int64(opts.BlockSize), db: db, lock: lock, readAhead: prefetchWindow}
 	l.mu.vms = make(map[string]*vm)
 	l.mu.vmByID = make(map[uint32]*vm)
 	l.mu.disks = make(map[uint32]*Disk)

@@ -32,21 +32,22 @@ type readEntry struct {
 type prefetcher struct {
 	fd     uintptr
 	bs     int64
+	window int64    // most bytes read ahead per call
 	ranges []extent // reused: byte ranges [start, end)
 }
 
-func newPrefetcher(f vfs.File, bs int64) *prefetcher {
-	return &prefetcher{fd: f.Fd(), bs: bs}
+func newPrefetcher(f vfs.File, bs, window int64) *prefetcher {
+	return &prefetcher{fd: f.Fd(), bs: bs, window: window}
 }
 
 // prefetch starts reading the slots of the data entries of w, at most
-// prefetchWindow bytes of them, in offset order with neighbours merged.
+// window bytes of them, in offset order with neighbours merged.
 func (p *prefetcher) prefetch(w []readEntry) {
 	if p.fd == vfs.InvalidFd || !prefetchSupported {
 		return
 	}
 	p.ranges = p.ranges[:0]
-	budget := int64(prefetchWindow)
+	budget := p.window
 	for _, re := range w {
 		if re.e.kind != KindData || budget <= 0 {
 			continue
