@@ -1,7 +1,7 @@
 # drfs build and test entry points; CI runs `make ci`.
 GO        ?= go
 PKGS      ?= ./...
-TESTFLAGS ?= -count=1 -timeout 30m
+TESTFLAGS ?= -count=1 -timeout 60m
 
 .PHONY: build test race lint bench e2e demo ci deps
 
