@@ -65,7 +65,11 @@ func (discardStore) Stage(_ context.Context, _ string, _ uint64, _ string, r io.
 }
 
 // TestRateLimit reads 8 MiB through a 16 MiB/s limit from a store that
-// takes them as fast as it can: it must take half a second, within 10%.
+// takes them as fast as it can: it must never go faster than the limit
+// (+10% for the bucket's burst), and, on a machine with its CPU to spare,
+// not much slower. A loaded machine (other tests' processes) only slows it,
+// so the lower bound is loose: it catches a limiter that throttles far too
+// hard, not scheduling noise.
 func TestRateLimit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes half a second of real time")
@@ -83,8 +87,11 @@ func TestRateLimit(t *testing.T) {
 	}
 	got := float64(size) / time.Since(start).Seconds()
 	t.Logf("%.2f MiB/s through a limit of %d MiB/s", got/(1<<20), rate>>20)
-	if got < 0.9*rate || got > 1.1*rate {
-		t.Fatalf("rate %.2f MiB/s, want %d MiB/s ± 10%%", got/(1<<20), rate>>20)
+	if got > 1.1*rate {
+		t.Fatalf("rate %.2f MiB/s is over the limit of %d MiB/s", got/(1<<20), rate>>20)
+	}
+	if got < 0.25*rate {
+		t.Fatalf("rate %.2f MiB/s: the limit of %d MiB/s throttles far too hard", got/(1<<20), rate>>20)
 	}
 }
 
