@@ -58,4 +58,24 @@ loop=$(losetup -f --show -r "$work/restored/disk0.img")
 mount -o ro "$loop" "$work/ext4"
 (cd "$work/ext4" && sha256sum --quiet -c "$work/files.sha256") && echo "all $(wc -l < "$work/files.sha256") files match"
 umount "$work/ext4"; losetup -d "$loop"; loop=
+
+step "the same VM under the agent: drfs protect (initial copy from a snapshot), status, jobs"
+astate=$work/agent-state atgt=$work/agent-target sock=$work/agent.sock
+"$DRFS" agent --source "$src" --mountpoint "$mnt" --state "$astate" --target "dir://$atgt" \
+  --interval 2s --socket "$sock" &
+pid=$!
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+"$DRFS" protect web --socket "$sock" --wait
+dd if=/dev/urandom of="$mnt/web/disk0.img" bs=4k count=256 seek=1000 conv=notrunc,fsync status=none
+sleep 3
+"$DRFS" status --socket "$sock"
+echo
+"$DRFS" jobs --socket "$sock"
+
+step "planned failover: writes held, last generation shipped and checked, no data lost"
+"$DRFS" failover web --type planned --to "$work/failover" --socket "$sock"
+cmp "$work/failover/disk0.img" "$src/web/disk0.img" && echo "failed-over disk is byte-identical to the source"
+e2fsck -fn "$work/failover/disk0.img" >/dev/null && echo "e2fsck: the failed-over file system is clean"
+"$DRFS" commit web --socket "$sock"
+kill -TERM "$pid"; wait "$pid"; pid=
 step "done"
