@@ -747,15 +747,7 @@ func TestAgentExt4(t *testing.T) {
 	tgt := "dir://" + filepath.Join(top, "target")
 	socket := filepath.Join(top, "agent.sock")
 	a := startAgent(t, d, socket, "--target", tgt, "--resync-window", "always")
-	files := map[string][]byte{}
-	rng := rand.New(rand.NewPCG(9, 10))
-	for i := range 40 {
-		b := make([]byte, 1+rng.IntN(300<<10))
-		for j := range b {
-			b[j] = byte(rng.IntN(16))
-		}
-		files[fmt.Sprintf("d%d/f%d", i%4, i)] = b
-	}
+	files := ext4Files(rand.New(rand.NewPCG(9, 10)), 40, 4)
 	withLoopExt4(t, filepath.Join(d.mnt, "vm1", "disk.img"), true, func(root string) {
 		protected := make(chan string, 1)
 		go func() {
@@ -765,12 +757,7 @@ func TestAgentExt4(t *testing.T) {
 			}
 			protected <- out
 		}()
-		for name, data := range files {
-			os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o755)
-			if err := os.WriteFile(filepath.Join(root, name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeFiles(t, root, files)
 		if out := <-protected; strings.HasPrefix(out, "FAILED") {
 			t.Fatalf("drfs protect: %s", out)
 		}
@@ -781,15 +768,5 @@ func TestAgentExt4(t *testing.T) {
 	if out, err := drfsRun(t, "restore", "--target", tgt, "vm1", "--to", dir); err != nil {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
-	img := filepath.Join(dir, "disk.img")
-	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
-		t.Fatalf("e2fsck -fn on the restored image: %v\n%s", err, out)
-	}
-	withLoopExt4(t, img, false, func(root string) {
-		for name, data := range files {
-			if got, err := os.ReadFile(filepath.Join(root, name)); err != nil || !bytes.Equal(got, data) {
-				t.Errorf("restored file %s differs (%v)", name, err)
-			}
-		}
-	})
+	checkExt4(t, filepath.Join(dir, "disk.img"), files)
 }

@@ -175,37 +175,12 @@ func TestFailoverExt4(t *testing.T) {
 	os.Truncate(filepath.Join(d.src, "vm1", "disk.img"), 128<<20)
 	tgt := "dir://" + filepath.Join(filepath.Dir(d.src), "target")
 	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
-	files := map[string][]byte{}
-	rng := rand.New(rand.NewPCG(13, 14))
-	for i := 0; i < 20; i++ {
-		b := make([]byte, 1+rng.IntN(300<<10))
-		for j := range b {
-			b[j] = byte(rng.IntN(16))
-		}
-		files[fmt.Sprintf("d%d/f%d", i%3, i)] = b
-	}
-	withLoopExt4(t, filepath.Join(d.mnt, "vm1", "disk.img"), true, func(root string) {
-		for name, data := range files {
-			os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o755)
-			if err := os.WriteFile(filepath.Join(root, name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	})
+	files := ext4Files(rand.New(rand.NewPCG(13, 14)), 20, 3)
+	withLoopExt4(t, filepath.Join(d.mnt, "vm1", "disk.img"), true, func(root string) { writeFiles(t, root, files) })
 	m.stop(t)
 	dir := filepath.Join(t.TempDir(), "failover")
 	failover(t, "vm1", "--type", "unplanned", "--target", tgt, "--to", dir)
-	img := filepath.Join(dir, "disk.img")
-	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
-		t.Fatalf("e2fsck -fn on the failed-over image: %v\n%s", err, out)
-	}
-	withLoopExt4(t, img, false, func(root string) {
-		for name, data := range files {
-			if got, err := os.ReadFile(filepath.Join(root, name)); err != nil || !bytes.Equal(got, data) {
-				t.Errorf("failed-over file %s differs (%v)", name, err)
-			}
-		}
-	})
+	checkExt4(t, filepath.Join(dir, "disk.img"), files)
 }
 
 // serveTarget starts drfs target serve over mutual TLS and returns its URL

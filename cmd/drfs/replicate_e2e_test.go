@@ -188,40 +188,56 @@ func TestReplicateExt4(t *testing.T) {
 	os.Truncate(filepath.Join(d.src, "vm1", "disk.img"), 128<<20)
 	tgt := "dir://" + filepath.Join(filepath.Dir(d.src), "target")
 	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
-	files := map[string][]byte{}
-	rng := rand.New(rand.NewPCG(3, 4))
-	for i := 0; i < 30; i++ {
-		b := make([]byte, 1+rng.IntN(300<<10))
-		for j := range b {
-			b[j] = byte(rng.IntN(16)) // compressible, as real files often are
-		}
-		files[fmt.Sprintf("d%d/f%d", i%4, i)] = b
-	}
-	withLoopExt4(t, filepath.Join(d.mnt, "vm1", "disk.img"), true, func(root string) {
-		for name, data := range files {
-			os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o755)
-			if err := os.WriteFile(filepath.Join(root, name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	})
+	files := ext4Files(rand.New(rand.NewPCG(3, 4)), 30, 4)
+	withLoopExt4(t, filepath.Join(d.mnt, "vm1", "disk.img"), true, func(root string) { writeFiles(t, root, files) })
 	m.stop(t)
 	dir := filepath.Join(t.TempDir(), "restore")
 	if out, err := drfsRun(t, "restore", "--target", tgt, "vm1", "--to", dir); err != nil {
 		t.Fatalf("restore: %v\n%s\nmount log:\n%s", err, out, m.stderr)
 	}
-	img := filepath.Join(dir, "disk.img")
+	checkExt4(t, filepath.Join(dir, "disk.img"), files)
+	t.Logf("mount log:\n%s", m.stderr)
+}
+
+// ext4Files returns n files of random, compressible content (as real
+// files often are) in dirs folders, by path.
+func ext4Files(rng *rand.Rand, n, dirs int) map[string][]byte {
+	files := map[string][]byte{}
+	for i := range n {
+		b := make([]byte, 1+rng.IntN(300<<10))
+		for j := range b {
+			b[j] = byte(rng.IntN(16))
+		}
+		files[fmt.Sprintf("d%d/f%d", i%dirs, i)] = b
+	}
+	return files
+}
+
+// writeFiles writes files under root.
+func writeFiles(t *testing.T, root string, files map[string][]byte) {
+	t.Helper()
+	for name, data := range files {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o755)
+		if err := os.WriteFile(filepath.Join(root, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// checkExt4 checks that the ext4 image img passes e2fsck -fn and holds
+// files.
+func checkExt4(t *testing.T, img string, files map[string][]byte) {
+	t.Helper()
 	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
-		t.Fatalf("e2fsck -fn on the restored image: %v\n%s", err, out)
+		t.Fatalf("e2fsck -fn on %s: %v\n%s", img, err, out)
 	}
 	withLoopExt4(t, img, false, func(root string) {
 		for name, data := range files {
 			if got, err := os.ReadFile(filepath.Join(root, name)); err != nil || !bytes.Equal(got, data) {
-				t.Errorf("restored file %s differs (%v)", name, err)
+				t.Errorf("file %s of %s differs (%v)", name, img, err)
 			}
 		}
 	})
-	t.Logf("mount log:\n%s", m.stderr)
 }
 
 func withLoopExt4(t *testing.T, image string, mkfs bool, fn func(root string)) {
