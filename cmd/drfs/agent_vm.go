@@ -960,7 +960,7 @@ func (a *agent) afterRound(p *protection, id uint64, res roundResult) {
 		vm.Apply(now, orchestrator.ResyncRequired{Reason: flagged})
 	}
 	status := vm.Status(now)
-	after := vm.State()
+	after, desc := vm.State(), vm.Describe()
 	p.mu.Unlock()
 
 	if id != 0 {
@@ -972,11 +972,11 @@ func (a *agent) afterRound(p *protection, id uint64, res roundResult) {
 				status.NextRetry.Local().Format(time.TimeOnly)))
 		case after != before:
 			a.jobs.Succeed(id, fmt.Sprintf("recovery point %d on the target (%s of data, %s sent); %s",
-				res.gen, bytesString(int64(res.raw)), bytesString(int64(res.wire)), vm.Describe()))
+				res.gen, bytesString(int64(res.raw)), bytesString(int64(res.wire)), desc))
 		}
 	}
 	if after != before {
-		fmt.Fprintf(os.Stderr, "drfs: %s: %s → %s\n", p.name, before, vm.Describe())
+		fmt.Fprintf(os.Stderr, "drfs: %s: %s → %s\n", p.name, before, desc)
 	}
 	a.persist()
 }
