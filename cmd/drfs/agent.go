@@ -102,6 +102,8 @@ func (c *agentCmd) Run() error {
 	if err != nil {
 		return err
 	}
+	sig := notifyStop()
+	defer signal.Stop(sig)
 	if err := checkMountArgs(cfg.Source, cfg.Mountpoint, cfg.State); err != nil {
 		return err
 	}
@@ -160,7 +162,8 @@ func (c *agentCmd) Run() error {
 	fmt.Fprintf(os.Stderr, "drfs: agent: %s mounted at %s, state in %s, control socket %s; Ctrl-C or SIGTERM stops\n",
 		cfg.Source, cfg.Mountpoint, cfg.State, c.Socket)
 
-	waitUnmount(srv, cfg.Mountpoint, a.releaseHolds)
+	waitUnmount(srv, cfg.Mountpoint, sig, a.releaseHolds)
+	signal.Stop(sig) // a second signal while the last generation ships ends the process
 	cleanup()
 	// The mount is gone: no write can land any more. Stop the VMs' work
 	// and ship each protected VM's last generation.
@@ -194,13 +197,19 @@ func (s shutdownRemoving) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// waitUnmount returns when the mount is gone: unmounted from outside, or
-// unmounted here on SIGINT/SIGTERM (retried at the next signal while files
-// are open on it).
-func waitUnmount(srv *drfsfs.Server, mountpoint string, beforeUnmount func()) {
+// notifyStop catches SIGINT and SIGTERM from now on: taken at the start of
+// a command, a signal that comes while it sets up waits for waitUnmount
+// instead of killing the process half set up.
+func notifyStop() chan os.Signal {
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
+	return sig
+}
+
+// waitUnmount returns when the mount is gone: unmounted from outside, or
+// unmounted here on a signal from sig (retried at the next signal while
+// files are open on it).
+func waitUnmount(srv *drfsfs.Server, mountpoint string, sig <-chan os.Signal, beforeUnmount func()) {
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
 	for {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"time"
 
@@ -25,6 +26,8 @@ type mountCmd struct {
 }
 
 func (c *mountCmd) Run() error {
+	sig := notifyStop()
+	defer signal.Stop(sig)
 	if err := checkMountArgs(c.Source, c.Mountpoint, c.State); err != nil {
 		return err
 	}
@@ -79,7 +82,8 @@ func (c *mountCmd) Run() error {
 	}
 	fmt.Fprintf(os.Stderr, "drfs: %s mounted at %s, change log in %s; Ctrl-C or SIGTERM unmounts\n", c.Source, c.Mountpoint, c.State)
 
-	waitUnmount(srv, c.Mountpoint, nil)
+	waitUnmount(srv, c.Mountpoint, sig, nil)
+	signal.Stop(sig) // a second signal while the last generation ships ends the process
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ctl.Shutdown(ctx)
