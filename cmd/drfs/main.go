@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime/pprof"
+	"strings"
 
 	"github.com/alecthomas/kong"
 )
@@ -59,8 +61,36 @@ func main() {
 		kong.Description("drfs replicates virtual machine disk images, block by block, to a recovery site."),
 		kong.UsageOnError(),
 	)
-	if err := ctx.Run(); err != nil {
+	stop := profileFromEnv(ctx.Command())
+	err := ctx.Run()
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "drfs:", err)
 		os.Exit(1)
+	}
+}
+
+// profileFromEnv starts a CPU profile of the whole command when
+// DRFS_CPUPROFILE is set, to PREFIX-COMMAND-PID.pprof: the benchmarks that
+// start the agent and the target server as child processes pass it down, so
+// each process profiles itself. It returns the function that ends it.
+func profileFromEnv(command string) func() {
+	prefix := os.Getenv("DRFS_CPUPROFILE")
+	if prefix == "" {
+		return func() {}
+	}
+	name := strings.Join(strings.Fields(strings.ReplaceAll(command, "<", "")), "-")
+	name = strings.NewReplacer(">", "", "/", "_").Replace(name)
+	f, err := os.Create(fmt.Sprintf("%s-%s-%d.pprof", prefix, name, os.Getpid()))
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "drfs: DRFS_CPUPROFILE:", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
