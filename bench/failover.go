@@ -15,6 +15,7 @@ import (
 
 	"github.com/zeebo/xxh3"
 
+	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/target"
 	"github.com/drfs-project/drfs/target/dirstore"
 )
@@ -49,7 +50,24 @@ type FailoverReport struct {
 	Generations int            `json:"generations"`
 	BuildTime   time.Duration  `json:"build_time"` // making the replica and its points
 	Cases       []FailoverCase `json:"cases"`
+	Failback    *FailbackCase  `json:"failback,omitempty"`
 	Machine     Machine        `json:"machine"`
+}
+
+// FailbackCase is what reprotect sends back to the original site after the
+// failed-over disk ran at the recovery site for one generation's churn:
+// the ranges resync.Diff finds between that disk and the original site's
+// copy (the latest point), as drfs reprotect finds them, and the checksum
+// traffic of finding them over the remote protocol. drfs failback then
+// sends the same ranges the other way.
+type FailbackCase struct {
+	DiskSize  int64         `json:"disk_size"`
+	Changed   int64         `json:"changed_bytes"` // written at the recovery site
+	Ranges    int64         `json:"range_bytes"`   // the differing ranges found
+	SumBytes  int64         `json:"checksum_bytes"`
+	Wire      int64         `json:"wire_bytes"` // ranges + checksums
+	Duration  time.Duration `json:"duration"`   // the comparison
+	AllCaught bool          `json:"all_caught"` // every changed block is in a range
 }
 
 // RunFailover builds a directory store holding a VM of one disk of
@@ -150,9 +168,62 @@ func RunFailover(ctx context.Context, opts FailoverOptions) (*FailoverReport, er
 		fc.Equal = got == sums[c.gen]
 		logf("failover to %s: %v (RTO %v), %s", c.name, wall, fc.RTO, fc.Method)
 		rep.Cases = append(rep.Cases, fc)
+		if c.gen == last {
+			if rep.Failback, err = failback(ctx, storeDir, filepath.Join(dir, "disk"), opts.Size, last, rng, blocks, changed); err != nil {
+				return nil, err
+			}
+			logf("failback: %d of %d bytes changed at the recovery site, %d bytes on the wire", rep.Failback.Changed, opts.Size, rep.Failback.Wire)
+		}
 		os.RemoveAll(dir)
 	}
 	return rep, nil
+}
+
+// failback changes n random blocks of the failed-over disk at path (the VM
+// running at the recovery site) and measures what reprotect finds to send
+// back: resync.Diff of the disk against point gen of the store, the
+// original site's copy.
+func failback(ctx context.Context, storeDir, path string, size int64, gen uint64, rng *rand.Rand, blocks, n int64) (*FailbackCase, error) {
+	changed, err := churn(path, rng, blocks, n)
+	if err != nil {
+		return nil, err
+	}
+	store, err := dirstore.Open(storeDir, dirstore.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	res, err := resync.Diff(ctx, f, size, store, "vm", gen, "disk", resync.Options{})
+	if err != nil {
+		return nil, err
+	}
+	fc := &FailbackCase{DiskSize: size, Duration: res.Duration, AllCaught: true}
+	for _, e := range changed {
+		fc.Changed += e.Len
+		i, _ := slices.BinarySearchFunc(res.Ranges, e.Off, func(r target.Extent, off int64) int {
+			if r.Off+r.Len <= off {
+				return -1
+			}
+			if r.Off > off {
+				return 1
+			}
+			return 0
+		})
+		if i == len(res.Ranges) || res.Ranges[i].Off > e.Off || res.Ranges[i].Off+res.Ranges[i].Len < e.Off+e.Len {
+			fc.AllCaught = false
+		}
+	}
+	for _, r := range res.Ranges {
+		fc.Ranges += r.Len
+	}
+	fc.SumBytes = res.SumBytesUp + res.SumBytesDown
+	fc.Wire = fc.Ranges + fc.SumBytes
+	return fc, nil
 }
 
 // churn overwrites n distinct random 4 KiB blocks of the file with random
@@ -211,5 +282,13 @@ func (r *FailoverReport) WriteTable(w io.Writer) error {
 	for _, c := range r.Cases {
 		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%s\t%s\t%v\t\n", c.Name, c.Back, c.Wall.Round(time.Millisecond), c.RTO, c.Written, c.Method, c.Equal)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if fb := r.Failback; fb != nil {
+		fmt.Fprintf(w, "\nfailback after %s changed at the recovery site: reprotect sends %s of ranges + %s of checksums = %s, %.3f%% of the %s disk (%.2f× the changed bytes; compared in %v; every changed block caught: %v)\n",
+			mib(fb.Changed), mib(fb.Ranges), mib(fb.SumBytes), mib(fb.Wire), 100*float64(fb.Wire)/float64(fb.DiskSize), mib(fb.DiskSize),
+			float64(fb.Wire)/float64(max(1, fb.Changed)), fb.Duration.Round(time.Millisecond), fb.AllCaught)
+	}
+	return nil
 }
