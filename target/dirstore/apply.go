@@ -171,50 +171,73 @@ type capture struct {
 	rep *os.File
 	bs  int64
 
-	runOff int64
-	run    []byte // new data of consecutive blocks from runOff
-	old    []byte
+	// A run is the data extents of one span [runOff, runEnd) of the
+	// replica, read in one go: extents separated by at most captureGap
+	// share a read (scattered 4 KiB blocks would otherwise cost a pread
+	// each, the most of a commit's time).
+	runOff, runEnd int64
+	run            []byte     // the new bytes of the run's extents, one after another
+	pieces         []runPiece // where each extent is
+	old            []byte
 }
 
+// runPiece is one extent of a capture run: n new bytes at off in the
+// replica, at at in capture.run.
+type runPiece struct{ off, n, at int64 }
+
+const (
+	// captureGap is the widest gap between two extents that one read of
+	// the replica spans: reading 16 KiB more costs about what another
+	// pread does.
+	captureGap = 16 << 10
+	// captureSpan is the most one read of the replica covers.
+	captureSpan = 1 << 20
+)
+
 func (c *capture) addData(off int64, data []byte) error {
-	if len(c.run) > 0 && (c.runOff+int64(len(c.run)) != off || len(c.run)+len(data) > 1<<20) {
+	if len(c.pieces) > 0 && (off < c.runEnd || off-c.runEnd > captureGap || off+int64(len(data))-c.runOff > captureSpan) {
 		if err := c.flush(); err != nil {
 			return err
 		}
 	}
-	if len(c.run) == 0 {
+	if len(c.pieces) == 0 {
 		c.runOff = off
 	}
+	c.pieces = append(c.pieces, runPiece{off: off, n: int64(len(data)), at: int64(len(c.run))})
 	c.run = append(c.run, data...)
+	c.runEnd = off + int64(len(data))
 	return nil
 }
 
 // flush saves the old bytes of the run's blocks: none where they equal the
 // new ones, a zero entry where they are zeros.
 func (c *capture) flush() error {
-	if len(c.run) == 0 {
+	if len(c.pieces) == 0 {
 		return nil
 	}
-	c.old = slices.Grow(c.old[:0], len(c.run))[:len(c.run)]
+	span := c.runEnd - c.runOff
+	c.old = slices.Grow(c.old[:0], int(span))[:span]
 	if err := readFull(c.rep, c.old, c.runOff); err != nil {
 		return err
 	}
-	for i := int64(0); i < int64(len(c.run)); i += c.bs {
-		j := min(i+c.bs, int64(len(c.run)))
-		old := c.old[i:j]
-		var err error
-		switch {
-		case bytes.Equal(old, c.run[i:j]):
-		case allZero(old):
-			err = c.w.zero(c.runOff+i, j-i)
-		default:
-			err = c.w.data(c.runOff+i, old)
-		}
-		if err != nil {
-			return err
+	for _, p := range c.pieces {
+		for i := int64(0); i < p.n; i += c.bs {
+			j := min(i+c.bs, p.n)
+			old := c.old[p.off-c.runOff+i : p.off-c.runOff+j]
+			var err error
+			switch {
+			case bytes.Equal(old, c.run[p.at+i:p.at+j]):
+			case allZero(old):
+				err = c.w.zero(p.off+i, j-i)
+			default:
+				err = c.w.data(p.off+i, old)
+			}
+			if err != nil {
+				return err
+			}
 		}
 	}
-	c.run = c.run[:0]
+	c.run, c.pieces = c.run[:0], c.pieces[:0]
 	return nil
 }
 
