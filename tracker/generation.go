@@ -272,15 +272,38 @@ func (l *Log) ReadGeneration(vmName string, gen uint64, fn func(Record) error) e
 		}
 		return w, it.Error()
 	}
+	// Data entries of neighbouring blocks (written at different times, so
+	// in different slots) are read into one Record, up to chunk blocks:
+	// the shipper and the target then handle one record, not one per
+	// block.
+	var pend struct {
+		disk  uint32
+		block uint64
+		n     uint64 // blocks in buf
+	}
+	flush := func() error {
+		if pend.n == 0 {
+			return nil
+		}
+		r := Record{Disk: names[pend.disk], Kind: KindData, Block: pend.block, Blocks: pend.n, Data: buf[:int64(pend.n)*l.bs]}
+		pend.n = 0
+		return fn(r)
+	}
 	emit := func(w []readEntry) error {
 		for _, re := range w {
 			disk, block, e := re.disk, re.block, re.e
-			r := Record{Disk: names[disk], Kind: e.kind}
-			switch e.kind {
-			case KindData:
+			if e.kind == KindData {
 				for done := uint64(0); done < e.count; {
-					n := min(e.count-done, chunk)
-					p := buf[:int64(n)*l.bs]
+					if pend.n > 0 && (pend.disk != disk || pend.block+pend.n != block+done || pend.n == chunk) {
+						if err := flush(); err != nil {
+							return err
+						}
+					}
+					if pend.n == 0 {
+						pend.disk, pend.block = disk, block+done
+					}
+					n := min(e.count-done, chunk-pend.n)
+					p := buf[int64(pend.n)*l.bs : int64(pend.n+n)*l.bs]
 					m, err := f.ReadAt(p, e.arg+int64(done)*l.bs)
 					if err != nil && !errors.Is(err, io.EOF) {
 						return fmt.Errorf("tracker: reading generation %d of %s: %w", gen, vmName, err)
@@ -294,13 +317,16 @@ func (l *Log) ReadGeneration(vmName string, gen uint64, fn func(Record) error) e
 							l.markResync(d, fmt.Sprintf("%s (generation %d is short)", reasonDamaged, gen))
 						}
 					}
-					r.Block, r.Blocks, r.Data = block+done, n, p
-					if err := fn(r); err != nil {
-						return err
-					}
+					pend.n += n
 					done += n
 				}
 				continue
+			}
+			if err := flush(); err != nil {
+				return err
+			}
+			r := Record{Disk: names[disk], Kind: e.kind}
+			switch e.kind {
 			case KindZero:
 				r.Block, r.Blocks = block, e.count
 			case KindSize:
@@ -329,7 +355,7 @@ func (l *Log) ReadGeneration(vmName string, gen uint64, fn func(Record) error) e
 		}
 		cur, next = next, cur
 	}
-	return nil
+	return flush()
 }
 
 func (l *Log) diskByID(id uint32) *Disk {

@@ -285,3 +285,55 @@ func TestReadWhileRotating(t *testing.T) {
 	readers.Wait()
 	t.Logf("reads per reader: %v", reads)
 }
+
+// TestReadMergesNeighbours: blocks written one by one and out of order
+// (so in separate slots of the segment) come back as one record per run of
+// neighbouring blocks, at most a read chunk long, with each block's data in
+// its place.
+func TestReadMergesNeighbours(t *testing.T) {
+	l := openMem(t, vfs.NewMem(), 4096)
+	defer l.Close()
+	const B = 4096
+	chunk := uint64(l.readChunk() / B)
+	img := &image{b: make([]byte, (chunk+40)*B)}
+	d, err := l.OpenDisk("vm/a.img", int64(len(img.b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(block uint64) {
+		data := bytes.Repeat([]byte{byte(block)}, B)
+		img.writeAt(data, int64(block)*B)
+		d.Written(int64(block)*B, data, img)
+	}
+	// 7, 5, 6: one run; 9 alone; 20 .. 20+chunk+2: a run longer than a chunk.
+	for _, b := range []uint64{7, 5, 6, 9} {
+		write(b)
+	}
+	for b := uint64(20 + chunk + 1); b >= 20; b-- {
+		write(b)
+	}
+	gen, err := l.Rotate("vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	err = l.ReadGeneration("vm", gen, func(r Record) error {
+		if r.Kind != KindData {
+			return nil
+		}
+		got = append(got, fmt.Sprintf("%d+%d", r.Block, r.Blocks))
+		for i := uint64(0); i < r.Blocks; i++ {
+			if p := r.Data[i*B : (i+1)*B]; !bytes.Equal(p, bytes.Repeat([]byte{byte(r.Block + i)}, B)) {
+				return fmt.Errorf("block %d of record %d+%d holds %d", r.Block+i, r.Block, r.Blocks, p[0])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"5+3", "9+1", fmt.Sprintf("20+%d", chunk), fmt.Sprintf("%d+2", 20+chunk)}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("data records %v, want %v", got, want)
+	}
+}
