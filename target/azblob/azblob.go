@@ -419,8 +419,9 @@ const (
 	kindReplica   = "replica1" // a disk's page blob
 	kindStaged    = "staged1"  // a staged stream
 	kindManifest  = "manifest1"
-	metaSize      = "drfssize" // a replica's true size in bytes
-	metaBase      = "drfsbase" // a staged stream's header fields
+	metaSize      = "drfssize"    // a replica's true size in bytes
+	metaCreated   = "drfscreated" // the generation that created a replica blob
+	metaBase      = "drfsbase"    // a staged stream's header fields
 	metaDiskSize  = "drfsdisksize"
 	metaBlockSize = "drfsblocksize"
 	metaDataBytes = "drfsdatabytes"

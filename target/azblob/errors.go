@@ -102,6 +102,8 @@ func (s *Store) fail(op, blob string, err error) error {
 	case st == http.StatusNotFound:
 		e.kind, e.permanent = target.ErrNotFound, true
 		e.msg = fmt.Sprintf("azblob: %s: %v (%s)", where, target.ErrNotFound, detail)
+	case code == string(bloberror.SequenceNumberConditionNotMet):
+		e.msg = fmt.Sprintf("azblob: %s: fenced (%s): another process applied a newer generation to this disk (retryable: a retry finds the generation committed or out of order)", where, detail)
 	case st >= 400 && st < 500 && st != http.StatusRequestTimeout && st != http.StatusConflict &&
 		st != http.StatusPreconditionFailed && st != http.StatusTooManyRequests:
 		e.permanent = true
@@ -137,4 +139,11 @@ func (s *Store) redact(msg string) string {
 		}
 	}
 	return msg
+}
+
+// fenced is the error of an applier of generation gen that finds the disk
+// blob already raised to a newer generation (see prepareBlob): retryable,
+// as its retry finds gen committed (or out of order).
+func fenced(name string, gen uint64, seq int64) error {
+	return &svcError{msg: fmt.Sprintf("azblob: disk blob %s: fenced: another process applied generation %d to it, newer than %d (retryable: a retry finds the generation committed or out of order)", name, seq, gen)}
 }

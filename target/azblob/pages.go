@@ -56,7 +56,8 @@ func (s *Store) applyDisk(ctx context.Context, vm string, gen uint64, d stagedDi
 	}
 	name := s.diskBlob(vm, d.Name)
 	pb := s.cc.NewPageBlobClient(name)
-	if err := s.prepareBlob(ctx, pb, name, d, prevSize); err != nil {
+	fence, err := s.prepareBlob(ctx, pb, name, gen, d, prevSize)
+	if err != nil {
 		return err
 	}
 	// What the newest point holds, for the gaps: nothing in a new blob;
@@ -67,7 +68,7 @@ func (s *Store) applyDisk(ctx context.Context, vm string, gen uint64, d stagedDi
 			return err
 		}
 	}
-	w := s.newPageWriter(ctx, pb, name, d.Size, base, seq)
+	w := s.newPageWriter(ctx, pb, name, d.Size, base, fence, seq)
 	bs := int64(h.BlockSize)
 	for {
 		rec, err := fr.Next()
@@ -103,60 +104,124 @@ func stagedError(s *Store, name string, err error) error {
 	return s.fail("read staged stream", name, err)
 }
 
-// prepareBlob makes the disk blob ready for the records of d: created empty
-// (a disk new to the VM) or resized, with its true size in its metadata. A
-// blob there that drfs did not write is left alone: a permanent error.
-func (s *Store) prepareBlob(ctx context.Context, pb *pageblob.Client, name string, d stagedDisk, prevSize int64) error {
+// prepareBlob makes the disk blob ready for the page writes of generation
+// gen: created (a disk new to the newest point) or resized, its metadata
+// set, and fenced. The fence is the blob's sequence number, raised to gen
+// here: every change this commit makes to the blob carries the condition
+// "sequence number <= gen" (the returned conditions) or the ETag that
+// followed raising it, so an applier of an older generation that lingers
+// (a process presumed dead, a request the service runs late) cannot
+// overwrite what a newer commit wrote. It gets errFenced, which is
+// retryable: its retry finds its generation committed.
+func (s *Store) prepareBlob(ctx context.Context, pb *pageblob.Client, name string, gen uint64, d stagedDisk, prevSize int64) (*pageblob.SequenceNumberAccessConditions, error) {
+	seq := int64(gen)
+	fence := &pageblob.SequenceNumberAccessConditions{IfSequenceNumberLessThanOrEqualTo: &seq}
 	props, err := pb.GetProperties(ctx, nil)
 	exists := err == nil
 	if err != nil && !isNotFound(err) {
-		return s.fail("read properties", name, err)
+		return nil, s.fail("read properties", name, err)
 	}
 	if exists {
 		kind, _ := meta(props.Metadata, metaKind)
 		if kind != kindReplica || props.BlobType == nil || *props.BlobType != blob.BlobTypePageBlob {
-			return broken("blob %s exists and is not a drfs replica disk: remove it, or use another container or prefix", name)
+			return nil, broken("blob %s exists and is not a drfs replica disk: remove it, or use another container or prefix", name)
+		}
+		if props.BlobSequenceNumber != nil && *props.BlobSequenceNumber > seq {
+			return nil, fenced(name, gen, *props.BlobSequenceNumber)
 		}
 	}
 	if !exists && !d.Reset {
 		// The stream applies on the newest point's contents, which are gone
 		// (with the blob's snapshots: the service deletes a blob only with
 		// them). Applying it to an empty blob would make a wrong point.
-		return broken("disk blob %s is gone, but the newest point holds the disk: restore it from a point or resynchronize the disk", name)
+		return nil, broken("disk blob %s is gone, but the newest point holds the disk: restore it from a point or resynchronize the disk", name)
 	}
 	md := map[string]*string{metaKind: ptr(kindReplica), metaSize: ptr(strconv.FormatInt(d.Size, 10))}
 	want := roundUp(d.Size)
 	if d.Reset {
-		// Over an earlier blob of the disk (removed from the VM and added
-		// again), the snapshots of older points stay as they are.
-		if _, err := pb.Create(ctx, want, &pageblob.CreateOptions{Metadata: md}); err != nil {
-			return s.fail("create page blob", name, err)
+		if created, _ := meta(props.Metadata, metaCreated); exists && created == strconv.FormatUint(gen, 10) {
+			// Created by an earlier attempt at this commit: it holds zeros
+			// and pages of this generation, which the writes bring to the
+			// whole generation. Creating it again could wipe pages another
+			// attempt already wrote.
+			return fence, nil
 		}
-		return nil
+		// Over an earlier blob of the disk (removed from the VM and added
+		// again), the snapshots of older points stay as they are. Only the
+		// blob just read is replaced, or none if there was none.
+		md[metaCreated] = ptr(strconv.FormatUint(gen, 10))
+		cond := &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: ptr(azcore.ETagAny)}}
+		if exists {
+			cond = ifMatch(props.ETag)
+		}
+		_, err := pb.Create(ctx, want, &pageblob.CreateOptions{Metadata: md, SequenceNumber: &seq, AccessConditions: cond})
+		if err != nil {
+			return nil, s.fail("create page blob", name, err)
+		}
+		return fence, nil
 	}
+	max := pageblob.SequenceNumberActionTypeMax
+	if _, err := pb.UpdateSequenceNumber(ctx, &pageblob.UpdateSequenceNumberOptions{ActionType: &max, SequenceNumber: &seq,
+		AccessConditions: ifMatch(props.ETag)}); err != nil {
+		return nil, s.fail("raise the sequence number of", name, err)
+	}
+	// Resize and Set Metadata take no sequence number condition: each is
+	// made conditional on the ETag of the blob read with the sequence
+	// number still at gen. (The ETag in the replies of Update Sequence
+	// Number and Resize cannot be used: the emulator's differs from the
+	// blob's.)
 	if props.ContentLength == nil || *props.ContentLength != want {
-		if _, err := pb.Resize(ctx, want, nil); err != nil {
-			return s.fail("resize", name, err)
+		etag, err := s.fencedETag(ctx, pb, name, gen)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := pb.Resize(ctx, want, &pageblob.ResizeOptions{AccessConditions: ifMatch(etag)}); err != nil {
+			return nil, s.fail("resize", name, err)
 		}
 	}
 	// Bytes past the true size in its last page read as zeros: a disk that
 	// shrank into a page has that page's tail cleared, so that growing
 	// again shows zeros there.
 	if prevSize > d.Size && d.Size%pageSize != 0 {
-		if err := s.zeroTail(ctx, pb, name, d.Size); err != nil {
-			return err
+		if err := s.zeroTail(ctx, pb, name, d.Size, fence); err != nil {
+			return nil, err
 		}
 	}
 	if cur, ok := metaInt(props.Metadata, metaSize); !ok || cur != d.Size {
-		if _, err := pb.SetMetadata(ctx, md, nil); err != nil {
-			return s.fail("set metadata", name, err)
+		etag, err := s.fencedETag(ctx, pb, name, gen)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := pb.SetMetadata(ctx, md, &blob.SetMetadataOptions{AccessConditions: ifMatch(etag)}); err != nil {
+			return nil, s.fail("set metadata", name, err)
 		}
 	}
-	return nil
+	return fence, nil
+}
+
+// fencedETag returns the blob's ETag after checking that its sequence
+// number is still gen (see prepareBlob).
+func (s *Store) fencedETag(ctx context.Context, pb *pageblob.Client, name string, gen uint64) (*azcore.ETag, error) {
+	props, err := pb.GetProperties(ctx, nil)
+	if err != nil {
+		return nil, s.fail("read properties", name, err)
+	}
+	if props.BlobSequenceNumber == nil || *props.BlobSequenceNumber != int64(gen) {
+		var seq int64
+		if props.BlobSequenceNumber != nil {
+			seq = *props.BlobSequenceNumber
+		}
+		return nil, fenced(name, gen, seq)
+	}
+	return props.ETag, nil
+}
+
+func ifMatch(etag *azcore.ETag) *blob.AccessConditions {
+	return &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: etag}}
 }
 
 // zeroTail clears the bytes from size to the end of its page.
-func (s *Store) zeroTail(ctx context.Context, pb *pageblob.Client, name string, size int64) error {
+func (s *Store) zeroTail(ctx context.Context, pb *pageblob.Client, name string, size int64, fence *pageblob.SequenceNumberAccessConditions) error {
 	off := size &^ (pageSize - 1)
 	page := make([]byte, pageSize)
 	if _, err := pb.DownloadBuffer(ctx, page, &blob.DownloadBufferOptions{Range: blob.HTTPRange{Offset: off, Count: pageSize}}); err != nil {
@@ -165,7 +230,7 @@ func (s *Store) zeroTail(ctx context.Context, pb *pageblob.Client, name string, 
 	clear(page[size-off:])
 	sum := md5.Sum(page)
 	_, err := pb.UploadPages(ctx, streaming.NopCloser(bytes.NewReader(page)), blob.HTTPRange{Offset: off, Count: pageSize},
-		&pageblob.UploadPagesOptions{TransactionalValidation: blob.TransferValidationTypeMD5(sum[:])})
+		&pageblob.UploadPagesOptions{TransactionalValidation: blob.TransferValidationTypeMD5(sum[:]), SequenceNumberAccessConditions: fence})
 	return s.fail("write last page", name, err)
 }
 
@@ -184,8 +249,9 @@ type pageWriter struct {
 	name  string
 	size  int64 // the disk's true size
 	limit int64
-	gap   int64     // largest gap a data run bridges; 0: none
-	base  *baseView // the newest point's contents, for the gaps
+	gap   int64                                    // largest gap a data run bridges; 0: none
+	base  *baseView                                // the newest point's contents, for the gaps
+	fence *pageblob.SequenceNumberAccessConditions // see prepareBlob
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -215,9 +281,9 @@ type pageOp struct {
 	n    int64
 }
 
-func (s *Store) newPageWriter(ctx context.Context, pb *pageblob.Client, name string, size int64, base *baseView, seq *atomic.Int64) *pageWriter {
+func (s *Store) newPageWriter(ctx context.Context, pb *pageblob.Client, name string, size int64, base *baseView, fence *pageblob.SequenceNumberAccessConditions, seq *atomic.Int64) *pageWriter {
 	w := &pageWriter{
-		s: s, pb: pb, name: name, size: size, limit: int64(s.pageWrite), gap: int64(s.gap), base: base, seq: seq,
+		s: s, pb: pb, name: name, size: size, limit: int64(s.pageWrite), gap: int64(s.gap), base: base, fence: fence, seq: seq,
 		ops: make(chan pageOp), bufs: make(chan []byte, s.parallel+2),
 	}
 	w.ctx, w.cancel = context.WithCancel(ctx)
@@ -371,7 +437,7 @@ func (w *pageWriter) do(op pageOp, scratch *[]byte) {
 	var err error
 	if op.data == nil {
 		w.s.stats.clears.Add(1)
-		_, err = w.pb.ClearPages(w.ctx, rng, nil)
+		_, err = w.pb.ClearPages(w.ctx, rng, &pageblob.ClearPagesOptions{SequenceNumberAccessConditions: w.fence})
 		err = w.s.fail(fmt.Sprintf("clear pages [%d, +%d) of", op.off, op.n), w.name, err)
 	} else {
 		if len(op.gaps) > 0 {
@@ -384,7 +450,7 @@ func (w *pageWriter) do(op pageOp, scratch *[]byte) {
 		w.s.stats.writeBytes.Add(op.n)
 		sum := md5.Sum(op.data)
 		_, err = w.pb.UploadPages(w.ctx, streaming.NopCloser(bytes.NewReader(op.data)), rng,
-			&pageblob.UploadPagesOptions{TransactionalValidation: blob.TransferValidationTypeMD5(sum[:])})
+			&pageblob.UploadPagesOptions{TransactionalValidation: blob.TransferValidationTypeMD5(sum[:]), SequenceNumberAccessConditions: w.fence})
 		err = w.s.fail(fmt.Sprintf("write pages [%d, +%d) of", op.off, op.n), w.name, err)
 	}
 	if err != nil {
