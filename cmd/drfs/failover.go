@@ -116,7 +116,7 @@ func (c *failoverStartCmd) run(ctx context.Context) error {
 	if err := c.checkIsolated(); err != nil {
 		return err
 	}
-	store, err := targets.Open(c.Target, c.TLS)
+	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func (c *planValidateCmd) Run() error {
 		return err
 	}
 	if c.Target != "" {
-		store, err := targets.Open(c.Target, c.TLS)
+		store, err := targets.OpenExisting(c.Target, c.TLS)
 		if err != nil {
 			return err
 		}

@@ -19,7 +19,7 @@ type pointsCmd struct {
 }
 
 func (c *pointsCmd) Run() error {
-	store, err := targets.Open(c.Target, c.TLS)
+	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
 		return err
 	}

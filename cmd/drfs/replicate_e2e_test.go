@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -337,6 +339,7 @@ func TestRestoreBadInput(t *testing.T) {
 	m.stop(t)
 	full := t.TempDir()
 	os.WriteFile(filepath.Join(full, "x"), nil, 0o644)
+	missing := filepath.Join(t.TempDir(), "typo")
 	pts := points(t, tgt, "vm1")
 	if len(pts) == 0 || pts[0].Kind != target.KindInitial {
 		t.Fatalf("points after a first mount: %+v", pts)
@@ -353,6 +356,8 @@ func TestRestoreBadInput(t *testing.T) {
 		{"fuzzy point", []string{"restore", "--target", tgt, "vm1", "--point", pts[0].ID(), "--to", filepath.Join(t.TempDir(), "r")}, "fuzzy"},
 		{"bad target", []string{"points", "--target", "ftp://x/y"}, "unknown kind"},
 		{"relative dir target", []string{"points", "--target", "dir://rel/path"}, "dir:///absolute"},
+		{"missing dir target", []string{"points", "--target", "dir://" + missing}, "does not exist"},
+		{"missing dir target, restore", []string{"restore", "--target", "dir://" + missing, "vm1", "--to", filepath.Join(t.TempDir(), "r")}, "does not exist"},
 		{"https without certs", []string{"points", "--target", "https://127.0.0.1:1"}, "--tls-cert"},
 		{"interval too short", []string{"mount", d.src, d.mnt, "--state", d.state, "--target", tgt, "--interval", "10ms"}, "--interval"},
 	}
@@ -361,6 +366,9 @@ func TestRestoreBadInput(t *testing.T) {
 		if err == nil || !strings.Contains(out, c.want) {
 			t.Errorf("%s: drfs %v: err %v, output %q, want it to mention %q", c.name, c.args, err, out, c.want)
 		}
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("reading a missing directory target made %s (%v)", missing, err)
 	}
 }
 

@@ -31,7 +31,7 @@ func (c *restoreCmd) Run() error {
 	if err := checkEmptyDir(c.To); err != nil {
 		return err
 	}
-	store, err := targets.Open(c.Target, c.TLS)
+	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
 		return err
 	}

@@ -24,7 +24,7 @@ type verifyCmd struct {
 // nothing. The source must not change meanwhile: run it on a stopped or
 // idle VM, after a final shipment (drfs unmount ships the last generation).
 func (c *verifyCmd) Run() error {
-	store, err := targets.Open(c.Target, c.TLS)
+	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
 		return err
 	}

@@ -5,8 +5,10 @@
 package targets
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -31,7 +33,27 @@ type Store interface {
 	io.Closer
 }
 
-// Open opens the store at rawURL.
+// OpenExisting opens the store at rawURL for commands that read a
+// recovery site (points, restore, verify, failover): a directory target
+// must exist already, so that a mistyped path is an error rather than a
+// new, empty store.
+func OpenExisting(rawURL string, tlsFiles TLS) (Store, error) {
+	if u, err := url.Parse(rawURL); err == nil && u.Scheme == "dir" && u.Host == "" && filepath.IsAbs(u.Path) {
+		fi, err := os.Stat(u.Path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("target %s: %s does not exist: nothing was replicated there (check the path)", rawURL, u.Path)
+		case err != nil:
+			return nil, fmt.Errorf("target %s: %w", rawURL, err)
+		case !fi.IsDir():
+			return nil, fmt.Errorf("target %s: %s is not a directory", rawURL, u.Path)
+		}
+	}
+	return Open(rawURL, tlsFiles)
+}
+
+// Open opens the store at rawURL; a directory target is created if it
+// does not exist (the first replication to it).
 func Open(rawURL string, tlsFiles TLS) (Store, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
