@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"slices"
@@ -179,6 +180,12 @@ type capture struct {
 	run            []byte     // the new bytes of the run's extents, one after another
 	pieces         []runPiece // where each extent is
 	old            []byte
+
+	// holeEnd: the replica is a hole from the last span read up to here
+	// (SEEK_DATA), so a span below it reads as zeros without a read. A
+	// thin disk filling up is mostly holes, and reading a hole costs the
+	// kernel a zeroed page per 4 KiB.
+	holeFrom, holeEnd int64
 }
 
 // runPiece is one extent of a capture run: n new bytes at off in the
@@ -217,7 +224,9 @@ func (c *capture) flush() error {
 	}
 	span := c.runEnd - c.runOff
 	c.old = slices.Grow(c.old[:0], int(span))[:span]
-	if err := readFull(c.rep, c.old, c.runOff); err != nil {
+	if c.inHole(c.runOff, c.runEnd) {
+		clear(c.old)
+	} else if err := readFull(c.rep, c.old, c.runOff); err != nil {
 		return err
 	}
 	for _, p := range c.pieces {
@@ -239,6 +248,22 @@ func (c *capture) flush() error {
 	}
 	c.run, c.pieces = c.run[:0], c.pieces[:0]
 	return nil
+}
+
+// inHole reports whether [off, end) of the replica is a hole.
+func (c *capture) inHole(off, end int64) bool {
+	if off >= c.holeFrom && end <= c.holeEnd {
+		return true
+	}
+	at, ok := nextData(c.rep, off)
+	switch {
+	case !ok:
+		return false
+	case at < 0:
+		at = math.MaxInt64 // holes to the end of the file
+	}
+	c.holeFrom, c.holeEnd = off, at
+	return end <= at
 }
 
 // saveChanged saves the non-zero bytes of [off, end), which a zero extent

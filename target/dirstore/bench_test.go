@@ -18,17 +18,17 @@ import (
 // blocks, or 1 MiB extents. Stage is timed apart (stage-MB/s).
 //
 //	go test -run XXX -bench Commit -benchtime 3x ./target/dirstore/
+// BenchmarkCommit commits generations to a replica that holds the disk:
+// 256 MiB of 4 KiB blocks or 1 MiB extents at random over a 512 MiB disk
+// written whole at point 1, and (sparse) 64 MiB of 4 KiB blocks over a 4
+// GiB disk that is a hole but for its first MiB (a thin disk filling up).
 func BenchmarkCommit(b *testing.B) {
-	b.Run("4KiB-random", func(b *testing.B) { benchCommit(b, 4<<10) })
-	b.Run("1MiB-extents", func(b *testing.B) { benchCommit(b, 1<<20) })
+	b.Run("4KiB-random", func(b *testing.B) { benchCommit(b, 4<<10, 512<<20, 256<<20, true) })
+	b.Run("1MiB-extents", func(b *testing.B) { benchCommit(b, 1<<20, 512<<20, 256<<20, true) })
+	b.Run("4KiB-random-sparse", func(b *testing.B) { benchCommit(b, 4<<10, 4<<30, 64<<20, false) })
 }
 
-const (
-	benchDisk = 512 << 20
-	benchGen  = 256 << 20
-)
-
-func benchCommit(b *testing.B, bs int) {
+func benchCommit(b *testing.B, bs int, benchDisk, benchGen int64, dense bool) {
 	ctx := context.Background()
 	st, err := dirstore.Open(b.TempDir(), dirstore.Options{})
 	if err != nil {
@@ -36,16 +36,19 @@ func benchCommit(b *testing.B, bs int) {
 	}
 	defer st.Close()
 	rng := rand.New(rand.NewPCG(1, uint64(bs)))
-	nblocks := benchDisk / bs
+	nblocks := int(benchDisk / int64(bs))
 
-	// Point 1: the whole disk, in 1 MiB blocks.
+	// Point 1: the whole disk (or its first MiB), in 1 MiB blocks.
 	all := make([]uint64, benchDisk>>20)
+	if !dense {
+		all = all[:1]
+	}
 	for i := range all {
 		all[i] = uint64(i)
 	}
 	commit := func(gen uint64, bs int, blocks []uint64) time.Duration {
 		start := time.Now()
-		if err := st.Stage(ctx, "vm", gen, "disk", stream(b, rng, gen, bs, blocks)); err != nil {
+		if err := st.Stage(ctx, "vm", gen, "disk", stream(b, rng, gen, bs, benchDisk, blocks)); err != nil {
 			b.Fatal(err)
 		}
 		stage := time.Since(start)
@@ -64,9 +67,14 @@ func benchCommit(b *testing.B, bs int) {
 	var staging time.Duration
 	for i := range b.N {
 		gen := uint64(i + 2)
-		blocks := make([]uint64, 0, benchGen/bs)
-		for _, p := range rng.Perm(nblocks)[:benchGen/bs] {
-			blocks = append(blocks, uint64(p))
+		n := int(benchGen / int64(bs))
+		pick := map[uint64]bool{}
+		for len(pick) < n {
+			pick[uint64(rng.IntN(nblocks))] = true
+		}
+		blocks := make([]uint64, 0, n)
+		for p := range pick {
+			blocks = append(blocks, p)
 		}
 		slices.Sort(blocks)
 		staging += commit(gen, bs, blocks)
@@ -78,7 +86,7 @@ func benchCommit(b *testing.B, bs int) {
 }
 
 // stream encodes a generation of random blocks as it is read.
-func stream(b *testing.B, rng *rand.Rand, gen uint64, bs int, blocks []uint64) io.Reader {
+func stream(b *testing.B, rng *rand.Rand, gen uint64, bs int, diskSize int64, blocks []uint64) io.Reader {
 	pr, pw := io.Pipe()
 	seed := rng.Uint64()
 	go func() {
@@ -88,7 +96,7 @@ func stream(b *testing.B, rng *rand.Rand, gen uint64, bs int, blocks []uint64) i
 		}
 		fw, err := frame.NewWriter(pw, frame.Header{
 			Kind: frame.StreamGeneration, VM: "vm", Disk: "disk", Generation: gen, Base: base,
-			BlockSize: bs, DiskSize: benchDisk,
+			BlockSize: bs, DiskSize: uint64(diskSize),
 		})
 		if err != nil {
 			pw.CloseWithError(err)

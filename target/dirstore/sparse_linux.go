@@ -132,3 +132,24 @@ func startWriteback(f *os.File) {
 		})
 	}
 }
+
+// nextData returns the offset of the first data at or after off in f
+// (SEEK_DATA), or -1 if there is none before the end of the file. ok is
+// false where the file system cannot say: then treat everything as data.
+func nextData(f *os.File, off int64) (at int64, ok bool) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { at, serr = unix.Seek(int(fd), off, unix.SEEK_DATA) }); err != nil {
+		return 0, false
+	}
+	switch {
+	case errors.Is(serr, unix.ENXIO):
+		return -1, true
+	case serr != nil:
+		return 0, false
+	}
+	return at, true
+}
