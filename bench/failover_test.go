@@ -3,8 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -17,14 +15,7 @@ func TestRunFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the drfs binary: not in -short")
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("needs the go command to build drfs: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "drfs")
-	if out, err := exec.Command(goBin, "build", "-o", bin, "../cmd/drfs").CombinedOutput(); err != nil {
-		t.Fatalf("building drfs: %v\n%s", err, out)
-	}
+	bin := buildDrfs(t)
 	rep, err := RunFailover(context.Background(), FailoverOptions{
 		Dir: t.TempDir(), Size: 16 << 20, Churn: 0.01, Generations: 3, Seed: 5, Drfs: bin,
 	})

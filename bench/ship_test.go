@@ -121,14 +121,7 @@ func TestRunShipChild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the drfs binary: not in -short")
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("needs the go command to build drfs: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "drfs")
-	if out, err := exec.Command(goBin, "build", "-o", bin, "../cmd/drfs").CombinedOutput(); err != nil {
-		t.Fatalf("building drfs: %v\n%s", err, out)
-	}
+	bin := buildDrfs(t)
 	rep, err := RunShip(context.Background(), ShipConfig{
 		Dir:           t.TempDir(),
 		Size:          2 << 20,
@@ -153,4 +146,19 @@ func TestServingAddr(t *testing.T) {
 	if _, ok := servingAddr(`level=INFO msg="drfs target: shutting down" grace=30s`); ok {
 		t.Error("an address in a line that is not the serving line")
 	}
+}
+
+// buildDrfs builds the drfs binary for t, or skips t without the go
+// command.
+func buildDrfs(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("needs the go command to build drfs: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "drfs")
+	if out, err := exec.Command(goBin, "build", "-o", bin, "../cmd/drfs").CombinedOutput(); err != nil {
+		t.Fatalf("building drfs: %v\n%s", err, out)
+	}
+	return bin
 }

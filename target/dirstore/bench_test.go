@@ -13,15 +13,14 @@ import (
 	"github.com/drfs-project/drfs/target/dirstore"
 )
 
-// BenchmarkCommit measures Commit (undo data, apply, sync) of a 256 MiB
-// generation on a 512 MiB disk whose blocks all hold data: random 4 KiB
-// blocks, or 1 MiB extents. Stage is timed apart (stage-MB/s).
+// BenchmarkCommit measures Commit (undo data, apply, sync) of generations
+// on a replica that holds the disk: 256 MiB of random 4 KiB blocks or
+// 1 MiB extents over a 512 MiB disk written whole at point 1, and (sparse)
+// 64 MiB of random 4 KiB blocks over a 4 GiB disk that is a hole but for
+// its first MiB (a thin disk filling up). Stage is timed apart
+// (stage-MB/s).
 //
 //	go test -run XXX -bench Commit -benchtime 3x ./target/dirstore/
-// BenchmarkCommit commits generations to a replica that holds the disk:
-// 256 MiB of 4 KiB blocks or 1 MiB extents at random over a 512 MiB disk
-// written whole at point 1, and (sparse) 64 MiB of 4 KiB blocks over a 4
-// GiB disk that is a hole but for its first MiB (a thin disk filling up).
 func BenchmarkCommit(b *testing.B) {
 	b.Run("4KiB-random", func(b *testing.B) { benchCommit(b, 4<<10, 512<<20, 256<<20, true) })
 	b.Run("1MiB-extents", func(b *testing.B) { benchCommit(b, 1<<20, 512<<20, 256<<20, true) })
