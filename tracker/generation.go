@@ -274,8 +274,9 @@ func (l *Log) ReadGeneration(vmName string, gen uint64, fn func(Record) error) e
 	}
 	// Data entries of neighbouring blocks (written at different times, so
 	// in different slots) are read into one Record, up to chunk blocks:
-	// the shipper and the target then handle one record, not one per
-	// block.
+	// one call of fn and one Data call of the frame encoder per run (the
+	// frame still carries a record per block, consecutive ones sharing
+	// their block number).
 	var pend struct {
 		disk  uint32
 		block uint64
