@@ -556,3 +556,54 @@ func BenchmarkIncompressible(b *testing.B) {
 		w.Close()
 	}
 }
+
+// TestParallelSameBytes: Data calls large enough to be compressed by
+// several goroutines give the same stream, byte for byte, as one block at
+// a time: runs of text and random blocks (so LZ4 gives up and probes in the
+// middle of a call), a short last block, calls of every size around
+// parallelMin.
+func TestParallelSameBytes(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	const bs = 4096
+	var blocks [][]byte
+	for len(blocks) < 1500 {
+		n, text := 1+rng.IntN(60), rng.IntN(2) == 0
+		for range n {
+			if text {
+				blocks = append(blocks, compressible(rng, bs))
+			} else {
+				blocks = append(blocks, random(rng, bs))
+			}
+		}
+	}
+	size := int64(len(blocks))*bs - 1000 // the last block is short
+	blocks[len(blocks)-1] = blocks[len(blocks)-1][:bs-1000]
+	h := testHeader(bs, uint64(size))
+	var ops []op
+	for b := 0; b < len(blocks); {
+		n := min(1+rng.IntN(3*parallelMin), len(blocks)-b)
+		ops = append(ops, op{block: uint64(b), data: bytes.Join(blocks[b:b+n], nil)})
+		b += n + rng.IntN(2) // a hole now and then
+	}
+	defer func(w int) { parallelWorkers = w }(parallelWorkers)
+	parallelWorkers = 1
+	one, st := encode(t, h, ops)
+	for _, workers := range []int{2, 3, 4} {
+		parallelWorkers = workers
+		if got, _ := encode(t, h, ops); !bytes.Equal(got, one) {
+			t.Fatalf("%d workers: the stream differs from one block at a time", workers)
+		}
+	}
+	if st.Compressed == 0 || st.Compressed == st.DataBlocks {
+		t.Fatalf("%d of %d blocks compressed: the test wants both kinds", st.Compressed, st.DataBlocks)
+	}
+	_, recs, err := decodeAll(bytes.NewReader(one), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := diffRecords(recs, expected(h, ops)); err != nil {
+		t.Fatal(err)
+	}
+}

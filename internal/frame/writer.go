@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -106,9 +107,14 @@ func (w *Writer) Data(block uint64, data []byte) error {
 	if err := w.flushZero(); err != nil {
 		return err
 	}
-	for b := block; len(data) > 0; b++ {
+	var ahead *compressedAhead
+	if w.misses < lz4GiveUp && len(data) >= parallelMin*w.h.BlockSize && parallelWorkers > 1 {
+		ahead = compressAhead(w.h.BlockSize, data)
+		defer ahead.release()
+	}
+	for i, b := 0, block; len(data) > 0; i, b = i+1, b+1 {
 		n := w.h.blockLen(b)
-		w.appendBlock(b, data[:n])
+		w.appendBlock(b, data[:n], ahead.result(i))
 		data = data[n:]
 		if len(w.buf.B) >= flushSize {
 			if err := w.flush(); err != nil {
@@ -118,6 +124,77 @@ func (w *Writer) Data(block uint64, data []byte) error {
 	}
 	return nil
 }
+
+// A Data call of at least parallelMin blocks, in a stream whose blocks
+// compress, has them compressed by parallelWorkers goroutines before they
+// are encoded in order. Each block's compression depends only on the block
+// (the compressor starts afresh for each), and the encoder still decides
+// block by block whether to use it (see tryLZ4), so the stream is the same
+// bytes as when encoded one block at a time; a block LZ4 is not offered
+// was compressed for nothing, at most one call's worth after the stream
+// stops compressing.
+const parallelMin = 16
+
+var parallelWorkers = min(runtime.GOMAXPROCS(0), 4)
+
+// compressedAhead holds the blocks of one Data call compressed: block i's
+// LZ4 payload is out[i*bs:][:n[i]], n[i] == 0 where LZ4 could not shrink it
+// (by more than its 4-byte length and 1 byte).
+type compressedAhead struct {
+	bs  int
+	out *bytebufferpool.ByteBuffer
+	n   []int
+}
+
+// aheadResult is one block's entry of a compressedAhead: ok says it was
+// computed; payload is nil if LZ4 did not shrink the block.
+type aheadResult struct {
+	ok      bool
+	payload []byte
+}
+
+func compressAhead(bs int, data []byte) *compressedAhead {
+	blocks := (len(data) + bs - 1) / bs
+	a := &compressedAhead{bs: bs, out: bytebufferpool.Get(), n: make([]int, blocks)}
+	a.out.B = slices.Grow(a.out.B[:0], blocks*bs)[:blocks*bs]
+	per := (blocks + parallelWorkers - 1) / parallelWorkers
+	var wg sync.WaitGroup
+	for first := 0; first < blocks; first += per {
+		last := min(first+per, blocks)
+		work := func() {
+			c := compressors.Get().(*lz4.Compressor)
+			defer compressors.Put(c)
+			for i := first; i < last; i++ {
+				src := data[i*bs : min((i+1)*bs, len(data))]
+				if limit := len(src) - 5; limit > 0 {
+					if n, err := c.CompressBlock(src, a.out.B[i*bs:i*bs+limit]); err == nil {
+						a.n[i] = n
+					}
+				}
+			}
+		}
+		if last == blocks {
+			work() // the last part on the caller's goroutine
+		} else {
+			wg.Go(work)
+		}
+	}
+	wg.Wait()
+	return a
+}
+
+// result returns block i's entry; a nil compressedAhead has none.
+func (a *compressedAhead) result(i int) aheadResult {
+	if a == nil {
+		return aheadResult{}
+	}
+	if a.n[i] == 0 {
+		return aheadResult{ok: true}
+	}
+	return aheadResult{ok: true, payload: a.out.B[i*a.bs : i*a.bs+a.n[i]]}
+}
+
+func (a *compressedAhead) release() { bytebufferpool.Put(a.out) }
 
 func (w *Writer) checkData(block uint64, n int) error {
 	bs := uint64(w.h.BlockSize)
@@ -138,8 +215,9 @@ func (w *Writer) checkData(block uint64, n int) error {
 	return nil
 }
 
-// appendBlock encodes one block record into the buffer.
-func (w *Writer) appendBlock(block uint64, data []byte) {
+// appendBlock encodes one block record into the buffer; ahead is the
+// block compressed in advance, if it was.
+func (w *Writer) appendBlock(block uint64, data []byte, ahead aheadResult) {
 	tag := byte(tagData)
 	head := 1 + 8 + 4 + 8 // tag, block, compressed length, checksum
 	if w.lastData && block == w.next {
@@ -157,7 +235,9 @@ func (w *Writer) appendBlock(block uint64, data []byte) {
 	clen := 0
 	if limit := len(data) - 5; limit > 0 && w.tryLZ4() {
 		dst := b[at+head : at+head+limit]
-		if n, err := w.comp.CompressBlock(data, dst); err == nil {
+		if ahead.ok {
+			clen = copy(dst, ahead.payload)
+		} else if n, err := w.comp.CompressBlock(data, dst); err == nil {
 			clen = n
 		}
 		w.tried(clen > 0)
