@@ -132,8 +132,11 @@ func TestQuiesceHoldsChanges(t *testing.T) {
 	}
 	// Reads go on, and so does fsync of a file without a held change (a
 	// held change keeps the kernel's lock of its inode, which fsync of
-	// that file waits for).
-	if _, err := unix.Pread(fd, make([]byte, 4096), 0); err != nil {
+	// that file waits for). The read is of a page no held change touches:
+	// a held buffered write keeps its page locked in the kernel, and a
+	// read of that page, if it is not cached, waits for the lock (the
+	// test then never released, and hung).
+	if _, err := unix.Pread(fd, make([]byte, 4096), 48<<10); err != nil {
 		t.Fatal(err)
 	}
 	if err := unix.Fsync(ffd); err != nil {

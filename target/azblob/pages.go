@@ -206,12 +206,10 @@ func (s *Store) fencedETag(ctx context.Context, pb *pageblob.Client, name string
 	if err != nil {
 		return nil, s.fail("read properties", name, err)
 	}
-	if props.BlobSequenceNumber == nil || *props.BlobSequenceNumber != int64(gen) {
-		var seq int64
-		if props.BlobSequenceNumber != nil {
-			seq = *props.BlobSequenceNumber
-		}
-		return nil, fenced(name, gen, seq)
+	// A page blob's properties always carry its sequence number; were it
+	// missing, the ETag alone still fences.
+	if seq := props.BlobSequenceNumber; seq != nil && *seq != int64(gen) {
+		return nil, fenced(name, gen, *seq)
 	}
 	return props.ETag, nil
 }
