@@ -181,10 +181,10 @@ type capture struct {
 	pieces         []runPiece // where each extent is
 	old            []byte
 
-	// holeEnd: the replica is a hole from the last span read up to here
-	// (SEEK_DATA), so a span below it reads as zeros without a read. A
-	// thin disk filling up is mostly holes, and reading a hole costs the
-	// kernel a zeroed page per 4 KiB.
+	// The replica is a hole in [holeFrom, holeEnd), as the last SEEK_DATA
+	// found: a span inside it is zeros without a read. A thin disk filling
+	// up is mostly holes, and reading a hole costs the kernel a zeroed
+	// page per 4 KiB.
 	holeFrom, holeEnd int64
 }
 
