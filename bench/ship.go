@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"errors"
@@ -50,6 +51,12 @@ const (
 	// CaseCopy copies a file holding exactly the generation's bytes with
 	// cp and fsyncs the copy: the plain-copy baseline.
 	CaseCopy = "cp"
+	// CaseScatter writes the generation's bytes at their places in a new
+	// sparse file of the disk's size and fsyncs it: what the target's
+	// filesystem needs to hold the generation as a disk image, with nothing
+	// shipped. No store that keeps its replica as a sparse image can be
+	// faster: the floor of dirstore and remote.
+	CaseScatter = "scatter"
 	// CaseDirstore ships the generation to a directory store in the
 	// scratch directory.
 	CaseDirstore = "dirstore"
@@ -60,7 +67,7 @@ const (
 )
 
 // shipCases are the cases of every round, in the order they run.
-var shipCases = []string{CaseLogRead, CaseCopy, CaseDirstore, CaseRemote}
+var shipCases = []string{CaseLogRead, CaseCopy, CaseScatter, CaseDirstore, CaseRemote}
 
 // shipIdentity is the source host's identity: the CommonName of the client
 // certificate, and the Source of every commit.
@@ -389,6 +396,8 @@ func runShipCase(ctx context.Context, cfg ShipConfig, pki *shipPKI, g *shipGen, 
 		return logReadCase(g)
 	case CaseCopy:
 		return copyCase(ctx, g)
+	case CaseScatter:
+		return scatterCase(ctx, cfg, g)
 	case CaseDirstore:
 		return dirstoreCase(ctx, cfg, g, r)
 	case CaseRemote:
@@ -483,6 +492,82 @@ func copyCase(ctx context.Context, g *shipGen) (ShipCase, error) {
 		return c, fmt.Errorf("cp made a copy of %v bytes, want %d (%v)", fi.Size(), g.bytes, err)
 	}
 	return c, nil
+}
+
+// scatterCase reads the payload file (out of the page cache first) in
+// order and writes each write of the generation at its offset in a new
+// sparse file of the disk's size, then fsyncs it. The writes go in the
+// order they were made, not in disk order: on ext4 here the two cost the
+// same (262,144 scattered 4 KiB blocks: 4.9 to 5.6 s either way, most of
+// it the fsync allocating the blocks and writing back scattered pages).
+func scatterCase(ctx context.Context, cfg ShipConfig, g *shipGen) (ShipCase, error) {
+	if err := evict(g.payload); err != nil {
+		return ShipCase{}, err
+	}
+	dst := filepath.Join(g.dir, "scatter")
+	defer os.Remove(dst)
+	src, err := os.Open(g.payload)
+	if err != nil {
+		return ShipCase{}, err
+	}
+	defer src.Close()
+	m := startMeter()
+	err = scatter(ctx, src, dst, g)
+	c := m.stop(CaseScatter, g.bytes)
+	if err == nil && cfg.Verify {
+		err = verifyFile(dst, g)
+	}
+	return c, err
+}
+
+func verifyFile(path string, g *shipGen) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := verifySpans(f, fi.Size(), g); err != nil {
+		return fmt.Errorf("verifying %s: %w", path, err)
+	}
+	return nil
+}
+
+func scatter(ctx context.Context, src *os.File, dst string, g *shipGen) error {
+	f, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(g.diskSize); err != nil {
+		return err
+	}
+	r := bufio.NewReaderSize(src, 1<<20)
+	buf := make([]byte, 1<<20)
+	for i, sp := range g.spans {
+		if i%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		if int64(len(buf)) < sp.n {
+			buf = make([]byte, sp.n)
+		}
+		p := buf[:sp.n]
+		if _, err := io.ReadFull(r, p); err != nil {
+			return fmt.Errorf("reading the payload: %w", err)
+		}
+		if _, err := f.WriteAt(p, sp.off); err != nil {
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // keepSource is the change log as the shipper sees it, except that Drop
@@ -641,8 +726,17 @@ func verifyReplica(ctx context.Context, store target.Store, g *shipGen) error {
 		return fmt.Errorf("verifying the replica: %w", err)
 	}
 	defer rd.Close()
-	if rd.Size() != g.diskSize {
-		return fmt.Errorf("verifying the replica: %d bytes, the disk has %d", rd.Size(), g.diskSize)
+	if err := verifySpans(rd, rd.Size(), g); err != nil {
+		return fmt.Errorf("verifying the replica: %w", err)
+	}
+	return nil
+}
+
+// verifySpans checks that rd, of size bytes, holds the generation's bytes
+// at their places.
+func verifySpans(rd io.ReaderAt, size int64, g *shipGen) error {
+	if size != g.diskSize {
+		return fmt.Errorf("%d bytes, the disk has %d", size, g.diskSize)
 	}
 	payload, err := os.Open(g.payload)
 	if err != nil {
@@ -656,10 +750,10 @@ func verifyReplica(ctx context.Context, store target.Store, g *shipGen) error {
 			return err
 		}
 		if _, err := rd.ReadAt(got, s.off); err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("verifying the replica: %w", err)
+			return err
 		}
 		if string(want) != string(got) {
-			return fmt.Errorf("verifying the replica: %d bytes at offset %d differ from the generation's", s.n, s.off)
+			return fmt.Errorf("%d bytes at offset %d differ from the generation's", s.n, s.off)
 		}
 		pos += s.n
 	}
