@@ -17,7 +17,7 @@ import (
 type benchCmd struct {
 	Mount    benchMountCmd    `cmd:"" help:"Compare the drfs mount with the backing directory and with a plain FUSE loopback: sequential and random I/O, and peak memory. Needs root and /dev/fuse."`
 	Resync   benchResyncCmd   `cmd:"" help:"Resynchronize a changed image by chunk checksums and compare with rsync: time and bytes each way."`
-	Ship     benchShipCmd     `cmd:"" help:"Time draining one generation of the change log: read from the log, copied with cp, shipped to a directory store and to drfs target serve over loopback mutual TLS; MB/s, LZ4 ratio, CPU and peak memory of both processes."`
+	Ship     benchShipCmd     `cmd:"" help:"Time draining one generation of the change log: read from the log, copied with cp, written at its places in a sparse file (the floor of a disk image), shipped to a directory store and to drfs target serve over loopback mutual TLS; MB/s, LZ4 ratio, CPU and peak memory of both processes."`
 	Failover benchFailoverCmd `cmd:"" help:"RTO of an unplanned failover to the latest point and to one 10 generations back, of a VM with 1% of its blocks changed per generation; the filesystem and whether reflinks were used."`
 	RPO      benchRPOCmd      `cmd:"" name:"rpo" help:"Protect a VM through the agent shipping to drfs target serve over loopback TLS, write at steady rates, and report the RPO (p50/p99/max), CPU and memory."`
 }
