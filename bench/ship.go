@@ -655,7 +655,9 @@ func ship(ctx context.Context, cfg ShipConfig, g *shipGen, r shipRun, store targ
 		return ShipCase{}, err
 	}
 	ts := &timedStore{Store: store}
-	sh := shipper.New(keepSource{shipper.FromLog(g.log, 0)}, ts, shipper.Options{Source: shipIdentity})
+	// As drfs ships by default (--compress auto): LZ4 to the remote server,
+	// not to a directory store, which stores the blocks uncompressed.
+	sh := shipper.New(keepSource{shipper.FromLog(g.log, 0)}, ts, shipper.Options{Source: shipIdentity, NoCompression: r.name == CaseDirstore})
 	stopProfile, err := startShipProfile(cfg.CPUProfile, r)
 	if err != nil {
 		return ShipCase{}, err

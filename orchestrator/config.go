@@ -56,6 +56,8 @@ import (
 //	            PEM files for an https:// target (absolute paths)
 //	source-id   this host's identity on the target (default: the host name)
 //	time-zone   zone the resync windows are read in, e.g. Europe/Paris (default: local)
+//	compress    LZ4 on what is shipped: auto (for a target reached over a
+//	            network, not a dir:// one), lz4 or none (default: auto)
 //
 // VM settings (defaults in brackets):
 //
@@ -78,6 +80,9 @@ type Config struct {
 	Target                    string
 	TLSCert, TLSKey, TLSCA    string
 	SourceID                  string
+	// Compress is the LZ4 choice for what is shipped: "auto" (or ""),
+	// "lz4" or "none".
+	Compress string
 	// TimeZone is as written ("" for local time); Location is its zone,
 	// in which every policy's ResyncWindow is read.
 	TimeZone string
@@ -192,6 +197,14 @@ var settings = map[string]setting{
 	"tls-key":    {agent: true, parse: func(c *Config, _ *Policy, v string) error { return absPath(&c.TLSKey, "tls-key", v) }},
 	"tls-ca":     {agent: true, parse: func(c *Config, _ *Policy, v string) error { return absPath(&c.TLSCA, "tls-ca", v) }},
 	"source-id":  {agent: true, parse: func(c *Config, _ *Policy, v string) error { c.SourceID = v; return nil }},
+	"compress": {agent: true, parse: func(c *Config, _ *Policy, v string) error {
+		switch v {
+		case "auto", "lz4", "none":
+			c.Compress = v
+			return nil
+		}
+		return fmt.Errorf("compress %q: use auto, lz4 or none", v)
+	}},
 	"target": {agent: true, parse: func(c *Config, _ *Policy, v string) error {
 		u, err := url.Parse(v)
 		if err != nil || u.Scheme == "" {
@@ -432,6 +445,7 @@ func (c *Config) Format() string {
 	kv("tls-ca", c.TLSCA)
 	kv("source-id", c.SourceID)
 	kv("time-zone", c.TimeZone)
+	kv("compress", c.Compress)
 	def := policySettings(c.Defaults)
 	for _, l := range def {
 		if l[0] != "rpo-warning" || c.Defaults.RPOWarning != 0 {

@@ -37,7 +37,7 @@ type diskEncoder struct {
 // frameBlockSize is the block size of the streams for a log block size.
 func frameBlockSize(logBS int) int { return min(logBS, frame.MaxBlockSize) }
 
-func newDiskEncoder(w io.Writer, vm string, gen uint64, info *Generation, p *diskPlan) (*diskEncoder, error) {
+func newDiskEncoder(w io.Writer, vm string, gen uint64, info *Generation, p *diskPlan, raw bool) (*diskEncoder, error) {
 	fbs := frameBlockSize(info.BlockSize)
 	h := frame.Header{
 		Kind:       frame.StreamGeneration,
@@ -54,6 +54,9 @@ func newDiskEncoder(w io.Writer, vm string, gen uint64, info *Generation, p *dis
 	fw, err := frame.NewWriter(w, h)
 	if err != nil {
 		return nil, permanent(err)
+	}
+	if raw {
+		fw.SetRaw()
 	}
 	return &diskEncoder{
 		w:       fw,

@@ -21,6 +21,11 @@ type Options struct {
 	Source string
 	// Clock times Stats.Duration; SystemClock if nil.
 	Clock Clock
+	// NoCompression sends every block raw, without LZ4: for a target that
+	// no network separates from the source (a directory store), where
+	// compressing costs the shipper CPU and the store the decompression,
+	// and saves nothing.
+	NoCompression bool
 }
 
 // Shipper drains the frozen generations of a Source into a target.Store.
@@ -254,7 +259,7 @@ func (s *Shipper) shipGeneration(ctx context.Context, src Source, vm string, gen
 		return nil, st, nil
 	}
 
-	g := &genShip{src: src, vm: vm, gen: gen, info: &info, plans: plans}
+	g := &genShip{src: src, vm: vm, gen: gen, info: &info, plans: plans, raw: s.opts.NoCompression}
 	staged, err := s.stageAll(ctx, g, &st)
 	if err != nil {
 		return nil, st, err

@@ -1,6 +1,7 @@
 package shipper
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -492,4 +493,37 @@ func TestLogReadError(t *testing.T) {
 		}
 	}
 	checkPoints(t, e.store, "vm", want, nil)
+}
+
+// With NoCompression every block goes raw, and the points are the same as
+// with LZ4: the option changes the wire, not what the target holds.
+func TestNoCompression(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) {
+			e := newEnv(t, 4096)
+			ctx := context.Background()
+			dk := e.openDisk("vm/a.img")
+			page := bytes.Repeat([]byte("drfs compresses text "), 4096/21+1)[:4096]
+			for i := range int64(64) {
+				dk.write(i*8192, page)
+			}
+			gen := rotateModel(t, e, "vm")
+			want := map[uint64]snapshot{gen: snap([]*disk{dk})}
+
+			st, err := New(e.source(), e.store, Options{Source: "host-a", NoCompression: raw}).Ship(ctx, "vm")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.DataBlocks != 64 {
+				t.Fatalf("%d data blocks shipped, want 64", st.DataBlocks)
+			}
+			if raw && (st.Compressed != 0 || st.WireBytes < st.RawBytes) {
+				t.Errorf("raw: %d blocks compressed, %d wire bytes for %d bytes of data", st.Compressed, st.WireBytes, st.RawBytes)
+			}
+			if !raw && (st.Compressed != 64 || st.WireBytes >= st.RawBytes/4) {
+				t.Errorf("LZ4: %d of 64 blocks compressed, %d wire bytes for %d bytes of data", st.Compressed, st.WireBytes, st.RawBytes)
+			}
+			checkPoints(t, e.store, "vm", want, nil)
+		})
+	}
 }

@@ -119,6 +119,7 @@ type genShip struct {
 	info *Generation
 
 	plans map[string]*diskPlan // the disks to stage
+	raw   bool                 // send blocks uncompressed (Options.NoCompression)
 
 	side sync.WaitGroup // re-encodings started by rewinds
 }
@@ -149,7 +150,7 @@ func (g *genShip) run(ctx context.Context, streams chan<- *stream) error {
 				return permanent(fmt.Errorf("records of disk %s, which the description of the generation does not list", r.Disk))
 			}
 			a := newAttempt()
-			enc, err := newDiskEncoder(a.p, g.vm, g.gen, g.info, p)
+			enc, err := newDiskEncoder(a.p, g.vm, g.gen, g.info, p, g.raw)
 			if err != nil {
 				return err
 			}
@@ -195,7 +196,7 @@ func (g *genShip) reencode(p *diskPlan) *attempt {
 	g.side.Add(1)
 	go func() {
 		defer g.side.Done()
-		enc, err := newDiskEncoder(a.p, g.vm, g.gen, g.info, p)
+		enc, err := newDiskEncoder(a.p, g.vm, g.gen, g.info, p, g.raw)
 		if err != nil {
 			a.finish(frame.Stats{}, err)
 			return

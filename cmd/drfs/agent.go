@@ -45,6 +45,7 @@ type agentCmd struct {
 	Interval     string `placeholder:"DURATION" help:"Default replication interval (5m unless set)."`
 	Retention    string `placeholder:"DURATION" help:"Default retention of recovery points (24h unless set)."`
 	ResyncWindow string `name:"resync-window" placeholder:"SPEC" help:"When resynchronizations run: e.g. 18:00-08:00,sat,sun (the default), always, never."`
+	Compress     string `placeholder:"MODE" help:"LZ4 on what is shipped: auto (the default: for a target reached over a network, not for a dir:// one), lz4 or none."`
 	targets.TLS
 
 	socketFlag
@@ -56,7 +57,7 @@ type agentCmd struct {
 // flags and checked by the same rules.
 func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	flagged := c.Source != "" || c.Mountpoint != "" || c.State != "" || c.Target != "" || c.SourceID != "" ||
-		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.TLS != (targets.TLS{})
+		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.Compress != "" || c.TLS != (targets.TLS{})
 	if c.Config != "" {
 		if flagged {
 			return nil, targets.TLS{}, errors.New("give either --config or the settings as flags, not both")
@@ -73,7 +74,7 @@ func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	var b strings.Builder
 	for _, kv := range [][2]string{{"source", c.Source}, {"mountpoint", c.Mountpoint}, {"state", c.State},
 		{"target", c.Target}, {"source-id", c.SourceID}, {"tls-cert", c.Cert}, {"tls-key", c.Key}, {"tls-ca", c.CA},
-		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}} {
+		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"compress", c.Compress}} {
 		if kv[1] != "" {
 			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
 		}

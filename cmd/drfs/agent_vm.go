@@ -430,7 +430,7 @@ func (a *agent) newReplication(p *protection) (*replication, error) {
 	pol := p.mu.vm.Policy()
 	p.mu.Unlock()
 	f := &replicationFlags{Target: p.target, Interval: pol.Interval, Retention: pol.Retention, MaxPoints: pol.MaxPoints,
-		SourceID: a.cfg.SourceID, TLS: a.stores.tls, ResyncWindow: pol.ResyncWindow.String(), ResyncThreshold: percent(pol.Threshold()),
+		SourceID: a.cfg.SourceID, Compress: a.cfg.Compress, TLS: a.stores.tls, ResyncWindow: pol.ResyncWindow.String(), ResyncThreshold: percent(pol.Threshold()),
 		vms: []string{p.name}}
 	f.wrapCopies = func(copies copiesFunc) copiesFunc {
 		return func(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error), error) {

@@ -30,6 +30,7 @@ type replicationFlags struct {
 	Retention time.Duration     `default:"24h" help:"Keep recovery points this long on the target (the newest is always kept)."`
 	MaxPoints int               `name:"max-points" default:"0" help:"Keep at most this many recovery points per VM as well (0: no limit but --retention)."`
 	Bandwidth shipper.Bandwidth `default:"0" help:"Upload limit, e.g. 50MiB/s; 0 means unlimited."`
+	Compress  string            `enum:"auto,lz4,none" default:"auto" help:"LZ4 on what is shipped: auto compresses for a target reached over a network (https://, azblob://) and not for a dir:// target, which stores the blocks uncompressed; lz4 always; none for a network faster than LZ4 (about 0.5 GB/s per core)."`
 	SourceID  string            `name:"source-id" placeholder:"NAME" help:"Identity of this source host on the target; a target refuses VMs of another source (default: the host name)."`
 	// The default must stay orchestrator.DefaultWindowSpec (a test checks).
 	ResyncWindow    string  `name:"resync-window" default:"18:00-08:00,sat,sun" placeholder:"SPEC" help:"When automatic resynchronizations run, in local time: HH:MM-HH:MM ranges and days (mon..sun, mon-fri), comma-separated, or always, or never (then only drfs resync --now runs one)."`
@@ -199,7 +200,11 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 		st = shipper.RateLimit(st, f.Bandwidth)
 	}
 	st = shipper.Retry(st, shipper.DefaultPolicy, nil)
-	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID})
+	lz4, err := targets.Compresses(f.Target, f.Compress)
+	if err != nil {
+		return nil, err
+	}
+	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID, NoCompression: !lz4})
 	r.sh = sh
 	copies := copiesFunc(r.copies)
 	if f.wrapCopies != nil {

@@ -328,6 +328,52 @@ func TestCompressionChoice(t *testing.T) {
 	}
 }
 
+// A raw Writer offers no block to LZ4, also not in a Data call large enough
+// to be compressed in parallel, and its stream decodes to the same records.
+func TestRawWriter(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	h := testHeader(4096, 64*4096)
+	ops := []op{{block: 0, data: compressible(rng, 4096)}, {block: 2, count: 3}}
+	big := make([]byte, 0, 32*4096)
+	for range 32 {
+		big = append(big, compressible(rng, 4096)...)
+	}
+	ops = append(ops, op{block: 8, data: big})
+
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.SetRaw()
+	for _, o := range ops {
+		if o.data != nil {
+			err = w.Data(o.block, o.data)
+		} else {
+			err = w.Zero(o.block, o.count)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.Compressed != 0 || st.DataBlocks != 33 {
+		t.Errorf("raw stream: %d of %d data blocks compressed, want 0 of 33", st.Compressed, st.DataBlocks)
+	}
+	_, recs, err := decodeAll(bytes.NewReader(buf.Bytes()), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := diffRecords(recs, expected(h, ops)); err != nil {
+		t.Errorf("raw stream: %v", err)
+	}
+	if _, st := encode(t, h, ops); st.Compressed != 33 {
+		t.Errorf("the same blocks compressed: %d, want 33", st.Compressed)
+	}
+}
+
 func headerLen(h Header) int { return headerFixed + 2 + len(h.VM) + 2 + len(h.Disk) + 2 + 8 }
 
 func TestWriterRejectsHeader(t *testing.T) {

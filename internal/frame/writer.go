@@ -42,6 +42,7 @@ type Writer struct {
 
 	next     uint64 // lowest block the next record may start at
 	lastData bool   // the previous record was data ending at next
+	raw      bool   // never compress (SetRaw)
 	misses   int    // data blocks in a row that LZ4 could not shrink
 	skipped  int    // blocks sent raw without trying since the last try
 	zeroAt   uint64 // pending zero extent, merged with adjacent ones
@@ -91,6 +92,13 @@ func appendHeader(b []byte, h *Header, created int64) []byte {
 	return binary.LittleEndian.AppendUint64(b, xxh3.Hash(b[start:]))
 }
 
+// SetRaw makes the Writer send every data block raw, without offering it
+// to LZ4: for a stream that crosses no network, where compressing costs the
+// sender CPU and the receiver the decompression, and saves nothing. Call
+// it before the first Data. The stream is valid either way: readers accept
+// raw and compressed records alike.
+func (w *Writer) SetRaw() { w.raw = true }
+
 // Data adds data for the blocks from block on: data is one or more whole
 // blocks, where the last one may be the disk's final partial block. Each
 // block becomes its own record with its own checksum, LZ4-compressed when
@@ -108,7 +116,7 @@ func (w *Writer) Data(block uint64, data []byte) error {
 		return err
 	}
 	var ahead *compressedAhead
-	if w.misses < lz4GiveUp && len(data) >= parallelMin*w.h.BlockSize && parallelWorkers > 1 {
+	if !w.raw && w.misses < lz4GiveUp && len(data) >= parallelMin*w.h.BlockSize && parallelWorkers > 1 {
 		ahead = compressAhead(w.h.BlockSize, data)
 		defer ahead.release()
 	}
@@ -284,6 +292,9 @@ const (
 
 // tryLZ4 says whether to offer the next data block to LZ4.
 func (w *Writer) tryLZ4() bool {
+	if w.raw {
+		return false
+	}
 	if w.misses < lz4GiveUp || w.skipped >= lz4Probe-1 {
 		return true
 	}

@@ -27,6 +27,33 @@ type TLS struct {
 	CA   string `name:"tls-ca" placeholder:"FILE" type:"path" help:"CA certificates (PEM) that sign the target server's certificate." env:"DRFS_TLS_CA"`
 }
 
+// Compression modes of what a source ships (--compress).
+const (
+	// CompressAuto compresses the streams to a target they reach over a
+	// network (https://, azblob://) and not those to a directory target:
+	// a directory store decodes the stream in the shipping process and
+	// writes the blocks uncompressed, also when the directory is a mounted
+	// share, so LZ4 would cost CPU on both ends and save nothing.
+	CompressAuto = "auto"
+	CompressLZ4  = "lz4"  // always LZ4 (each block only where it shrinks)
+	CompressNone = "none" // never: for a network faster than LZ4
+)
+
+// Compresses says whether the streams shipped to the target at rawURL are
+// LZ4-compressed under mode (CompressAuto for "").
+func Compresses(rawURL, mode string) (bool, error) {
+	switch mode {
+	case CompressLZ4:
+		return true, nil
+	case CompressNone:
+		return false, nil
+	case CompressAuto, "":
+		u, err := url.Parse(rawURL)
+		return err != nil || u.Scheme != "dir", nil
+	}
+	return false, fmt.Errorf("compression %q: use auto, lz4 or none", mode)
+}
+
 // Store is a target.Store that holds resources until closed.
 type Store interface {
 	target.Store
