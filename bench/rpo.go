@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -41,7 +42,9 @@ type RPOConfig struct {
 	// Duration is the length of each phase; Interval the VM's replication
 	// interval.
 	Duration, Interval time.Duration
-	Progress           io.Writer
+	// Compress is the agent's --compress ("" for its default, auto).
+	Compress string
+	Progress io.Writer
 }
 
 // RPOCase is one phase: a writer at a rate, the RPO seen meanwhile.
@@ -66,6 +69,7 @@ type RPOReport struct {
 	DiskSize      int64         `json:"disk_size"`
 	Interval      time.Duration `json:"interval"`
 	Duration      time.Duration `json:"duration"`
+	Compress      string        `json:"compress"` // the agent's --compress
 	Cases         []RPOCase     `json:"cases"`
 	AgentPeakRSS  int64         `json:"agent_peak_rss"`
 	ServerPeakRSS int64         `json:"server_peak_rss"`
@@ -116,6 +120,9 @@ func RunRPO(ctx context.Context, cfg RPOConfig) (_ *RPOReport, err error) {
 	agent := exec.Command(cfg.Binary, "agent", "--source", filepath.Join(work, "src"), "--mountpoint", dirs["mnt"],
 		"--state", dirs["state"], "--target", "https://"+srv.addr, "--tls-cert", clientCert, "--tls-key", clientKey,
 		"--tls-ca", pki.caFile, "--socket", socket, "--resync-window", "never")
+	if cfg.Compress != "" {
+		agent.Args = append(agent.Args, "--compress", cfg.Compress)
+	}
 	agentLog := &lineTail{}
 	agent.Stderr = lineWriter{agentLog}
 	if err := agent.Start(); err != nil {
@@ -142,7 +149,7 @@ func RunRPO(ctx context.Context, cfg RPOConfig) (_ *RPOReport, err error) {
 		return nil, fmt.Errorf("drfs protect: %v: %s\n%s", err, out, agentLog)
 	}
 
-	rep := &RPOReport{DiskSize: cfg.DiskSize, Interval: cfg.Interval, Duration: cfg.Duration}
+	rep := &RPOReport{DiskSize: cfg.DiskSize, Interval: cfg.Interval, Duration: cfg.Duration, Compress: cmp.Or(cfg.Compress, "auto")}
 	client := unixClient(socket)
 	for _, rate := range cfg.Rates {
 		fmt.Fprintf(cfg.Progress, "rpo: %d MB/s of 4 KiB random writes for %v\n", rate, cfg.Duration)
@@ -351,8 +358,8 @@ func (p *shipPKI) writeClientFiles(dir string) (certFile, keyFile string, err er
 // String is the report as a table.
 func (r *RPOReport) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "RPO of a protected VM (%s sparse disk, interval %v, %v per rate), agent and drfs target serve over loopback mutual TLS\n",
-		sizeString(r.DiskSize), r.Interval, r.Duration)
+	fmt.Fprintf(&b, "RPO of a protected VM (%s sparse disk, interval %v, %v per rate), agent and drfs target serve over loopback mutual TLS, --compress %s\n",
+		sizeString(r.DiskSize), r.Interval, r.Duration, r.Compress)
 	fmt.Fprintf(&b, "%-8s %-9s %-8s %-8s %-8s %-6s %-9s %-10s %-10s %s\n", "rate", "achieved", "p50", "p99", "max", "bar", "p99<=bar", "agent CPU", "server CPU", "agent RSS")
 	for _, c := range r.Cases {
 		fmt.Fprintf(&b, "%-8s %-9s %-8s %-8s %-8s %-6s %-9v %-10s %-10s %s\n",

@@ -18,6 +18,7 @@ type benchRPOCmd struct {
 	Rates    []int         `default:"10,50,100" help:"Writer rates in MB/s of 4 KiB random O_DIRECT writes, one phase each."`
 	Duration time.Duration `default:"3m" help:"Length of each phase."`
 	Interval time.Duration `default:"30s" help:"Replication interval of the VM."`
+	Compress string        `enum:"auto,lz4,none" default:"auto" help:"The agent's --compress: auto (LZ4 to the server) models a remote site, none a network faster than LZ4."`
 	JSON     bool          `help:"Print the report as JSON."`
 }
 
@@ -32,7 +33,7 @@ func (c *benchRPOCmd) Run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	rep, err := bench.RunRPO(ctx, bench.RPOConfig{Binary: exe, Dir: c.Dir, DiskSize: int64(c.DiskSize), Region: int64(c.Region),
-		Rates: c.Rates, Duration: c.Duration, Interval: c.Interval, Progress: os.Stderr})
+		Rates: c.Rates, Duration: c.Duration, Interval: c.Interval, Compress: c.Compress, Progress: os.Stderr})
 	if err != nil {
 		return err
 	}
