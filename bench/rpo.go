@@ -44,6 +44,7 @@ type RPOConfig struct {
 	Duration, Interval time.Duration
 	// Compress is the agent's --compress ("" for its default, auto).
 	Compress string
+	// Progress receives a line per step; nil discards them.
 	Progress io.Writer
 }
 
@@ -82,6 +83,9 @@ type RPOReport struct {
 func RunRPO(ctx context.Context, cfg RPOConfig) (_ *RPOReport, err error) {
 	if cfg.Interval <= 0 || cfg.Duration <= 0 || len(cfg.Rates) == 0 || cfg.Region <= 0 || cfg.Region > cfg.DiskSize {
 		return nil, errors.New("bench rpo: give an interval, a duration, rates and a region within the disk")
+	}
+	if cfg.Progress == nil {
+		cfg.Progress = io.Discard
 	}
 	work, err := os.MkdirTemp(cfg.Dir, "drfs-bench-rpo-")
 	if err != nil {
