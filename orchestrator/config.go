@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/drfs-project/drfs/shipper"
 )
 
 // Config is the agent's configuration: where the disks are, where they
@@ -58,6 +60,7 @@ import (
 //	time-zone   zone the resync windows are read in, e.g. Europe/Paris (default: local)
 //	compress    LZ4 on what is shipped: auto (for a target reached over a
 //	            network, not a dir:// one), lz4 or none (default: auto)
+//	bandwidth   upload limit to each target, e.g. 50MiB/s (default: 0, none)
 //
 // VM settings (defaults in brackets):
 //
@@ -83,6 +86,8 @@ type Config struct {
 	// Compress is the LZ4 choice for what is shipped: "auto" (or ""),
 	// "lz4" or "none".
 	Compress string
+	// Bandwidth limits the upload to each target; 0 means no limit.
+	Bandwidth shipper.Bandwidth
 	// TimeZone is as written ("" for local time); Location is its zone,
 	// in which every policy's ResyncWindow is read.
 	TimeZone string
@@ -197,6 +202,14 @@ var settings = map[string]setting{
 	"tls-key":    {agent: true, parse: func(c *Config, _ *Policy, v string) error { return absPath(&c.TLSKey, "tls-key", v) }},
 	"tls-ca":     {agent: true, parse: func(c *Config, _ *Policy, v string) error { return absPath(&c.TLSCA, "tls-ca", v) }},
 	"source-id":  {agent: true, parse: func(c *Config, _ *Policy, v string) error { c.SourceID = v; return nil }},
+	"bandwidth": {agent: true, parse: func(c *Config, _ *Policy, v string) error {
+		b, err := shipper.ParseBandwidth(v)
+		if err != nil {
+			return fmt.Errorf("bandwidth %q: want a rate like 50MiB/s, 1GB/s or 0 for no limit", v)
+		}
+		c.Bandwidth = b
+		return nil
+	}},
 	"compress": {agent: true, parse: func(c *Config, _ *Policy, v string) error {
 		switch v {
 		case "auto", "lz4", "none":
@@ -446,6 +459,9 @@ func (c *Config) Format() string {
 	kv("source-id", c.SourceID)
 	kv("time-zone", c.TimeZone)
 	kv("compress", c.Compress)
+	if c.Bandwidth > 0 {
+		kv("bandwidth", bandwidthSetting(c.Bandwidth))
+	}
 	def := policySettings(c.Defaults)
 	for _, l := range def {
 		if l[0] != "rpo-warning" || c.Defaults.RPOWarning != 0 {
@@ -461,6 +477,15 @@ func (c *Config) Format() string {
 		}
 	}
 	return b.String()
+}
+
+// bandwidthSetting writes b so that it parses back to b: in a unit when
+// that is exact, else in bytes per second.
+func bandwidthSetting(b shipper.Bandwidth) string {
+	if v, err := shipper.ParseBandwidth(b.String()); err == nil && v == b {
+		return b.String()
+	}
+	return strconv.FormatInt(int64(b), 10) + "B/s"
 }
 
 // policySettings returns the settings of p as name and value.

@@ -24,6 +24,8 @@ import (
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/internal/tracked"
 	"github.com/drfs-project/drfs/orchestrator"
+	"github.com/drfs-project/drfs/shipper"
+	"github.com/drfs-project/drfs/target"
 	"github.com/drfs-project/drfs/tracker"
 )
 
@@ -45,6 +47,7 @@ type agentCmd struct {
 	Interval     string `placeholder:"DURATION" help:"Default replication interval (5m unless set)."`
 	Retention    string `placeholder:"DURATION" help:"Default retention of recovery points (24h unless set)."`
 	ResyncWindow string `name:"resync-window" placeholder:"SPEC" help:"When resynchronizations run: e.g. 18:00-08:00,sat,sun (the default), always, never."`
+	Bandwidth    string `placeholder:"RATE" help:"Upload limit to each target, shared by the VMs replicating there, e.g. 50MiB/s (default: none)."`
 	Compress     string `placeholder:"MODE" help:"LZ4 on what is shipped: auto (the default: for a target reached over a network, not for a dir:// one), lz4 or none."`
 	targets.TLS
 
@@ -57,7 +60,7 @@ type agentCmd struct {
 // flags and checked by the same rules.
 func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	flagged := c.Source != "" || c.Mountpoint != "" || c.State != "" || c.Target != "" || c.SourceID != "" ||
-		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.Compress != "" || c.TLS != (targets.TLS{})
+		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.Compress != "" || c.Bandwidth != "" || c.TLS != (targets.TLS{})
 	if c.Config != "" {
 		if flagged {
 			return nil, targets.TLS{}, errors.New("give either --config or the settings as flags, not both")
@@ -74,7 +77,7 @@ func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	var b strings.Builder
 	for _, kv := range [][2]string{{"source", c.Source}, {"mountpoint", c.Mountpoint}, {"state", c.State},
 		{"target", c.Target}, {"source-id", c.SourceID}, {"tls-cert", c.Cert}, {"tls-key", c.Key}, {"tls-ca", c.CA},
-		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"compress", c.Compress}} {
+		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"compress", c.Compress}, {"bandwidth", c.Bandwidth}} {
 		if kv[1] != "" {
 			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
 		}
@@ -254,9 +257,35 @@ func (a *agent) serveMetrics(addr string) (*http.Server, error) {
 // storeCache opens each target once: the VMs that replicate to one target
 // share its store (a directory target admits one process at a time).
 type storeCache struct {
-	tls targets.TLS
-	mu  sync.Mutex
-	m   map[string]targets.Store
+	tls       targets.TLS
+	bandwidth shipper.Bandwidth // upload limit per target; 0: none
+	mu        sync.Mutex
+	m         map[string]targets.Store
+	limited   map[string]target.Store // the stores of m behind the limit
+}
+
+// shipping returns the store the shipper stages to url through: the
+// store of get, behind the upload limit shared by every VM replicating
+// there; nil when there is no limit.
+func (c *storeCache) shipping(url string) (target.Store, error) {
+	if c.bandwidth <= 0 {
+		return nil, nil
+	}
+	s, err := c.get(url)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l := c.limited[url]; l != nil {
+		return l, nil
+	}
+	if c.limited == nil {
+		c.limited = map[string]target.Store{}
+	}
+	l := shipper.RateLimit(s, c.bandwidth)
+	c.limited[url] = l
+	return l, nil
 }
 
 func (c *storeCache) get(url string) (targets.Store, error) {
@@ -282,5 +311,6 @@ func (c *storeCache) closeAll() {
 	for url, s := range c.m {
 		s.Close()
 		delete(c.m, url)
+		delete(c.limited, url)
 	}
 }

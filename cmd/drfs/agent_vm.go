@@ -118,7 +118,7 @@ func (a *agent) policy(vm string, o overrides) orchestrator.Policy {
 }
 
 func newAgent(cfg *orchestrator.Config, tlsFiles targets.TLS, log *tracker.Log, bs int) (*agent, error) {
-	a := &agent{cfg: cfg, log: log, bs: bs, clock: orchestrator.SystemClock{}, stores: storeCache{tls: tlsFiles},
+	a := &agent{cfg: cfg, log: log, bs: bs, clock: orchestrator.SystemClock{}, stores: storeCache{tls: tlsFiles, bandwidth: cfg.Bandwidth},
 		file: agentStateFile(cfg.State)}
 	a.jobs = orchestrator.NewJobs(a.clock)
 	a.mu.vms = map[string]*protection{}
@@ -446,6 +446,11 @@ func (a *agent) newReplication(p *protection) (*replication, error) {
 		return nil, err
 	}
 	f.window = pol.ResyncWindow // in the configured time zone
+	via, err := a.stores.shipping(p.target)
+	if err != nil {
+		return nil, err
+	}
+	f.shipVia = via
 	return startReplication(a.ctx, f, a.cfg.Source, a.cfg.State, a.log, p.store, a.bs)
 }
 

@@ -44,6 +44,10 @@ type replicationFlags struct {
 	// set, wraps the choice of the disks to copy (to follow its progress).
 	vms        []string
 	wrapCopies func(copiesFunc) copiesFunc
+	// Set by the agent when it limits the upload: the store the shipper
+	// stages through, which the VMs replicating to one target share (one
+	// limit per target); Bandwidth is then not applied again.
+	shipVia target.Store
 }
 
 // percent is a percentage from 1 to 100, written 50% or 50.
@@ -196,7 +200,10 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 		return nil, fmt.Errorf("registering the disks of %s: %w", source, err)
 	}
 	var st target.Store = store
-	if f.Bandwidth > 0 {
+	switch {
+	case f.shipVia != nil:
+		st = f.shipVia
+	case f.Bandwidth > 0:
 		st = shipper.RateLimit(st, f.Bandwidth)
 	}
 	st = shipper.Retry(st, shipper.DefaultPolicy, nil)
