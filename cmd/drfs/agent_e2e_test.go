@@ -445,7 +445,10 @@ func TestAgentHookUnprotect(t *testing.T) {
 	if isMounted(d.mnt) {
 		t.Fatal("a refused configuration mounted")
 	}
-	os.WriteFile(conf, []byte("source = "+d.src+"\nmountpoint = "+d.mnt+"\nstate = "+d.state+"\ntarget = "+tgt+"\ninterval = 1s\nresync-window = always\n"), 0o644)
+	// LZ4 forced to a directory target, and an upload limit far above what
+	// the test ships: the points go through the limited, compressed path.
+	os.WriteFile(conf, []byte("source = "+d.src+"\nmountpoint = "+d.mnt+"\nstate = "+d.state+"\ntarget = "+tgt+"\ninterval = 1s\nresync-window = always\n"+
+		"compress = lz4\nbandwidth = 1GiB/s\n"), 0o644)
 	socket := filepath.Join(base, "agent.sock")
 	a := startAgentArgs(t, d.mnt, socket, "agent", "--config", conf, "--socket", socket)
 
