@@ -62,7 +62,8 @@ func (a *agent) reprotect(ctx context.Context, req reprotectRequest) (string, er
 		return "", err
 	}
 	defer store.Close()
-	st, gen, err := a.seed(ctx, p.name, store, req.SourceID)
+	lz4, _ := targets.Compresses(req.Reverse, a.cfg.Compress) // the mode was checked with the configuration
+	st, gen, err := a.seed(ctx, p.name, store, req.SourceID, lz4)
 	if err != nil {
 		return "", fmt.Errorf("copying %s into %s: %w", p.name, req.Reverse, err)
 	}
@@ -85,9 +86,9 @@ func (a *agent) reprotect(ctx context.Context, req reprotectRequest) (string, er
 }
 
 // seed copies the disks of vm, whole, into store as its newest point, of
-// source id. The disks' writes are held (the VM failed over), so the copy
-// is the VM at the failover.
-func (a *agent) seed(ctx context.Context, vm string, store target.Store, id string) (shipper.Stats, uint64, error) {
+// source id, LZ4-compressed if lz4. The disks' writes are held (the VM
+// failed over), so the copy is the VM at the failover.
+func (a *agent) seed(ctx context.Context, vm string, store target.Store, id string, lz4 bool) (shipper.Stats, uint64, error) {
 	disks, _ := a.disksOf(vm)
 	gen := uint64(1)
 	if points, err := store.Points(ctx, vm); err == nil && len(points) > 0 {
@@ -102,7 +103,7 @@ func (a *agent) seed(ctx context.Context, vm string, store target.Store, id stri
 		copies[name] = shipper.CopyDisk{Path: path}
 	}
 	slices.SortFunc(src.disks, func(x, y shipper.DiskChange) int { return cmpString(x.Name, y.Name) })
-	sh := shipper.New(src, shipper.Retry(store, shipper.DefaultPolicy, nil), shipper.Options{Source: id})
+	sh := shipper.New(src, shipper.Retry(store, shipper.DefaultPolicy, nil), shipper.Options{Source: id, NoCompression: !lz4})
 	st, err := sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindGeneration)
 	return st, gen, err
 }
