@@ -572,7 +572,11 @@ func (v *View) ReadAt(p []byte, off int64) (int, error) {
 		at := off + pos
 		b := at >> ds.shift
 		saved := ds.saved.get(b)
-		e := ds.saved.next(b, lastBlock, !saved)
+		// The run is block b, read as saved says, and the blocks after it
+		// in the same state. It starts its search after b: a write may save
+		// b right after get, and a search from b would then end the run
+		// before it began (the unsaved read below checks b again).
+		e := ds.saved.next(b+1, lastBlock, !saved)
 		runEnd := min(e<<ds.shift, off+int64(len(p)))
 		q := p[pos : runEnd-off]
 		if saved {
