@@ -41,7 +41,15 @@ func encode(t testing.TB, h Header, ops []op) ([]byte, Stats) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	writeOps(t, w, ops)
+	return buf.Bytes(), w.Stats()
+}
+
+// writeOps makes the Writer calls of ops, then Close.
+func writeOps(t testing.TB, w *Writer, ops []op) {
+	t.Helper()
 	for _, o := range ops {
+		var err error
 		if o.data != nil {
 			err = w.Data(o.block, o.data)
 		} else {
@@ -54,7 +62,6 @@ func encode(t testing.TB, h Header, ops []op) ([]byte, Stats) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes(), w.Stats()
 }
 
 // decodeAll reads a whole stream, copying each record's data. It returns the
@@ -346,19 +353,7 @@ func TestRawWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.SetRaw()
-	for _, o := range ops {
-		if o.data != nil {
-			err = w.Data(o.block, o.data)
-		} else {
-			err = w.Zero(o.block, o.count)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	writeOps(t, w, ops)
 	if st := w.Stats(); st.Compressed != 0 || st.DataBlocks != 33 {
 		t.Errorf("raw stream: %d of %d data blocks compressed, want 0 of 33", st.Compressed, st.DataBlocks)
 	}
