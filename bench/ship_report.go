@@ -8,8 +8,8 @@ import (
 )
 
 // WriteTable prints the report for people: per workload and case the rate,
-// its ratio to the plain copy, to the scattered writes and to the log read, the bytes on the wire,
-// CPU time and peak memory of both processes.
+// its ratio to the plain copy, to the scattered writes and to the log read,
+// the bytes on the wire, CPU time and peak memory of both processes.
 func (r *ShipReport) WriteTable(w io.Writer) error {
 	rounds := ""
 	if r.Rounds > 1 {
