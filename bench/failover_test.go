@@ -12,9 +12,6 @@ import (
 // failback comparison must catch every block changed at the recovery site
 // while sending far less than the disk.
 func TestRunFailover(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the drfs binary: not in -short")
-	}
 	bin := buildDrfs(t)
 	rep, err := RunFailover(context.Background(), FailoverOptions{
 		Dir: t.TempDir(), Size: 16 << 20, Churn: 0.01, Generations: 3, Seed: 5, Drfs: bin,

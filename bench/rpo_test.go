@@ -13,9 +13,6 @@ import (
 // taken from the agent. It checks the harness, not the speed.
 func TestRunRPO(t *testing.T) {
 	needFUSE(t)
-	if testing.Short() {
-		t.Skip("builds the drfs binary: not in -short")
-	}
 	bin := buildDrfs(t)
 	rep, err := RunRPO(context.Background(), RPOConfig{
 		Binary: bin, Dir: t.TempDir(), DiskSize: 256 << 20, Region: 32 << 20,

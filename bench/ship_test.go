@@ -123,9 +123,6 @@ func TestRunShip(t *testing.T) {
 // child process, as "drfs bench ship" does: the binary is built for it.
 func TestRunShipChild(t *testing.T) {
 	needCopy(t)
-	if testing.Short() {
-		t.Skip("builds the drfs binary: not in -short")
-	}
 	bin := buildDrfs(t)
 	rep, err := RunShip(context.Background(), ShipConfig{
 		Dir:           t.TempDir(),
@@ -153,10 +150,13 @@ func TestServingAddr(t *testing.T) {
 	}
 }
 
-// buildDrfs builds the drfs binary for t, or skips t without the go
-// command.
+// buildDrfs builds the drfs binary for t, or skips t in -short or
+// without the go command.
 func buildDrfs(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the drfs binary: not in -short")
+	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		t.Skipf("needs the go command to build drfs: %v", err)
