@@ -61,6 +61,10 @@ import (
 //	compress    LZ4 on what is shipped: auto (for a target reached over a
 //	            network, not a dir:// one), lz4 or none (default: auto)
 //	bandwidth   upload limit to each target, e.g. 50MiB/s (default: 0, none)
+//	max-generation
+//	            a protected VM's generation is cut before its interval when
+//	            it holds this much changed data, 1MiB to 1TiB, or 0 to cut
+//	            only at the interval (default: 512MiB)
 //
 // VM settings (defaults in brackets):
 //
@@ -88,6 +92,11 @@ type Config struct {
 	Compress string
 	// Bandwidth limits the upload to each target; 0 means no limit.
 	Bandwidth shipper.Bandwidth
+	// MaxGeneration is the changed data at which a protected VM's
+	// generation is cut before its interval: a point of that much data
+	// ships and applies in seconds, where a whole interval of heavy writes
+	// would take longer than the interval. 0 cuts only at the interval.
+	MaxGeneration int64
 	// TimeZone is as written ("" for local time); Location is its zone,
 	// in which every policy's ResyncWindow is read.
 	TimeZone string
@@ -147,7 +156,7 @@ const maxConfigErrors = 20
 // It reports every mistake it finds (up to 20), each a *ConfigError with
 // its line, joined with errors.Join.
 func ParseConfig(file string, data []byte) (*Config, error) {
-	p := &configParser{c: &Config{File: file, Defaults: DefaultPolicy()}}
+	p := &configParser{c: &Config{File: file, Defaults: DefaultPolicy(), MaxGeneration: DefaultMaxGeneration}}
 	p.parse(string(data))
 	if len(p.errs) > 0 {
 		// In line order; those of the whole file last.
@@ -208,6 +217,17 @@ var settings = map[string]setting{
 			return fmt.Errorf("bandwidth %q: want a rate like 50MiB/s, 1GB/s or 0 for no limit", v)
 		}
 		c.Bandwidth = b
+		return nil
+	}},
+	"max-generation": {agent: true, parse: func(c *Config, _ *Policy, v string) error {
+		n, err := shipper.ParseBandwidth(v)
+		if err != nil || strings.HasSuffix(v, "/s") {
+			return fmt.Errorf("max-generation %q: want a size like 512MiB or 1GiB, or 0 to cut only at the interval", v)
+		}
+		if n != 0 && (n < MinMaxGeneration || n > MaxMaxGeneration) {
+			return fmt.Errorf("max-generation %s is out of range (1MiB..1TiB, or 0 to cut only at the interval)", v)
+		}
+		c.MaxGeneration = int64(n)
 		return nil
 	}},
 	"compress": {agent: true, parse: func(c *Config, _ *Policy, v string) error {
@@ -462,6 +482,12 @@ func (c *Config) Format() string {
 	if c.Bandwidth > 0 {
 		kv("bandwidth", bandwidthSetting(c.Bandwidth))
 	}
+	switch {
+	case c.MaxGeneration == 0:
+		kv("max-generation", "0")
+	case c.MaxGeneration != DefaultMaxGeneration:
+		kv("max-generation", strings.TrimSuffix(bandwidthSetting(shipper.Bandwidth(c.MaxGeneration)), "/s"))
+	}
 	def := policySettings(c.Defaults)
 	for _, l := range def {
 		if l[0] != "rpo-warning" || c.Defaults.RPOWarning != 0 {
@@ -478,6 +504,13 @@ func (c *Config) Format() string {
 	}
 	return b.String()
 }
+
+// Default and limits of Config.MaxGeneration.
+const (
+	DefaultMaxGeneration = 512 << 20
+	MinMaxGeneration     = 1 << 20
+	MaxMaxGeneration     = 1 << 40
+)
 
 // bandwidthSetting writes b so that it parses back to b: in a unit when
 // that is exact, else in bytes per second.

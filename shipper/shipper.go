@@ -116,9 +116,11 @@ func (s *Shipper) vmLock(vm string) *sync.Mutex {
 }
 
 // Ship sends the generations of vm frozen now, oldest first, each one
-// staged disk by disk, committed, and then dropped from the log. It stops
-// at the first error and returns it with what was done; the generation
-// that failed stays in the log and is sent again by the next Ship.
+// staged disk by disk, committed, and then dropped from the log. The
+// commit of a generation runs while the next one is staged: the target
+// applies one generation while the next one's stream arrives. It stops at
+// the first error and returns it with what was done; the generation that
+// failed stays in the log and is sent again by the next Ship.
 //
 // A generation the store already holds (a crash came between its Commit
 // and its Drop) is committed again, which the store acknowledges without
@@ -149,38 +151,99 @@ func (s *Shipper) ship(ctx context.Context, vm string, src Source) (st Stats, er
 	if err != nil {
 		return st, fmt.Errorf("shipper: listing the points of %s: %w", vm, err)
 	}
+	// The Commit of a generation runs while the next one is staged: the
+	// target applies one while the next one's stream arrives.
+	var inflight *commitCall
+	finish := func() error {
+		if inflight == nil {
+			return nil
+		}
+		c := inflight
+		inflight = nil
+		if err := <-c.done; err != nil {
+			return err
+		}
+		return s.dropped(src, vm, c.gen, &st)
+	}
 	for _, gen := range gens {
 		if err := ctx.Err(); err != nil {
-			return st, err
+			return st, errors.Join(err, finish())
 		}
 		var newest *target.Point
 		if len(points) > 0 {
 			newest = &points[len(points)-1]
 		}
-		if i := slices.IndexFunc(points, func(p target.Point) bool { return p.Generation == gen }); i >= 0 {
+		i := slices.IndexFunc(points, func(p target.Point) bool { return p.Generation == gen })
+		if i >= 0 || (newest != nil && gen < newest.Generation) {
+			if err := finish(); err != nil {
+				return st, err
+			}
+		}
+		switch {
+		case i >= 0:
 			err = s.recommit(ctx, src, vm, gen, &points[i])
-		} else if newest != nil && gen < newest.Generation {
+		case newest != nil && gen < newest.Generation:
 			err = permanent(fmt.Errorf("shipper: %s generation %d: %w: the target's newest point is %d and it does not hold %d; resynchronize the VM",
 				vm, gen, target.ErrOutOfOrder, newest.Generation, gen))
-		} else {
-			var p *target.Point
+		default:
+			var c *commitCall
 			var gs Stats
-			p, gs, err = s.shipGeneration(ctx, src, vm, gen, newest)
+			c, gs, err = s.stageGeneration(ctx, src, vm, gen, newest)
 			st.Add(gs)
-			if p != nil {
-				points = append(points, *p)
+			// The older generation's commit comes first, whatever
+			// happened to this one's staging.
+			if ferr := finish(); ferr != nil {
+				return st, ferr
 			}
+			if err != nil {
+				return st, err
+			}
+			if c == nil {
+				// Nothing to commit: the generation can go.
+				break
+			}
+			points = append(points, *c.point)
+			c.start(ctx, s.store, vm)
+			inflight = c
+			continue
 		}
 		if err != nil {
 			return st, err
 		}
-		if err := src.Drop(vm, gen); err != nil && !errors.Is(err, tracker.ErrGeneration) {
-			return st, fmt.Errorf("shipper: dropping %s generation %d after the target committed it: %w", vm, gen, err)
+		if err := s.dropped(src, vm, gen, &st); err != nil {
+			return st, err
 		}
-		st.Generations++
-		st.Last = gen
 	}
-	return st, nil
+	return st, finish()
+}
+
+// dropped drops gen from the log once the target holds it, and counts it.
+func (s *Shipper) dropped(src Source, vm string, gen uint64, st *Stats) error {
+	if err := src.Drop(vm, gen); err != nil && !errors.Is(err, tracker.ErrGeneration) {
+		return fmt.Errorf("shipper: dropping %s generation %d after the target committed it: %w", vm, gen, err)
+	}
+	st.Generations++
+	st.Last = gen
+	return nil
+}
+
+// commitCall is the Commit of a staged generation, run in the background.
+type commitCall struct {
+	gen   uint64
+	c     target.Commit
+	point *target.Point // as committed: only its generation and disk names
+	done  chan error
+}
+
+func (c *commitCall) start(ctx context.Context, store target.Store, vm string) {
+	c.done = make(chan error, 1)
+	go func() {
+		err := store.Commit(ctx, vm, c.gen, c.c)
+		if err != nil {
+			err = fmt.Errorf("shipper: committing %s generation %d: %w", vm, c.gen, err)
+		}
+		c.done <- err
+	}()
 }
 
 // recommit commits again a generation the store holds, with the point's
@@ -201,11 +264,10 @@ func (s *Shipper) recommit(ctx context.Context, src Source, vm string, gen uint6
 	return nil
 }
 
-// shipGeneration stages and commits one generation on top of the store's
-// newest point (nil for none). It returns the point as committed (only its
-// generation and disk names are filled in), or nil if there was nothing to
+// stageGeneration stages one generation on top of the store's newest point
+// (nil for none), and returns its commit, or nil if there is nothing to
 // commit.
-func (s *Shipper) shipGeneration(ctx context.Context, src Source, vm string, gen uint64, newest *target.Point) (*target.Point, Stats, error) {
+func (s *Shipper) stageGeneration(ctx context.Context, src Source, vm string, gen uint64, newest *target.Point) (*commitCall, Stats, error) {
 	var st Stats
 	info, err := src.Generation(vm, gen)
 	if err != nil {
@@ -272,14 +334,11 @@ func (s *Shipper) shipGeneration(ctx context.Context, src Source, vm string, gen
 
 	names := slices.Sorted(maps.Keys(disks))
 	c := target.Commit{Source: s.opts.Source, Frozen: info.Frozen, Kind: info.kind(), Disks: names, AppConsistent: info.AppConsistent}
-	if err := s.store.Commit(ctx, vm, gen, c); err != nil {
-		return nil, st, fmt.Errorf("shipper: committing %s generation %d: %w", vm, gen, err)
-	}
 	p := &target.Point{VM: vm, Generation: gen, Frozen: info.Frozen, Kind: info.kind()}
 	for _, n := range names {
 		p.Disks = append(p.Disks, target.DiskInfo{Name: n})
 	}
-	return p, st, nil
+	return &commitCall{gen: gen, c: c, point: p}, st, nil
 }
 
 // stageAll stages the stream of every changed disk of g as it is encoded,

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -526,4 +527,95 @@ func TestNoCompression(t *testing.T) {
 			checkPoints(t, e.store, "vm", want, nil)
 		})
 	}
+}
+
+// TestShipPipelined: the commit of each generation runs while the next one
+// is staged, yet commits and drops keep their order and every point is
+// whole; a commit that fails stops the Ship after the generation staged
+// meanwhile, which stays in the log.
+func TestShipPipelined(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 7))
+	e := newEnv(t, 4096)
+	ctx := context.Background()
+	gen1, disks := smallVM(t, e, rng)
+	want := map[uint64]snapshot{gen1: snap(disks)}
+	gens := []uint64{gen1}
+	for range 3 {
+		disks[rng.IntN(2)].write(rng.Int64N(64<<10), randomData(rng, 1+rng.Int64N(16<<10)))
+		g := rotateModel(t, e, "vm")
+		want[g] = snap(disks)
+		gens = append(gens, g)
+	}
+	last := gens[len(gens)-1]
+
+	ev := &events{}
+	staging := map[uint64]chan struct{}{} // closed when the generation's first Stage starts
+	for _, g := range gens {
+		staging[g] = make(chan struct{})
+	}
+	failGen := gens[2] // its first commit fails
+	store := &hookStore{Store: e.store}
+	store.stage = func(ctx context.Context, vm string, gen uint64, disk string, r io.Reader) error {
+		select {
+		case <-staging[gen]:
+		default:
+			close(staging[gen])
+		}
+		return e.store.Stage(ctx, vm, gen, disk, r)
+	}
+	store.commit = func(ctx context.Context, vm string, gen uint64, c target.Commit) error {
+		if gen != last {
+			// Wait until the next generation is being staged: the test
+			// hangs here (and fails) if commits do not overlap staging.
+			select {
+			case <-staging[gens[slices.Index(gens, gen)+1]]:
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("generation %d: the next one was not staged during its commit", gen)
+			}
+		}
+		if gen == failGen {
+			failGen = 0
+			ev.add("commit %d failed", gen)
+			return retryable{"connection reset"}
+		}
+		err := e.store.Commit(ctx, vm, gen, c)
+		if err == nil {
+			ev.add("commit %d", gen)
+		}
+		return err
+	}
+	src := &hookSource{Source: e.source()}
+	src.drop = func(vm string, gen uint64) error {
+		ev.add("drop %d", gen)
+		return e.log.Drop(vm, gen)
+	}
+	sh := New(src, store, Options{Source: "host-a"})
+
+	st, err := sh.Ship(ctx, "vm")
+	if err == nil || !strings.Contains(err.Error(), "connection reset") {
+		t.Fatalf("Ship: %v, want the failed commit", err)
+	}
+	if st.Generations != 2 || st.Last != gens[1] {
+		t.Fatalf("Ship stats %+v, want generations up to %d", st, gens[1])
+	}
+	if f := e.log.Frozen("vm"); !slices.Equal(f, gens[2:]) {
+		t.Fatalf("frozen after a failed commit: %v, want %v", f, gens[2:])
+	}
+	for _, g := range gens[2:] {
+		staging[g] = make(chan struct{})
+	}
+	if st, err = sh.Ship(ctx, "vm"); err != nil || st.Generations != 2 || st.Last != last {
+		t.Fatalf("second Ship: %+v, %v", st, err)
+	}
+	var wantEv []string
+	for i, g := range gens {
+		if i == 2 {
+			wantEv = append(wantEv, fmt.Sprintf("commit %d failed", g))
+		}
+		wantEv = append(wantEv, fmt.Sprintf("commit %d", g), fmt.Sprintf("drop %d", g))
+	}
+	if got := ev.list(); !slices.Equal(got, wantEv) {
+		t.Fatalf("events %q, want %q", got, wantEv)
+	}
+	checkPoints(t, e.store, "vm", want, nil)
 }

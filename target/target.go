@@ -62,8 +62,11 @@ type Commit struct {
 // applies every staged disk of the generation or none (invariant 5).
 //
 // All methods are safe for concurrent use on different VMs. Calls on one
-// VM are serialised by the caller (one shipper per VM); a store may reject
-// concurrent ones with a retryable error.
+// VM are serialised by the caller (one shipper per VM), with one exception
+// every store must allow: the Stage calls of a generation may run while
+// the Commit of the previous one does (the shipper sends the next
+// generation while the target applies one), and neither may disturb the
+// other. A store may reject other concurrent calls with a retryable error.
 //
 // Errors: an error for which IsPermanent reports true will fail again if
 // retried unchanged (bad input, wrong source, corrupt data, unknown VM,

@@ -549,6 +549,35 @@ func (l *Log) vmStatus(v *vm) VMStatus {
 	return st
 }
 
+// ActiveBytes returns the data the active generation of a VM holds: its
+// changed blocks, each once, times the block size. It is what the next
+// Rotate freezes, and grows with the VM's writes; the agent cuts a
+// generation before its interval when it grows past a limit.
+func (l *Log) ActiveBytes(vmName string) (int64, error) {
+	v, err := l.lookupVM(vmName)
+	if err != nil {
+		return 0, err
+	}
+	v.rw.RLock()
+	defer v.rw.RUnlock()
+	if v.active == nil {
+		return 0, nil
+	}
+	var disks []*Disk
+	l.mu.Lock()
+	for _, d := range l.mu.disks {
+		if d.v == v {
+			disks = append(disks, d)
+		}
+	}
+	l.mu.Unlock()
+	var blocks uint64
+	for _, s := range l.liveStats(v.active, disks) {
+		blocks += s.dataBlocks
+	}
+	return int64(blocks) * l.bs, nil
+}
+
 // liveStats counts what a generation not yet frozen holds. v.rw must be
 // held shared.
 func (l *Log) liveStats(g *generation, disks []*Disk) []genDiskStat {

@@ -363,12 +363,28 @@ func TestDrop(t *testing.T) {
 	if got := d.LogBytes(); got != 4*bs {
 		t.Fatalf("log bytes %d, want %d", got, 4*bs)
 	}
+	active := func(want int64) {
+		t.Helper()
+		if got, err := l.ActiveBytes("vm"); err != nil || got != want {
+			t.Fatalf("active bytes %d (%v), want %d", got, err, want)
+		}
+	}
+	active(4 * bs)
 	g1, _ := l.Rotate("vm")
+	active(0)
 	w(8*bs, 2*bs)
 	img.punch(bs*9, bs)
 	d.Zeroed(9*bs, bs, img)
 	if got := d.LogBytes(); got != 5*bs {
 		t.Fatalf("log bytes %d after a zero range, want %d", got, 5*bs)
+	}
+	active(bs) // block 9 is zeros now: no data
+	e, _ := l.OpenDisk("vm/other.img", int64(len(img.b)))
+	p := bytes.Repeat([]byte{7}, 3*bs)
+	e.Written(0, p, bytes.NewReader(p))
+	active(4 * bs) // the VM's disks together
+	if _, err := l.ActiveBytes("nope"); !errors.Is(err, ErrUnknownVM) {
+		t.Fatalf("ActiveBytes of an unknown VM: %v", err)
 	}
 	g2, _ := l.Rotate("vm")
 	seg := segmentPath(fs, "/state", 1, g1)

@@ -39,16 +39,17 @@ type socketFlag struct {
 type agentCmd struct {
 	Config string `placeholder:"FILE" type:"existingfile" help:"Configuration file (see docs/agent.md). Without it, give --source, --mountpoint and --state."`
 
-	Source       string `placeholder:"DIR" type:"path" help:"Directory of disk images: each top-level folder is a VM, each file inside it a disk."`
-	Mountpoint   string `placeholder:"DIR" type:"path" help:"Where the tracked view of SOURCE is mounted; run the VMs from here."`
-	State        string `placeholder:"DIR" type:"path" help:"Directory of the change log and the agent's state (keep it off the mount)."`
-	Target       string `placeholder:"URL" help:"Default target of drfs protect: dir:///path, https://host:port or azblob://ACCOUNT/CONTAINER."`
-	SourceID     string `name:"source-id" placeholder:"NAME" help:"Identity of this host on the target (default: the host name)."`
-	Interval     string `placeholder:"DURATION" help:"Default replication interval (5m unless set)."`
-	Retention    string `placeholder:"DURATION" help:"Default retention of recovery points (24h unless set)."`
-	ResyncWindow string `name:"resync-window" placeholder:"SPEC" help:"When resynchronizations run: e.g. 18:00-08:00,sat,sun (the default), always, never."`
-	Bandwidth    string `placeholder:"RATE" help:"Upload limit to each target, shared by the VMs replicating there, e.g. 50MiB/s (default: none)."`
-	Compress     string `placeholder:"MODE" help:"LZ4 on what is shipped: auto (the default: for a target reached over a network, not for a dir:// one), lz4 or none."`
+	Source        string `placeholder:"DIR" type:"path" help:"Directory of disk images: each top-level folder is a VM, each file inside it a disk."`
+	Mountpoint    string `placeholder:"DIR" type:"path" help:"Where the tracked view of SOURCE is mounted; run the VMs from here."`
+	State         string `placeholder:"DIR" type:"path" help:"Directory of the change log and the agent's state (keep it off the mount)."`
+	Target        string `placeholder:"URL" help:"Default target of drfs protect: dir:///path, https://host:port or azblob://ACCOUNT/CONTAINER."`
+	SourceID      string `name:"source-id" placeholder:"NAME" help:"Identity of this host on the target (default: the host name)."`
+	Interval      string `placeholder:"DURATION" help:"Default replication interval (5m unless set)."`
+	Retention     string `placeholder:"DURATION" help:"Default retention of recovery points (24h unless set)."`
+	ResyncWindow  string `name:"resync-window" placeholder:"SPEC" help:"When resynchronizations run: e.g. 18:00-08:00,sat,sun (the default), always, never."`
+	Bandwidth     string `placeholder:"RATE" help:"Upload limit to each target, shared by the VMs replicating there, e.g. 50MiB/s (default: none)."`
+	Compress      string `placeholder:"MODE" help:"LZ4 on what is shipped: auto (the default: for a target reached over a network, not for a dir:// one), lz4 or none."`
+	MaxGeneration string `name:"max-generation" placeholder:"SIZE" help:"Cut the generation of a protected VM before its interval when it holds this much changed data, so that heavy writes still make a point every few seconds (default 512MiB; 0 cuts only at the interval)."`
 	targets.TLS
 
 	socketFlag
@@ -60,7 +61,7 @@ type agentCmd struct {
 // flags and checked by the same rules.
 func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	flagged := c.Source != "" || c.Mountpoint != "" || c.State != "" || c.Target != "" || c.SourceID != "" ||
-		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.Compress != "" || c.Bandwidth != "" || c.TLS != (targets.TLS{})
+		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.Compress != "" || c.Bandwidth != "" || c.MaxGeneration != "" || c.TLS != (targets.TLS{})
 	if c.Config != "" {
 		if flagged {
 			return nil, targets.TLS{}, errors.New("give either --config or the settings as flags, not both")
@@ -77,7 +78,8 @@ func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	var b strings.Builder
 	for _, kv := range [][2]string{{"source", c.Source}, {"mountpoint", c.Mountpoint}, {"state", c.State},
 		{"target", c.Target}, {"source-id", c.SourceID}, {"tls-cert", c.Cert}, {"tls-key", c.Key}, {"tls-ca", c.CA},
-		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"compress", c.Compress}, {"bandwidth", c.Bandwidth}} {
+		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"compress", c.Compress}, {"bandwidth", c.Bandwidth},
+		{"max-generation", c.MaxGeneration}} {
 		if kv[1] != "" {
 			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
 		}

@@ -773,3 +773,55 @@ func TestAgentExt4(t *testing.T) {
 	}
 	checkExt4(t, filepath.Join(dir, "disk.img"), files)
 }
+
+// TestAgentEarlyCut: a protected VM whose active generation reaches
+// max-generation gets a point at once, long before its interval; below it,
+// nothing is cut until the interval.
+func TestAgentEarlyCut(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	tgt := "dir://" + filepath.Join(filepath.Dir(d.state), "target")
+	socket := filepath.Join(filepath.Dir(d.state), "agent.sock")
+	a := startAgent(t, d, socket, "--target", tgt, "--interval", "1h", "--max-generation", "1MiB", "--resync-window", "always")
+	if out, err := drfsRun(t, "protect", "vm1", "--wait", "--socket", socket); err != nil {
+		t.Fatalf("drfs protect vm1: %v\n%s", err, out)
+	}
+	before := vmStatus(t, socket, "vm1").NewestPoint
+	disk := filepath.Join(d.mnt, "vm1", "disk.img")
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rng := rand.New(rand.NewPCG(5, 6))
+	write := func(off, n int64) {
+		buf := make([]byte, n)
+		for i := range buf {
+			buf[i] = byte(rng.Uint32())
+		}
+		if _, err := f.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Half the limit: no cut within several polls.
+	write(0, 512<<10)
+	time.Sleep(4 * time.Second)
+	if p := vmStatus(t, socket, "vm1").NewestPoint; !p.Equal(before) {
+		t.Fatalf("a point cut at %v with half of max-generation changed", p)
+	}
+	// Past it: a point within seconds, holding the disk as it was.
+	write(8<<20, 1<<20)
+	want := readAll(t, filepath.Join(d.mnt, "vm1"), "disk.img")
+	deadline := time.Now().Add(20 * time.Second)
+	for vmStatus(t, socket, "vm1").NewestPoint.Equal(before) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no point 20s after the active generation passed max-generation\n%s", a.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	f.Close()
+	a.stop(t)
+	ps := points(t, tgt, "vm1")
+	restoreAndCompare(t, tgt, "vm1", ps[len(ps)-1].ID(), want)
+}

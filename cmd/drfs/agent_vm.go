@@ -623,17 +623,11 @@ func (a *agent) supervise(ctx context.Context, p *protection) {
 			return
 		}
 		if wait > 0 {
-			t := a.clock.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			switch a.waitRound(ctx, p, wait) {
+			case waitStop:
 				return
-			case <-p.wake:
-				t.Stop()
-			case <-t.C():
-				if wait == forever {
-					continue // stopped: only drfs resume wakes it
-				}
+			case waitAgain:
+				continue // stopped: only drfs resume wakes it
 			}
 		}
 		if ctx.Err() != nil {
@@ -646,6 +640,57 @@ func (a *agent) supervise(ctx context.Context, p *protection) {
 			}
 		}
 		a.runRound(ctx, p)
+	}
+}
+
+// What waitRound ended with.
+const (
+	waitRun   = iota // run a round now
+	waitAgain        // ask nextRound again
+	waitStop         // the agent is stopping
+)
+
+// cutPoll is how often a protected VM's active generation is measured
+// against the agent's max-generation.
+const cutPoll = time.Second
+
+// waitRound waits up to wait for p's next round. A wake-up, or the active
+// generation of a protected VM reaching max-generation, ends the wait
+// early: a generation of an interval of heavy writes would take longer
+// than the interval to ship and apply, and the RPO would grow with it.
+func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration) int {
+	t := a.clock.NewTimer(wait)
+	defer t.Stop()
+	var poll orchestrator.Timer
+	if a.cfg.MaxGeneration > 0 && wait != forever && p.state() == orchestrator.Protected {
+		poll = a.clock.NewTimer(cutPoll)
+		defer func() { poll.Stop() }()
+	}
+	for poll != nil {
+		select {
+		case <-ctx.Done():
+			return waitStop
+		case <-p.wake:
+			return waitRun
+		case <-t.C():
+			return waitRun
+		case <-poll.C():
+			if n, err := a.log.ActiveBytes(p.name); err == nil && n >= a.cfg.MaxGeneration {
+				return waitRun
+			}
+			poll = a.clock.NewTimer(cutPoll)
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return waitStop
+	case <-p.wake:
+		return waitRun
+	case <-t.C():
+		if wait == forever {
+			return waitAgain
+		}
+		return waitRun
 	}
 }
 

@@ -232,7 +232,7 @@ func (s *Store) publishLocked(v *vmState, mk *marker) error {
 			return err
 		}
 	}
-	v.points = points
+	v.setPoints(points)
 	s.step("manifest")
 	return s.finishLocked(v, p.Generation)
 }

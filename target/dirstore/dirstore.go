@@ -73,7 +73,13 @@ type vmState struct {
 	// Guarded by mu.
 	cleaned bool // temporary files of earlier processes removed
 	owner   string
-	points  []target.Point // oldest first
+	points  []target.Point // oldest first; set with setPoints
+
+	// published is points as of its last change, for Stage to check
+	// without waiting for mu: a Commit holds mu for the whole apply, and
+	// the next generation's stream is received meanwhile. The slices are
+	// never changed in place.
+	published atomic.Pointer[[]target.Point]
 
 	pinMu sync.Mutex
 	pins  map[uint64]int // open DiskReaders per point: Expire keeps these points
@@ -267,7 +273,8 @@ func (s *Store) loadLocked(v *vmState) error {
 			return brokenError{fmt.Errorf("dirstore: VM %s: manifest (format %d): %v", vm, man.Format, err)}
 		}
 	}
-	v.owner, v.points = strings.TrimSuffix(string(owner), "\n"), man.Points
+	v.owner = strings.TrimSuffix(string(owner), "\n")
+	v.setPoints(man.Points)
 
 	if b, err := s.readFile(markerPath(vm)); err != nil {
 		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
@@ -410,17 +417,37 @@ func (s *Store) vmDirs() ([]string, error) {
 	return names, nil
 }
 
-func (v *vmState) newest() *target.Point {
-	if len(v.points) == 0 {
-		return nil
-	}
-	return &v.points[len(v.points)-1]
+// setPoints sets points (mu held exclusively) and publishes them.
+func (v *vmState) setPoints(points []target.Point) {
+	v.points = points
+	v.published.Store(&points)
 }
 
-func (v *vmState) find(gen uint64) *target.Point {
-	for i := range v.points {
-		if v.points[i].Generation == gen {
-			return &v.points[i]
+// publishedPoints returns the points as of their last change, and false if
+// v is not loaded (then only its lock gives them).
+func (v *vmState) publishedPoints() ([]target.Point, bool) {
+	p := v.published.Load()
+	if p == nil || !v.loaded.Load() {
+		return nil, false
+	}
+	return *p, true
+}
+
+func (v *vmState) newest() *target.Point { return newestOf(v.points) }
+
+func (v *vmState) find(gen uint64) *target.Point { return findIn(v.points, gen) }
+
+func newestOf(points []target.Point) *target.Point {
+	if len(points) == 0 {
+		return nil
+	}
+	return &points[len(points)-1]
+}
+
+func findIn(points []target.Point, gen uint64) *target.Point {
+	for i := range points {
+		if points[i].Generation == gen {
+			return &points[i]
 		}
 	}
 	return nil

@@ -43,7 +43,7 @@ func (s *Store) Expire(ctx context.Context, vm string, before time.Time, keep in
 	if err := s.writeManifest(vm, kept); err != nil {
 		return err
 	}
-	v.points = kept
+	v.setPoints(kept)
 	s.step("expire manifest")
 	for _, p := range old[:drop+1] {
 		s.removeAll(undoDir(vm, p.Generation))

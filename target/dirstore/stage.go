@@ -45,10 +45,7 @@ func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, s
 	if err := ctx.Err(); err != nil {
 		return wrap(err)
 	}
-	packed, err := s.holds(vm, disk)
-	if err != nil {
-		return wrap(err)
-	}
+	packed := s.holds(vm, disk)
 
 	for _, dir := range []string{tmpDir(vm), blocksDir(vm, gen)} {
 		if err := s.mkdirAll(dir); err != nil {
@@ -101,19 +98,27 @@ func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, s
 }
 
 // stageCheck says whether a stream of generation gen is wanted: done if the
-// store already holds gen, ErrOutOfOrder if the VM is past it.
+// store already holds gen, ErrOutOfOrder if the VM is past it. Unless
+// locked, it reads the published points, so that it does not wait for a
+// Commit of an older generation (stageInstall checks again under the
+// lock).
 func (s *Store) stageCheck(vm string, gen uint64, locked bool) (done bool, err error) {
-	v := s.state(vm)
-	if !locked {
-		if v, err = s.rlock(vm); err != nil {
+	points, ok := s.state(vm).publishedPoints()
+	if locked {
+		points, ok = s.state(vm).points, true
+	}
+	if !ok {
+		v, err := s.rlock(vm)
+		if err != nil {
 			return false, err
 		}
-		defer v.mu.RUnlock()
+		points = v.points
+		v.mu.RUnlock()
 	}
-	if v.find(gen) != nil {
+	if findIn(points, gen) != nil {
 		return true, nil
 	}
-	if n := v.newest(); n != nil && gen < n.Generation {
+	if n := newestOf(points); n != nil && gen < n.Generation {
 		return false, fmt.Errorf("dirstore: stage %s generation %d: %w: the newest point is %d",
 			vm, gen, target.ErrOutOfOrder, n.Generation)
 	}
@@ -123,15 +128,11 @@ func (s *Store) stageCheck(vm string, gen uint64, locked bool) (done bool, err e
 // holds reports whether the newest point of vm holds disk: then its stream
 // is staged packed, else as an image that Commit links as the replica. A
 // guess that a later commit proves wrong costs speed, not correctness:
-// Commit applies either layout to any replica.
-func (s *Store) holds(vm, disk string) (bool, error) {
-	v, err := s.rlock(vm)
-	if err != nil {
-		return false, err
-	}
-	defer v.mu.RUnlock()
-	_, ok := diskSizes(v.newest())[disk]
-	return ok, nil
+// Commit applies either layout to any replica. stageCheck loaded vm.
+func (s *Store) holds(vm, disk string) bool {
+	points, _ := s.state(vm).publishedPoints()
+	_, ok := diskSizes(newestOf(points))[disk]
+	return ok
 }
 
 // stageInstall moves a staged record into place, replacing an earlier one

@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) target.Store) {
 		{"NothingVisibleBeforeCommit", testNothingVisible},
 		{"CommitIdempotent", testCommitIdempotent},
 		{"RestageReplaces", testRestage},
+		{"StageWhileCommitting", testPipelined},
 		{"CorruptStream", testCorrupt},
 		{"TruncatedStream", testTruncated},
 		{"StreamMismatch", testMismatch},
@@ -274,6 +275,34 @@ func testRestage(t *testing.T, st target.Store, rng *rand.Rand) {
 	second := m.Next(2)
 	second.RandomGen(rng, RandomOptions{Changes: 20, MaxGrow: 8192})
 	must(t, second.Apply(ctx, st))
+	m.CheckPoints(t, st)
+}
+
+// testPipelined stages each generation while the previous one commits, as
+// the shipper does; a disk added meanwhile starts empty. Every point is
+// whole.
+func testPipelined(t *testing.T, st target.Store, rng *rand.Rand) {
+	m, g := NewVM(rng, "vm-pipe", "a", "b/c")
+	must(t, g.Build())
+	must(t, g.Stage(ctx, st))
+	for i := range 6 {
+		gen, c := g.Gen, g.Commit()
+		g.Committed() // in the model now: the next generation applies on it
+		next := m.Next(gen + 1)
+		if i == 2 {
+			next.Add("d", 5*4096+100)
+		}
+		next.RandomGen(rng, RandomOptions{Changes: 12, MaxGrow: 4 * 4096, MinSize: 1})
+		must(t, next.Build())
+		done := make(chan error, 1)
+		go func() { done <- st.Commit(ctx, m.Name, gen, c) }()
+		serr := next.Stage(ctx, st)
+		must(t, <-done)
+		must(t, serr)
+		g = next
+	}
+	must(t, st.Commit(ctx, m.Name, g.Gen, g.Commit()))
+	g.Committed()
 	m.CheckPoints(t, st)
 }
 
