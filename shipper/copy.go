@@ -111,7 +111,7 @@ func (s *Shipper) ShipCopyDisks(ctx context.Context, vm string, gen uint64, disk
 		}
 		cs.sizes[name] = st.Size()
 	}
-	return s.ship(ctx, vm, cs)
+	return s.ship(ctx, vm, cs, 0)
 }
 
 func checkRanges(rs []target.Extent) error {

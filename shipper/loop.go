@@ -40,6 +40,11 @@ type LoopOptions struct {
 	// drain and before the rotation. Writes during it are logged in the
 	// generation the copy rides on, whose changed blocks the copy sends.
 	Prepare func(ctx context.Context, vm string, disks map[string]CopyDisk) (map[string]CopyDisk, error)
+	// WhileShipping, if set, is started when a round ships vm from the
+	// log (not when it copies), and stopped when that ship ends: a caller
+	// that cuts generations as they fill up does it there, and the
+	// Shipper's Follow sends them in the same ship.
+	WhileShipping func(ctx context.Context, vm string) (stop func())
 }
 
 // VMState is what a Loop knows of one VM.
@@ -182,8 +187,13 @@ func (l *Loop) ship(ctx context.Context, vm string, rotate bool) {
 		}
 		// Ship what froze even if the rotation failed: older generations
 		// may be waiting.
+		stop := func() {}
+		if l.opts.WhileShipping != nil {
+			stop = l.opts.WhileShipping(ctx, vm)
+		}
 		var serr error
 		st, serr = l.sh.Ship(ctx, vm)
+		stop()
 		if serr != nil && (err == nil || target.IsPermanent(serr)) {
 			err = serr
 		}

@@ -26,6 +26,15 @@ type Options struct {
 	// compressing costs the shipper CPU and the store the decompression,
 	// and saves nothing.
 	NoCompression bool
+	// Follow is for how long after it starts a Ship also sends the
+	// generations frozen while it runs (a caller that cuts generations as
+	// they fill up): each one is staged while the one before commits.
+	// 0 sends only those frozen when it starts.
+	Follow time.Duration
+	// OnCommit, if set, is called after each generation the store
+	// committed, with its point (generation, frozen time, kind and disk
+	// names), before Ship returns.
+	OnCommit func(target.Point)
 }
 
 // Shipper drains the frozen generations of a Source into a target.Store.
@@ -129,11 +138,12 @@ func (s *Shipper) vmLock(vm string) *sync.Mutex {
 // target.ErrOutOfOrder: the log and the target disagree, and only a
 // resynchronization can tell which blocks the replica lacks.
 func (s *Shipper) Ship(ctx context.Context, vm string) (st Stats, err error) {
-	return s.ship(ctx, vm, s.src)
+	return s.ship(ctx, vm, s.src, s.opts.Follow)
 }
 
-// ship is Ship reading the log through src.
-func (s *Shipper) ship(ctx context.Context, vm string, src Source) (st Stats, err error) {
+// ship is Ship reading the log through src, following new generations for
+// follow.
+func (s *Shipper) ship(ctx context.Context, vm string, src Source, follow time.Duration) (st Stats, err error) {
 	start := s.opts.Clock.Now()
 	defer func() { st.Duration = s.opts.Clock.Now().Sub(start) }()
 	m := s.vmLock(vm)
@@ -163,58 +173,94 @@ func (s *Shipper) ship(ctx context.Context, vm string, src Source) (st Stats, er
 		if err := <-c.done; err != nil {
 			return err
 		}
+		if s.opts.OnCommit != nil {
+			s.opts.OnCommit(*c.point)
+		}
 		return s.dropped(src, vm, c.gen, &st)
 	}
-	for _, gen := range gens {
-		if err := ctx.Err(); err != nil {
-			return st, errors.Join(err, finish())
+	for len(gens) > 0 {
+		for _, gen := range gens {
+			if err := s.shipOne(ctx, src, vm, gen, &points, &inflight, finish, &st); err != nil {
+				if ferr := finish(); ferr != nil {
+					return st, ferr // the older generation's failure first
+				}
+				return st, err
+			}
 		}
-		var newest *target.Point
-		if len(points) > 0 {
-			newest = &points[len(points)-1]
-		}
-		i := slices.IndexFunc(points, func(p target.Point) bool { return p.Generation == gen })
-		if i >= 0 || (newest != nil && gen < newest.Generation) {
+		// Generations frozen meanwhile, if following: a new one is
+		// staged while the last one commits.
+		gens = nil
+		for follow > 0 && len(gens) == 0 && s.opts.Clock.Now().Sub(start) < follow {
+			gens = newer(src.Frozen(vm), st.Last, points)
+			if len(gens) > 0 || inflight == nil {
+				break
+			}
 			if err := finish(); err != nil {
 				return st, err
 			}
 		}
-		switch {
-		case i >= 0:
-			err = s.recommit(ctx, src, vm, gen, &points[i])
-		case newest != nil && gen < newest.Generation:
-			err = permanent(fmt.Errorf("shipper: %s generation %d: %w: the target's newest point is %d and it does not hold %d; resynchronize the VM",
-				vm, gen, target.ErrOutOfOrder, newest.Generation, gen))
-		default:
-			var c *commitCall
-			var gs Stats
-			c, gs, err = s.stageGeneration(ctx, src, vm, gen, newest)
-			st.Add(gs)
-			// The older generation's commit comes first, whatever
-			// happened to this one's staging.
-			if ferr := finish(); ferr != nil {
-				return st, ferr
-			}
-			if err != nil {
-				return st, err
-			}
-			if c == nil {
-				// Nothing to commit: the generation can go.
-				break
-			}
-			points = append(points, *c.point)
-			c.start(ctx, s.store, vm)
-			inflight = c
-			continue
-		}
-		if err != nil {
-			return st, err
-		}
-		if err := s.dropped(src, vm, gen, &st); err != nil {
-			return st, err
-		}
 	}
 	return st, finish()
+}
+
+// newer returns the generations of frozen past last and past the newest
+// of points.
+func newer(frozen []uint64, last uint64, points []target.Point) []uint64 {
+	if n := len(points); n > 0 {
+		last = max(last, points[n-1].Generation)
+	}
+	i, _ := slices.BinarySearch(frozen, last+1)
+	return frozen[i:]
+}
+
+// shipOne sends generation gen: commits it again if the store holds it
+// (points), refuses it if the store is past it, or stages it and starts
+// its commit, which runs while the next generation stages (inflight).
+// finish waits for the commit in flight and drops its generation.
+func (s *Shipper) shipOne(ctx context.Context, src Source, vm string, gen uint64, points *[]target.Point, inflight **commitCall,
+	finish func() error, st *Stats) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var newest *target.Point
+	if n := len(*points); n > 0 {
+		newest = &(*points)[n-1]
+	}
+	i := slices.IndexFunc(*points, func(p target.Point) bool { return p.Generation == gen })
+	switch {
+	case i >= 0:
+		if err := finish(); err != nil {
+			return err
+		}
+		if err := s.recommit(ctx, src, vm, gen, &(*points)[i]); err != nil {
+			return err
+		}
+		return s.dropped(src, vm, gen, st)
+	case newest != nil && gen < newest.Generation:
+		if err := finish(); err != nil {
+			return err
+		}
+		return permanent(fmt.Errorf("shipper: %s generation %d: %w: the target's newest point is %d and it does not hold %d; resynchronize the VM",
+			vm, gen, target.ErrOutOfOrder, newest.Generation, gen))
+	}
+	c, gs, err := s.stageGeneration(ctx, src, vm, gen, newest)
+	st.Add(gs)
+	// The older generation's commit comes first, whatever happened to
+	// this one's staging.
+	if ferr := finish(); ferr != nil {
+		return ferr
+	}
+	if err != nil {
+		return err
+	}
+	if c == nil {
+		// Nothing to commit: the generation can go.
+		return s.dropped(src, vm, gen, st)
+	}
+	*points = append(*points, *c.point)
+	c.start(ctx, s.store, vm)
+	*inflight = c
+	return nil
 }
 
 // dropped drops gen from the log once the target holds it, and counts it.

@@ -619,3 +619,60 @@ func TestShipPipelined(t *testing.T) {
 	}
 	checkPoints(t, e.store, "vm", want, nil)
 }
+
+// TestShipFollow: with Follow, one Ship also sends the generations cut
+// while it runs, each staged while the previous one commits, and tells
+// OnCommit of each point in order; without it, only those frozen at the
+// start.
+func TestShipFollow(t *testing.T) {
+	for _, follow := range []time.Duration{0, time.Minute} {
+		t.Run(fmt.Sprint(follow), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(testSeed(t), 8))
+			e := newEnv(t, 4096)
+			ctx := context.Background()
+			gen1, disks := smallVM(t, e, rng)
+			want := map[uint64]snapshot{gen1: snap(disks)}
+			cuts := 3 // generations cut while Ship runs, one at each stage
+			var mu sync.Mutex
+			store := &hookStore{Store: e.store}
+			store.stage = func(ctx context.Context, vm string, gen uint64, disk string, r io.Reader) error {
+				mu.Lock()
+				if cuts > 0 && disk == "a.img" {
+					cuts--
+					disks[0].write(rng.Int64N(64<<10), randomData(rng, 4096))
+					g := rotateModel(t, e, "vm")
+					want[g] = snap(disks)
+				}
+				mu.Unlock()
+				return e.store.Stage(ctx, vm, gen, disk, r)
+			}
+			var committed []uint64
+			sh := New(e.source(), store, Options{Source: "host-a", Follow: follow, OnCommit: func(p target.Point) {
+				committed = append(committed, p.Generation)
+				if p.Frozen.IsZero() || len(p.Disks) == 0 {
+					t.Errorf("OnCommit of a point without its cut or disks: %+v", p)
+				}
+			}})
+			st, err := sh.Ship(ctx, "vm")
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			frozen := e.log.Frozen("vm")
+			if follow == 0 {
+				if st.Generations != 1 || len(frozen) != 1 {
+					t.Fatalf("without Follow: %d shipped, %v left; want 1 and 1", st.Generations, frozen)
+				}
+				return
+			}
+			if st.Generations != 4 || len(frozen) != 0 {
+				t.Fatalf("with Follow: %d shipped, %v left; want 4 and none", st.Generations, frozen)
+			}
+			if !slices.IsSorted(committed) || len(committed) != 4 || committed[3] != st.Last {
+				t.Fatalf("OnCommit saw %v, Ship's last is %d", committed, st.Last)
+			}
+			checkPoints(t, e.store, "vm", want, nil)
+		})
+	}
+}

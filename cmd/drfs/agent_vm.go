@@ -451,6 +451,11 @@ func (a *agent) newReplication(p *protection) (*replication, error) {
 		return nil, err
 	}
 	f.shipVia = via
+	if a.cfg.MaxGeneration > 0 {
+		f.follow = pol.Interval
+		f.onCommit = func(pt target.Point) { a.committed(p, pt) }
+		f.whileShipping = func(ctx context.Context, _ string) func() { return a.cutWhileShipping(ctx, p) }
+	}
 	return startReplication(a.ctx, f, a.cfg.Source, a.cfg.State, a.log, p.store, a.bs)
 }
 
@@ -691,6 +696,47 @@ func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration
 			return waitAgain
 		}
 		return waitRun
+	}
+}
+
+// cutWhileShipping cuts the generation of p, if protected, whenever it
+// reaches max-generation while a round ships it from the log, until the
+// returned func is called: the shipper follows the new generations,
+// staging each while the one before commits, so that the cuts keep their
+// pace however long shipping takes.
+func (a *agent) cutWhileShipping(ctx context.Context, p *protection) (stop func()) {
+	if a.cfg.MaxGeneration <= 0 || p.state() != orchestrator.Protected {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			t := a.clock.NewTimer(cutPoll)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C():
+			}
+			if n, err := a.log.ActiveBytes(p.name); err == nil && n >= a.cfg.MaxGeneration {
+				if _, err := a.log.Rotate(p.name); err != nil {
+					fmt.Fprintf(os.Stderr, "drfs: %s: cutting a full generation: %v\n", p.name, err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// committed records a point the target committed during a round of p, so
+// that its RPO and health follow each point rather than each round.
+func (a *agent) committed(p *protection, pt target.Point) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.mu.vm.State() == orchestrator.Protected {
+		p.mu.vm.Succeeded(a.clock.Now(), pt.Frozen)
 	}
 }
 

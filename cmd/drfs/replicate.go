@@ -48,6 +48,12 @@ type replicationFlags struct {
 	// stages through, which the VMs replicating to one target share (one
 	// limit per target); Bandwidth is then not applied again.
 	shipVia target.Store
+	// Set by the agent when it cuts generations as they fill up: a ship
+	// also sends the generations cut while it runs, for up to follow, and
+	// onCommit hears of each point as the target commits it.
+	follow        time.Duration
+	onCommit      func(target.Point)
+	whileShipping func(ctx context.Context, vm string) (stop func())
 }
 
 // percent is a percentage from 1 to 100, written 50% or 50.
@@ -211,7 +217,8 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	if err != nil {
 		return nil, err
 	}
-	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID, NoCompression: !lz4})
+	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID, NoCompression: !lz4,
+		Follow: f.follow, OnCommit: f.onCommit})
 	r.sh = sh
 	copies := copiesFunc(r.copies)
 	if f.wrapCopies != nil {
@@ -223,6 +230,8 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 		Copies:   copies,
 		Prepare:  r.prepare,
 		OnShip:   r.shipped,
+
+		WhileShipping: f.whileShipping,
 	})
 	return r, nil
 }
