@@ -59,6 +59,30 @@ func (ev *events) add(format string, args ...any) {
 	ev.log = append(ev.log, fmt.Sprintf(format, args...))
 }
 
+// commit commits gen to e's store and records it; with fail it records a
+// failure instead and returns a retryable error.
+func (ev *events) commit(ctx context.Context, e *env, vm string, gen uint64, c target.Commit, fail bool) error {
+	if fail {
+		ev.add("commit %d failed", gen)
+		return retryable{"connection reset"}
+	}
+	err := e.store.Commit(ctx, vm, gen, c)
+	if err == nil {
+		ev.add("commit %d", gen)
+	}
+	return err
+}
+
+// dropsOf returns e's log as a Source that records each Drop.
+func (ev *events) dropsOf(e *env) Source {
+	src := &hookSource{Source: e.source()}
+	src.drop = func(vm string, gen uint64) error {
+		ev.add("drop %d", gen)
+		return e.log.Drop(vm, gen)
+	}
+	return src
+}
+
 func (ev *events) list() []string {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
@@ -81,23 +105,13 @@ func TestDropOnlyAfterCommit(t *testing.T) {
 	fail := 2 // commits of gen2 that fail
 	store := &hookStore{Store: e.store}
 	store.commit = func(ctx context.Context, vm string, gen uint64, c target.Commit) error {
-		if gen == gen2 && fail > 0 {
+		failing := gen == gen2 && fail > 0
+		if failing {
 			fail--
-			ev.add("commit %d failed", gen)
-			return retryable{"connection reset"}
 		}
-		err := e.store.Commit(ctx, vm, gen, c)
-		if err == nil {
-			ev.add("commit %d", gen)
-		}
-		return err
+		return ev.commit(ctx, e, vm, gen, c, failing)
 	}
-	src := &hookSource{Source: e.source()}
-	src.drop = func(vm string, gen uint64) error {
-		ev.add("drop %d", gen)
-		return e.log.Drop(vm, gen)
-	}
-	sh := New(src, store, Options{Source: "host-a"})
+	sh := New(ev.dropsOf(e), store, Options{Source: "host-a"})
 
 	st, err := sh.Ship(ctx, "vm")
 	if err == nil || target.IsPermanent(err) {
@@ -573,23 +587,13 @@ func TestShipPipelined(t *testing.T) {
 				return fmt.Errorf("generation %d: the next one was not staged during its commit", gen)
 			}
 		}
-		if gen == failGen {
+		failing := gen == failGen
+		if failing {
 			failGen = 0
-			ev.add("commit %d failed", gen)
-			return retryable{"connection reset"}
 		}
-		err := e.store.Commit(ctx, vm, gen, c)
-		if err == nil {
-			ev.add("commit %d", gen)
-		}
-		return err
+		return ev.commit(ctx, e, vm, gen, c, failing)
 	}
-	src := &hookSource{Source: e.source()}
-	src.drop = func(vm string, gen uint64) error {
-		ev.add("drop %d", gen)
-		return e.log.Drop(vm, gen)
-	}
-	sh := New(src, store, Options{Source: "host-a"})
+	sh := New(ev.dropsOf(e), store, Options{Source: "host-a"})
 
 	st, err := sh.Ship(ctx, "vm")
 	if err == nil || !strings.Contains(err.Error(), "connection reset") {

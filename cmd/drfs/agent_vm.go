@@ -667,36 +667,38 @@ func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration
 	t := a.clock.NewTimer(wait)
 	defer t.Stop()
 	var poll orchestrator.Timer
+	var polled <-chan time.Time // nil: never ready
 	if a.cfg.MaxGeneration > 0 && wait != forever && p.state() == orchestrator.Protected {
 		poll = a.clock.NewTimer(cutPoll)
+		polled = poll.C()
 		defer func() { poll.Stop() }()
 	}
-	for poll != nil {
+	for {
 		select {
 		case <-ctx.Done():
 			return waitStop
 		case <-p.wake:
 			return waitRun
 		case <-t.C():
+			if wait == forever {
+				return waitAgain
+			}
 			return waitRun
-		case <-poll.C():
-			if n, err := a.log.ActiveBytes(p.name); err == nil && n >= a.cfg.MaxGeneration {
+		case <-polled:
+			if a.generationFull(p) {
 				return waitRun
 			}
 			poll = a.clock.NewTimer(cutPoll)
+			polled = poll.C()
 		}
 	}
-	select {
-	case <-ctx.Done():
-		return waitStop
-	case <-p.wake:
-		return waitRun
-	case <-t.C():
-		if wait == forever {
-			return waitAgain
-		}
-		return waitRun
-	}
+}
+
+// generationFull reports whether p's active generation holds
+// max-generation of changed data.
+func (a *agent) generationFull(p *protection) bool {
+	n, err := a.log.ActiveBytes(p.name)
+	return err == nil && a.cfg.MaxGeneration > 0 && n >= a.cfg.MaxGeneration
 }
 
 // cutWhileShipping cuts the generation of p, if protected, whenever it
@@ -720,7 +722,7 @@ func (a *agent) cutWhileShipping(ctx context.Context, p *protection) (stop func(
 				return
 			case <-t.C():
 			}
-			if n, err := a.log.ActiveBytes(p.name); err == nil && n >= a.cfg.MaxGeneration {
+			if a.generationFull(p) {
 				if _, err := a.log.Rotate(p.name); err != nil {
 					fmt.Fprintf(os.Stderr, "drfs: %s: cutting a full generation: %v\n", p.name, err)
 				}
