@@ -44,6 +44,8 @@ type RPOConfig struct {
 	Duration, Interval time.Duration
 	// Compress is the agent's --compress ("" for its default, auto).
 	Compress string
+	// MaxGeneration is the agent's --max-generation ("" for its default).
+	MaxGeneration string
 	// Progress receives a line per step; nil discards them.
 	Progress io.Writer
 }
@@ -70,7 +72,8 @@ type RPOReport struct {
 	DiskSize      int64         `json:"disk_size"`
 	Interval      time.Duration `json:"interval"`
 	Duration      time.Duration `json:"duration"`
-	Compress      string        `json:"compress"` // the agent's --compress
+	Compress      string        `json:"compress"`       // the agent's --compress
+	MaxGeneration string        `json:"max_generation"` // the agent's --max-generation
 	Cases         []RPOCase     `json:"cases"`
 	AgentPeakRSS  int64         `json:"agent_peak_rss"`
 	ServerPeakRSS int64         `json:"server_peak_rss"`
@@ -127,6 +130,9 @@ func RunRPO(ctx context.Context, cfg RPOConfig) (_ *RPOReport, err error) {
 	if cfg.Compress != "" {
 		agent.Args = append(agent.Args, "--compress", cfg.Compress)
 	}
+	if cfg.MaxGeneration != "" {
+		agent.Args = append(agent.Args, "--max-generation", cfg.MaxGeneration)
+	}
 	agentLog := &lineTail{}
 	agent.Stderr = lineWriter{agentLog}
 	if err := agent.Start(); err != nil {
@@ -153,7 +159,8 @@ func RunRPO(ctx context.Context, cfg RPOConfig) (_ *RPOReport, err error) {
 		return nil, fmt.Errorf("drfs protect: %v: %s\n%s", err, out, agentLog)
 	}
 
-	rep := &RPOReport{DiskSize: cfg.DiskSize, Interval: cfg.Interval, Duration: cfg.Duration, Compress: cmp.Or(cfg.Compress, "auto")}
+	rep := &RPOReport{DiskSize: cfg.DiskSize, Interval: cfg.Interval, Duration: cfg.Duration, Compress: cmp.Or(cfg.Compress, "auto"),
+		MaxGeneration: cmp.Or(cfg.MaxGeneration, "default")}
 	client := unixClient(socket)
 	for _, rate := range cfg.Rates {
 		fmt.Fprintf(cfg.Progress, "rpo: %d MB/s of 4 KiB random writes for %v\n", rate, cfg.Duration)
@@ -362,8 +369,8 @@ func (p *shipPKI) writeClientFiles(dir string) (certFile, keyFile string, err er
 // String is the report as a table.
 func (r *RPOReport) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "RPO of a protected VM (%s sparse disk, interval %v, %v per rate), agent and drfs target serve over loopback mutual TLS, --compress %s\n",
-		sizeString(r.DiskSize), r.Interval, r.Duration, r.Compress)
+	fmt.Fprintf(&b, "RPO of a protected VM (%s sparse disk, interval %v, %v per rate), agent and drfs target serve over loopback mutual TLS, --compress %s, --max-generation %s\n",
+		sizeString(r.DiskSize), r.Interval, r.Duration, r.Compress, r.MaxGeneration)
 	fmt.Fprintf(&b, "%-8s %-9s %-8s %-8s %-8s %-6s %-9s %-10s %-10s %s\n", "rate", "achieved", "p50", "p99", "max", "bar", "p99<=bar", "agent CPU", "server CPU", "agent RSS")
 	for _, c := range r.Cases {
 		fmt.Fprintf(&b, "%-8s %-9s %-8s %-8s %-8s %-6s %-9v %-10s %-10s %s\n",

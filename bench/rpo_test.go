@@ -16,7 +16,7 @@ func TestRunRPO(t *testing.T) {
 	bin := buildDrfs(t)
 	rep, err := RunRPO(context.Background(), RPOConfig{
 		Binary: bin, Dir: t.TempDir(), DiskSize: 256 << 20, Region: 32 << 20,
-		Rates: []int{2}, Duration: 8 * time.Second, Interval: 2 * time.Second, Compress: "none",
+		Rates: []int{2}, Duration: 8 * time.Second, Interval: 2 * time.Second, Compress: "none", MaxGeneration: "1MiB",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +35,7 @@ func TestRunRPO(t *testing.T) {
 	if rep.AgentPeakRSS <= 0 || rep.ServerPeakRSS <= 0 {
 		t.Errorf("peak RSS: agent %d, server %d", rep.AgentPeakRSS, rep.ServerPeakRSS)
 	}
-	if s := rep.String(); !strings.Contains(s, "--compress none") {
-		t.Errorf("report does not name the compression:\n%s", s)
+	if s := rep.String(); !strings.Contains(s, "--compress none") || !strings.Contains(s, "--max-generation 1MiB") {
+		t.Errorf("report does not name the compression and the cut size:\n%s", s)
 	}
 }
