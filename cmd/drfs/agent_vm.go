@@ -623,12 +623,12 @@ func stageJob(s orchestrator.State) orchestrator.JobKind {
 // error waits for drfs resume).
 func (a *agent) supervise(ctx context.Context, p *protection) {
 	for {
-		wait, ok := a.nextRound(p)
+		wait, early, ok := a.nextRound(p)
 		if !ok {
 			return
 		}
 		if wait > 0 {
-			switch a.waitRound(ctx, p, wait) {
+			switch a.waitRound(ctx, p, wait, early) {
 			case waitStop:
 				return
 			case waitAgain:
@@ -659,16 +659,18 @@ const (
 // against the agent's max-generation.
 const cutPoll = time.Second
 
-// waitRound waits up to wait for p's next round. A wake-up, or the active
-// generation of a protected VM reaching max-generation, ends the wait
-// early: a generation of an interval of heavy writes would take longer
-// than the interval to ship and apply, and the RPO would grow with it.
-func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration) int {
+// waitRound waits up to wait for p's next round. A wake-up ends the wait
+// early. So does, when early is set, the active generation reaching
+// max-generation (a generation of an interval of heavy writes would take
+// longer than the interval to ship and apply, and the RPO would grow with
+// it), or a generation cut while the last round shipped that the round
+// ended without: it would otherwise wait, whole, for the next cut.
+func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration, early bool) int {
 	t := a.clock.NewTimer(wait)
 	defer t.Stop()
 	var poll orchestrator.Timer
 	var polled <-chan time.Time // nil: never ready
-	if a.cfg.MaxGeneration > 0 && wait != forever && p.state() == orchestrator.Protected {
+	if early && a.cfg.MaxGeneration > 0 {
 		poll = a.clock.NewTimer(cutPoll)
 		polled = poll.C()
 		defer func() { poll.Stop() }()
@@ -685,7 +687,7 @@ func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration
 			}
 			return waitRun
 		case <-polled:
-			if a.generationFull(p) {
+			if a.generationFull(p) || a.cutWaiting(p) {
 				return waitRun
 			}
 			poll = a.clock.NewTimer(cutPoll)
@@ -699,6 +701,12 @@ func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration
 func (a *agent) generationFull(p *protection) bool {
 	n, err := a.log.ActiveBytes(p.name)
 	return err == nil && a.cfg.MaxGeneration > 0 && n >= a.cfg.MaxGeneration
+}
+
+// cutWaiting reports whether a generation of p is frozen and not yet
+// shipped: cut while a round shipped, after the round stopped following.
+func (a *agent) cutWaiting(p *protection) bool {
+	return len(a.log.Frozen(p.name)) > 0
 }
 
 // cutWhileShipping cuts the generation of p, if protected, whenever it
@@ -745,28 +753,30 @@ func (a *agent) committed(p *protection, pt target.Point) {
 // forever stands for "until woken".
 const forever = 24 * time.Hour
 
-// nextRound says how long p's supervisor waits before the next round, and
-// false if p no longer replicates.
-func (a *agent) nextRound(p *protection) (time.Duration, bool) {
+// nextRound says how long p's supervisor waits before the next round,
+// whether a cut generation may start the round sooner (protected and not
+// retrying: a retry keeps to its back-off), and false if p no longer
+// replicates.
+func (a *agent) nextRound(p *protection) (wait time.Duration, early, ok bool) {
 	now := a.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.mu.vm.Status(now)
 	if !st.State.Replicating() {
-		return 0, false
+		return 0, false, false
 	}
 	switch {
 	case st.Stopped:
-		return forever, true
+		return forever, false, true
 	case st.Failures > 0:
-		return st.NextRetry.Sub(now), true
+		return st.NextRetry.Sub(now), false, true
 	case st.State == orchestrator.Protected || st.State == orchestrator.Resynchronizing:
 		if p.mu.lastRound.IsZero() {
-			return 0, true
+			return 0, false, true
 		}
-		return p.mu.lastRound.Add(p.mu.vm.Policy().Interval).Sub(now), true
+		return p.mu.lastRound.Add(p.mu.vm.Policy().Interval).Sub(now), st.State == orchestrator.Protected, true
 	}
-	return 0, true
+	return 0, false, true
 }
 
 // reenable sets p's replication up after a restart of the agent: a VM
