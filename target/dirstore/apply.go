@@ -186,7 +186,15 @@ type capture struct {
 	// up is mostly holes, and reading a hole costs the kernel a zeroed
 	// page per 4 KiB.
 	holeFrom, holeEnd int64
+	// unseeked is how many more runs are read without a SEEK_DATA first:
+	// where the replica is data, asking costs a syscall per run and finds
+	// nothing to skip. A run that reads as zeros asks again.
+	unseeked int
 }
+
+// seekSkip is how many runs are read without a SEEK_DATA after one found
+// data where its run starts.
+const seekSkip = 32
 
 // runPiece is one extent of a capture run: n new bytes at off in the
 // replica, at at in capture.run.
@@ -228,6 +236,8 @@ func (c *capture) flush() error {
 		clear(c.old)
 	} else if err := readFull(c.rep, c.old, c.runOff); err != nil {
 		return err
+	} else if c.unseeked > 0 && allZero(c.old) {
+		c.unseeked = 0 // holes again, perhaps long ones: ask
 	}
 	for _, p := range c.pieces {
 		for i := int64(0); i < p.n; i += c.bs {
@@ -255,12 +265,18 @@ func (c *capture) inHole(off, end int64) bool {
 	if off >= c.holeFrom && end <= c.holeEnd {
 		return true
 	}
+	if c.unseeked > 0 {
+		c.unseeked--
+		return false
+	}
 	at, ok := nextData(c.rep, off)
 	switch {
 	case !ok:
 		return false
 	case at < 0:
 		at = math.MaxInt64 // holes to the end of the file
+	case at <= off:
+		c.unseeked = seekSkip
 	}
 	c.holeFrom, c.holeEnd = off, at
 	return end <= at
