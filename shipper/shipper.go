@@ -31,6 +31,10 @@ type Options struct {
 	// they fill up): each one is staged while the one before commits.
 	// 0 sends only those frozen when it starts.
 	Follow time.Duration
+	// KeepFollowing, if set, is asked before each generation found while
+	// following: false ends the Ship once the generation in flight
+	// commits (its caller has work of its own to do between rounds).
+	KeepFollowing func(vm string) bool
 	// OnCommit, if set, is called after each generation the store
 	// committed, with its point (generation, frozen time, kind and disk
 	// names), before Ship returns.
@@ -191,6 +195,9 @@ func (s *Shipper) ship(ctx context.Context, vm string, src Source, follow time.D
 		// staged while the last one commits.
 		gens = nil
 		for follow > 0 && len(gens) == 0 && s.opts.Clock.Now().Sub(start) < follow {
+			if s.opts.KeepFollowing != nil && !s.opts.KeepFollowing(vm) {
+				break
+			}
 			gens = newer(src.Frozen(vm), st.Last, points)
 			if len(gens) > 0 || inflight == nil {
 				break

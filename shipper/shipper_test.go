@@ -629,8 +629,13 @@ func TestShipPipelined(t *testing.T) {
 // OnCommit of each point in order; without it, only those frozen at the
 // start.
 func TestShipFollow(t *testing.T) {
-	for _, follow := range []time.Duration{0, time.Minute} {
-		t.Run(fmt.Sprint(follow), func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		follow time.Duration
+		asks   int // KeepFollowing says yes this many times (-1: not set)
+	}{{"0", 0, -1}, {"1m", time.Minute, -1}, {"1m-until-told", time.Minute, 2}} {
+		follow := tc.follow
+		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(testSeed(t), 8))
 			e := newEnv(t, 4096)
 			ctx := context.Background()
@@ -651,12 +656,20 @@ func TestShipFollow(t *testing.T) {
 				return e.store.Stage(ctx, vm, gen, disk, r)
 			}
 			var committed []uint64
-			sh := New(e.source(), store, Options{Source: "host-a", Follow: follow, OnCommit: func(p target.Point) {
+			opts := Options{Source: "host-a", Follow: follow, OnCommit: func(p target.Point) {
 				committed = append(committed, p.Generation)
 				if p.Frozen.IsZero() || len(p.Disks) == 0 {
 					t.Errorf("OnCommit of a point without its cut or disks: %+v", p)
 				}
-			}})
+			}}
+			asks := tc.asks
+			if asks >= 0 {
+				opts.KeepFollowing = func(vm string) bool {
+					asks--
+					return asks >= 0
+				}
+			}
+			sh := New(e.source(), store, opts)
 			st, err := sh.Ship(ctx, "vm")
 			if err != nil {
 				t.Fatal(err)
@@ -668,6 +681,16 @@ func TestShipFollow(t *testing.T) {
 				if st.Generations != 1 || len(frozen) != 1 {
 					t.Fatalf("without Follow: %d shipped, %v left; want 1 and 1", st.Generations, frozen)
 				}
+				return
+			}
+			if tc.asks >= 0 {
+				// Generation 1, then the two KeepFollowing allowed; the
+				// one cut while the last was staged stays.
+				if st.Generations != 3 || len(frozen) != 1 {
+					t.Fatalf("with Follow until told: %d shipped, %v left; want 3 and 1", st.Generations, frozen)
+				}
+				delete(want, frozen[0])
+				checkPoints(t, e.store, "vm", want, nil)
 				return
 			}
 			if st.Generations != 4 || len(frozen) != 0 {

@@ -452,7 +452,8 @@ func (a *agent) newReplication(p *protection) (*replication, error) {
 	}
 	f.shipVia = via
 	if a.cfg.MaxGeneration > 0 {
-		f.follow = pol.Interval
+		f.follow = max(pol.Interval, followAtLeast)
+		f.keepFollowing = func(string) bool { return a.keepFollowing(p) }
 		f.onCommit = func(pt target.Point) { a.committed(p, pt) }
 		f.whileShipping = func(ctx context.Context, _ string) func() { return a.cutWhileShipping(ctx, p) }
 	}
@@ -701,6 +702,21 @@ func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration
 func (a *agent) generationFull(p *protection) bool {
 	n, err := a.log.ActiveBytes(p.name)
 	return err == nil && a.cfg.MaxGeneration > 0 && n >= a.cfg.MaxGeneration
+}
+
+// followAtLeast is the shortest time a round of a protected VM follows
+// the generations cut while it ships. Ending a round drains the pipeline:
+// the last commit runs with nothing staged behind it, and a VM that keeps
+// filling generations loses that time at every round. keepFollowing ends
+// it sooner when the round's own work is due.
+const followAtLeast = 5 * time.Minute
+
+// keepFollowing reports whether a round of p may go on shipping the
+// generations cut while it ships: not when p is no longer protected, a
+// disk needs resynchronization, an application-consistent point is due,
+// or a round was asked for (drfs resume, resync --now).
+func (a *agent) keepFollowing(p *protection) bool {
+	return p.state() == orchestrator.Protected && a.flagged(p.name) == "" && !a.appConsistentDue(p) && len(p.wake) == 0
 }
 
 // cutWaiting reports whether a generation of p is frozen and not yet
@@ -1187,6 +1203,18 @@ func (a *agent) replicationStates() []control.Replication {
 // hookTimeout bounds each run of an application-consistency hook.
 const hookTimeout = 2 * time.Minute
 
+// appConsistentDue reports whether p has an application-consistency hook
+// whose next run is due.
+func (a *agent) appConsistentDue(p *protection) bool {
+	if p.over.AppHook == "" {
+		return false
+	}
+	now := a.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.lastApp.IsZero() || now.Sub(p.mu.lastApp) >= p.over.AppEvery
+}
+
 // appConsistentCut makes an app-consistent point of p when its hook is due:
 // the hook is run with DRFS_PHASE=freeze (e.g. virsh domfsfreeze), and if
 // it succeeds the VM's generation is cut and the hook is run again with
@@ -1194,17 +1222,11 @@ const hookTimeout = 2 * time.Minute
 // failed freeze leaves the point crash-consistent and is shown in the
 // status; thaw runs whatever happened after a freeze was attempted.
 func (a *agent) appConsistentCut(ctx context.Context, p *protection) {
-	hook, every := p.over.AppHook, p.over.AppEvery
-	if hook == "" {
+	if !a.appConsistentDue(p) {
 		return
 	}
+	hook := p.over.AppHook
 	now := a.clock.Now()
-	p.mu.Lock()
-	due := p.mu.lastApp.IsZero() || now.Sub(p.mu.lastApp) >= every
-	p.mu.Unlock()
-	if !due {
-		return
-	}
 	disks, _ := a.disksOf(p.name)
 	var paths []string
 	for _, path := range disks {

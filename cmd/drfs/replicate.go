@@ -49,9 +49,11 @@ type replicationFlags struct {
 	// limit per target); Bandwidth is then not applied again.
 	shipVia target.Store
 	// Set by the agent when it cuts generations as they fill up: a ship
-	// also sends the generations cut while it runs, for up to follow, and
-	// onCommit hears of each point as the target commits it.
+	// also sends the generations cut while it runs, for up to follow and
+	// while keepFollowing (if set) says so, and onCommit hears of each
+	// point as the target commits it.
 	follow        time.Duration
+	keepFollowing func(vm string) bool
 	onCommit      func(target.Point)
 	whileShipping func(ctx context.Context, vm string) (stop func())
 }
@@ -218,7 +220,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 		return nil, err
 	}
 	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID, NoCompression: !lz4,
-		Follow: f.follow, OnCommit: f.onCommit})
+		Follow: f.follow, KeepFollowing: f.keepFollowing, OnCommit: f.onCommit})
 	r.sh = sh
 	copies := copiesFunc(r.copies)
 	if f.wrapCopies != nil {
