@@ -174,8 +174,9 @@ func (s *Shipper) ship(ctx context.Context, vm string, src Source, follow time.D
 		}
 		c := inflight
 		inflight = nil
-		if err := <-c.done; err != nil {
-			return err
+		<-c.done
+		if c.err != nil {
+			return c.err
 		}
 		if s.opts.OnCommit != nil {
 			s.opts.OnCommit(*c.point)
@@ -201,6 +202,9 @@ func (s *Shipper) ship(ctx context.Context, vm string, src Source, follow time.D
 			gens = newer(src.Frozen(vm), st.Last, points)
 			if len(gens) > 0 || inflight == nil {
 				break
+			}
+			if !inflight.wait(s.opts.Clock, followPoll) {
+				continue // look again for a generation cut meanwhile
 			}
 			if err := finish(); err != nil {
 				return st, err
@@ -280,22 +284,40 @@ func (s *Shipper) dropped(src Source, vm string, gen uint64, st *Stats) error {
 	return nil
 }
 
+// followPoll is how often a following Ship looks for a newly cut
+// generation while a commit runs: one cut during the commit is staged at
+// once, not after it.
+const followPoll = 100 * time.Millisecond
+
 // commitCall is the Commit of a staged generation, run in the background.
 type commitCall struct {
 	gen   uint64
 	c     target.Commit
 	point *target.Point // as committed: only its generation and disk names
-	done  chan error
+	done  chan struct{} // closed when the Commit returned, with err
+	err   error
+}
+
+// wait waits up to d for the Commit to return, and reports whether it did.
+func (c *commitCall) wait(clock Clock, d time.Duration) bool {
+	t := clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.done:
+		return true
+	case <-t.C():
+		return false
+	}
 }
 
 func (c *commitCall) start(ctx context.Context, store target.Store, vm string) {
-	c.done = make(chan error, 1)
+	c.done = make(chan struct{})
 	go func() {
+		defer close(c.done)
 		err := store.Commit(ctx, vm, c.gen, c.c)
 		if err != nil {
-			err = fmt.Errorf("shipper: committing %s generation %d: %w", vm, c.gen, err)
+			c.err = fmt.Errorf("shipper: committing %s generation %d: %w", vm, c.gen, err)
 		}
-		c.done <- err
 	}()
 }
 

@@ -628,6 +628,61 @@ func TestShipPipelined(t *testing.T) {
 // while it runs, each staged while the previous one commits, and tells
 // OnCommit of each point in order; without it, only those frozen at the
 // start.
+// TestShipFollowCutDuringCommit: with Follow, a generation cut while the
+// one before commits is staged during that commit, not after it.
+func TestShipFollowCutDuringCommit(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 9))
+	e := newEnv(t, 4096)
+	ctx := context.Background()
+	gen1, disks := smallVM(t, e, rng)
+	want := map[uint64]snapshot{gen1: snap(disks)}
+	var mu sync.Mutex
+	cuts := 2
+	staged := map[uint64]chan struct{}{}
+	store := &hookStore{Store: e.store}
+	store.stage = func(ctx context.Context, vm string, gen uint64, disk string, r io.Reader) error {
+		mu.Lock()
+		if ch := staged[gen]; ch != nil {
+			close(ch)
+			delete(staged, gen)
+		}
+		mu.Unlock()
+		return e.store.Stage(ctx, vm, gen, disk, r)
+	}
+	store.commit = func(ctx context.Context, vm string, gen uint64, c target.Commit) error {
+		mu.Lock()
+		var next chan struct{}
+		if cuts > 0 {
+			cuts--
+			disks[0].write(rng.Int64N(64<<10), randomData(rng, 4096))
+			g := rotateModel(t, e, "vm")
+			want[g] = snap(disks)
+			next = make(chan struct{})
+			staged[g] = next
+		}
+		mu.Unlock()
+		if next != nil {
+			select {
+			case <-next:
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("generation %d: the one cut during its commit was not staged before it ended", gen)
+			}
+		}
+		return e.store.Commit(ctx, vm, gen, c)
+	}
+	sh := New(e.source(), store, Options{Source: "host-a", Follow: time.Minute})
+	st, err := sh.Ship(ctx, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if st.Generations != 3 || len(e.log.Frozen("vm")) != 0 {
+		t.Fatalf("%d shipped, %v left; want 3 and none", st.Generations, e.log.Frozen("vm"))
+	}
+	checkPoints(t, e.store, "vm", want, nil)
+}
+
 func TestShipFollow(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
