@@ -126,6 +126,21 @@ func replay(t testing.TB, l *Log, vm string, gen uint64, r replica) {
 }
 
 // firstDiff describes where two images differ, or "".
+// rotateMatches freezes vm's active generation, replays it onto initial
+// (the disk "disk.img" before it) and fails the test unless that gives want.
+func rotateMatches(t testing.TB, l *Log, vm string, initial, want []byte, bs int64) {
+	t.Helper()
+	g, err := l.Rotate(vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := replica{"disk.img": initial}
+	replay(t, l, vm, g, rep)
+	if diff := firstDiff(rep["disk.img"], want, bs); diff != "" {
+		t.Fatal(diff)
+	}
+}
+
 func firstDiff(got, want []byte, bs int64) string {
 	if bytes.Equal(got, want) {
 		return ""

@@ -153,15 +153,7 @@ func TestCleanReopen(t *testing.T) {
 	q := bytes.Repeat([]byte{9}, bs)
 	img.writeAt(q, 2*bs)
 	d.Written(2*bs, q, img)
-	g, err := l.Rotate("vm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep := replica{"disk.img": initial}
-	replay(t, l, "vm", g, rep)
-	if diff := firstDiff(rep["disk.img"], img.b, bs); diff != "" {
-		t.Fatal(diff)
-	}
+	rotateMatches(t, l, "vm", initial, img.b, bs)
 }
 
 // TestSegmentWriteError: a failed segment write does not fail the change;

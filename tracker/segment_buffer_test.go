@@ -1,7 +1,6 @@
 package tracker
 
 import (
-	"bytes"
 	"math/rand/v2"
 	"testing"
 
@@ -83,18 +82,7 @@ func TestSegmentBuffer(t *testing.T) {
 				l = openMem(t, fs.CrashClone(vfs.CrashCloneCfg{}), bs)
 			}
 			defer l.Close()
-			g, err := l.Rotate("vm")
-			if err != nil {
-				t.Fatal(err)
-			}
-			rep := replica{"disk.img": initial}
-			replay(t, l, "vm", g, rep)
-			if diff := firstDiff(rep["disk.img"], img.b, bs); diff != "" {
-				t.Fatal(diff)
-			}
-			if !bytes.Equal(rep["disk.img"], img.b) {
-				t.Fatal("replica differs from the image")
-			}
+			rotateMatches(t, l, "vm", initial, img.b, bs)
 		})
 	}
 }
