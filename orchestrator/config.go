@@ -64,7 +64,7 @@ import (
 //	max-generation
 //	            a protected VM's generation is cut before its interval when
 //	            it holds this much changed data, 1MiB to 1TiB, or 0 to cut
-//	            only at the interval (default: 512MiB)
+//	            only at the interval (default: 256MiB)
 //
 // VM settings (defaults in brackets):
 //
@@ -507,7 +507,7 @@ func (c *Config) Format() string {
 
 // Default and limits of Config.MaxGeneration.
 const (
-	DefaultMaxGeneration = 512 << 20
+	DefaultMaxGeneration = 256 << 20
 	MinMaxGeneration     = 1 << 20
 	MaxMaxGeneration     = 1 << 40
 )

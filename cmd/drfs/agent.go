@@ -49,7 +49,7 @@ type agentCmd struct {
 	ResyncWindow  string `name:"resync-window" placeholder:"SPEC" help:"When resynchronizations run: e.g. 18:00-08:00,sat,sun (the default), always, never."`
 	Bandwidth     string `placeholder:"RATE" help:"Upload limit to each target, shared by the VMs replicating there, e.g. 50MiB/s (default: none)."`
 	Compress      string `placeholder:"MODE" help:"LZ4 on what is shipped: auto (the default: for a target reached over a network, not for a dir:// one), lz4 or none."`
-	MaxGeneration string `name:"max-generation" placeholder:"SIZE" help:"Cut the generation of a protected VM before its interval when it holds this much changed data, so that heavy writes still make a point every few seconds (default 512MiB; 0 cuts only at the interval)."`
+	MaxGeneration string `name:"max-generation" placeholder:"SIZE" help:"Cut the generation of a protected VM before its interval when it holds this much changed data, so that heavy writes still make a point every few seconds (default 256MiB; 0 cuts only at the interval)."`
 	targets.TLS
 
 	socketFlag

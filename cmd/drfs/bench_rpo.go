@@ -19,7 +19,7 @@ type benchRPOCmd struct {
 	Duration      time.Duration `default:"3m" help:"Length of each phase."`
 	Interval      time.Duration `default:"30s" help:"Replication interval of the VM."`
 	Compress      string        `enum:"auto,lz4,none" default:"auto" help:"The agent's --compress: auto (LZ4 to the server) models a remote site, none a network faster than LZ4."`
-	MaxGeneration string        `name:"max-generation" placeholder:"SIZE" help:"The agent's --max-generation: the changed data at which a generation is cut before the interval (default: the agent's, 512MiB; 0: only at the interval)."`
+	MaxGeneration string        `name:"max-generation" placeholder:"SIZE" help:"The agent's --max-generation: the changed data at which a generation is cut before the interval (default: the agent's, 256MiB; 0: only at the interval)."`
 	JSON          bool          `help:"Print the report as JSON."`
 }
 
