@@ -1,7 +1,6 @@
 package tracker
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -330,13 +329,8 @@ func (d *Disk) Sync() error {
 	for _, g := range gens {
 		if err := g.seg.syncData(); err != nil {
 			// After a failed fsync the kernel may have dropped dirty
-			// pages of every writer of the segment, and a failed write
-			// of its buffer lost the records of every writer: flag them
-			// all.
-			reason, lost := syncFailure(err)
-			if lost {
-				g.broken.Store(true)
-			}
+			// pages of every writer of the segment: flag them all.
+			reason := fmt.Sprintf("%s: %v", reasonSync, err)
 			l.markGenerationResync(g, reason)
 			l.markResync(d, reason)
 		}
@@ -378,11 +372,9 @@ func (d *Disk) genDiskLocked(g *generation) *genDisk {
 	return gd
 }
 
-// apply records the change described by o in the active generation: under
-// d.mu it updates the index and appends the small records (through the
-// segment's buffer) or reserves space for the large ones; with d.mu
-// released it writes those and the blocks overwritten in place. d.v.rw
-// must be held shared.
+// apply records the change described by o in the active generation: it
+// updates the index and reserves segment space under d.mu, then writes the
+// records with d.mu released. d.v.rw must be held shared.
 func (d *Disk) apply(o *op) {
 	l := d.l
 	bs := l.bs
@@ -410,7 +402,6 @@ func (d *Disk) apply(o *op) {
 	hdr := recHeader{disk: d.id, size: size, maxSize: maxSize}
 
 	added := 0
-	var appendErr error
 	for i := 0; i < len(o.flat); {
 		b := o.flat[i].b
 		if slot, ok := gd.blocks[b]; ok {
@@ -434,39 +425,28 @@ func (d *Disk) apply(o *op) {
 			}
 			n++
 		}
-		h := hdr
-		h.kind, h.block, h.count = KindData, b, uint64(n)
-		r := run{hdr: o.addHeader(&h), first: i, n: n}
-		var err error
-		if size := recHeaderSize + int64(n)*bs; size <= appendMax {
-			r.off, err = seg.append(o.record(r, bs))
-		} else {
-			r.off, err = seg.reserve(size)
-			o.runs = append(o.runs, r) // written below, outside the lock
-		}
-		appendErr = cmp.Or(appendErr, err)
+		recOff := seg.reserve(recHeaderSize + int64(n)*bs)
 		for k := 0; k < n; k++ {
-			gd.blocks[b+uint64(k)] = r.off + recHeaderSize + int64(k)*bs
+			gd.blocks[b+uint64(k)] = recOff + recHeaderSize + int64(k)*bs
 		}
 		gd.zeros.remove(b, b+uint64(n))
 		added += n
+		h := hdr
+		h.kind, h.block, h.count = KindData, b, uint64(n)
+		o.runs = append(o.runs, run{off: recOff, hdr: o.addHeader(&h), first: i, n: n})
 		i += n
 	}
 	deleted := 0
-	headerOnly := func(h recHeader) {
-		_, err := seg.append(o.record(run{hdr: o.addHeader(&h)}, bs))
-		appendErr = cmp.Or(appendErr, err)
-	}
 	if o.zeroTo > o.zeroFrom {
 		deleted = gd.zero(o.zeroFrom, o.zeroTo)
 		h := hdr
 		h.kind, h.block, h.count = KindZero, o.zeroFrom, o.zeroTo-o.zeroFrom
-		headerOnly(h)
+		o.runs = append(o.runs, run{off: seg.reserve(recHeaderSize), hdr: o.addHeader(&h)})
 	}
 	if len(o.hdrs) == 0 && size != oldSize {
 		h := hdr
 		h.kind = KindSize
-		headerOnly(h)
+		o.runs = append(o.runs, run{off: seg.reserve(recHeaderSize), hdr: o.addHeader(&h)})
 	}
 	gd.size, gd.maxSize, d.mu.size = size, maxSize, size
 	d.mu.Unlock()
@@ -474,13 +454,8 @@ func (d *Disk) apply(o *op) {
 	if added != deleted {
 		d.logBytes.Add(int64(added-deleted) * bs)
 	}
-	err := o.write(seg, bs)
+	err := o.write(seg.f, bs)
 	seg.done.Add(1)
-	if appendErr != nil {
-		// The buffer lost held other changes' records too.
-		g.broken.Store(true)
-		l.markGenerationResync(g, fmt.Sprintf("%s: %v", reasonWrite, appendErr))
-	}
 	if err != nil {
 		g.broken.Store(true)
 		l.markResync(d, fmt.Sprintf("%s: %v", reasonWrite, err))

@@ -127,9 +127,6 @@ func (l *Log) freeze(v *vm, gi *genInfo) error {
 	if g.seg.f != nil && !g.broken.Load() {
 		if err := g.seg.syncData(); err != nil {
 			reason := fmt.Sprintf("%s %d: %v", reasonFreeze, g.n, err)
-			if _, lost := syncFailure(err); lost {
-				g.broken.Store(true) // the retry freezes it from memory
-			}
 			l.markGenerationResync(g, reason)
 			return fmt.Errorf("syncing generation %d: %w", g.n, err)
 		}

@@ -598,7 +598,7 @@ func (l *Log) recoverGeneration(v *vm, gi *genInfo) (*generation, scanResult, er
 		}
 	}
 	g.seg.f = f
-	g.seg.setTail(max(res.end, segHeaderSize))
+	g.seg.tail.Store(max(res.end, segHeaderSize))
 	return g, res, err
 }
 

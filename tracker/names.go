@@ -323,7 +323,6 @@ func (l *Log) retire(d *Disk, next *Disk, exclusive bool) int64 {
 	if !l.closed.Load() && v.active != nil {
 		o := l.getOp()
 		g := v.active
-		var err error
 		d.mu.Lock()
 		size = d.mu.size
 		if !d.mu.removed {
@@ -331,18 +330,15 @@ func (l *Log) retire(d *Disk, next *Disk, exclusive bool) int64 {
 			n := gd.markRemoved()
 			d.mu.removed = true
 			h := recHeader{kind: KindRemoved, disk: d.id, size: gd.size, maxSize: gd.maxSize}
-			_, err = g.seg.append(o.record(run{hdr: o.addHeader(&h)}, l.bs))
+			o.runs = append(o.runs, run{off: g.seg.reserve(recHeaderSize), hdr: o.addHeader(&h)})
 			d.logBytes.Add(-int64(n) * l.bs)
 		}
 		d.mu.Unlock()
+		if err := o.write(g.seg.f, l.bs); err != nil {
+			g.broken.Store(true)
+		}
 		g.seg.done.Add(1)
 		l.ops.Put(o)
-		if err != nil {
-			// Writing out the segment's buffer failed: the records of
-			// the generation's other changes in it are lost.
-			g.broken.Store(true)
-			l.markGenerationResync(g, fmt.Sprintf("%s: %v", reasonWrite, err))
-		}
 		if next != nil {
 			d.forward.Store(next)
 		}

@@ -1,5 +1,9 @@
 package tracker
 
+import (
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
 const (
 	// changeChunk bounds the memory a Changed call reads at a time.
 	changeChunk = 1 << 20
@@ -89,21 +93,10 @@ func (o *op) addHeader(h *recHeader) int {
 	return at
 }
 
-// record returns run r as one record, its header then its blocks, in
-// o.scratch (r must fit: appendMax).
-func (o *op) record(r run, bs int64) []byte {
-	b := append(o.scratch[:0], o.hdrs[r.hdr:r.hdr+recHeaderSize]...)
-	for i := r.first; i < r.first+r.n; i++ {
-		b = append(b, o.flat[i].p[:bs]...)
-	}
-	return b
-}
-
-// write performs the runs planned by Disk.apply: large records and blocks
-// overwritten in place.
-func (o *op) write(seg *segment, bs int64) error {
+// write performs the runs planned by Disk.apply.
+func (o *op) write(f vfs.File, bs int64) error {
 	for _, r := range o.runs {
-		w := gather{seg: seg, off: r.off, buf: o.scratch[:0]}
+		w := gather{f: f, off: r.off, buf: o.scratch[:0]}
 		if r.hdr >= 0 {
 			w.add(o.hdrs[r.hdr : r.hdr+recHeaderSize])
 		}
@@ -126,8 +119,8 @@ func (o *op) write(seg *segment, bs int64) error {
 // gather writes consecutive pieces at consecutive offsets with as few
 // writes as it can without copying large pieces.
 type gather struct {
-	seg *segment
-	off int64 // segment offset of buf[0]
+	f   vfs.File
+	off int64 // file offset of buf[0]
 	buf []byte
 	err error
 }
@@ -144,7 +137,7 @@ func (w *gather) add(p []byte) {
 		if w.flush() != nil {
 			return
 		}
-		w.err = w.seg.writeAt(p, w.off)
+		_, w.err = w.f.WriteAt(p, w.off)
 		w.off += int64(len(p))
 		return
 	}
@@ -156,7 +149,7 @@ func (w *gather) add(p []byte) {
 
 func (w *gather) flush() error {
 	if w.err == nil && len(w.buf) > 0 {
-		w.err = w.seg.writeAt(w.buf, w.off)
+		_, w.err = w.f.WriteAt(w.buf, w.off)
 		w.off += int64(len(w.buf))
 		w.buf = w.buf[:0]
 	}

@@ -13,26 +13,14 @@ import (
 // segment is the append-only file that holds the block data of one
 // generation of one VM.
 //
-// Small records (a header and a few blocks: a 4 KiB random write) are
-// appended into a buffer that is written out when full, on Sync and at the
-// freeze: one write per 256 KiB instead of one per record, which matters
-// where a syscall costs microseconds. A record in the buffer is recorded
-// (invariant 1: its index entry is in memory, and the buffer is written
-// before anything syncs or reads the generation). An agent that dies loses
-// it, but a dirty shutdown resynchronizes every disk anyway (invariant 2). Large records are written from the caller's memory
-// outside any lock, so that writers of large blocks run in parallel. A
-// block already in the generation is overwritten in place, in the slot its
-// first write reserved: in the buffer if it is still there.
+// Appends reserve their offset with an atomic add and write with WriteAt
+// outside any lock, so writers of different disks (and of disjoint blocks of
+// one disk) run in parallel. A block already in the generation is
+// overwritten in place, in the slot its first write reserved.
 type segment struct {
 	path string
 	f    vfs.File
-
-	app struct {
-		sync.Mutex
-		tail int64  // offset of the next record: base + len(buf)
-		base int64  // file offset of buf[0]
-		buf  []byte // appended records not yet written
-	}
+	tail atomic.Int64 // offset of the next record
 
 	// done counts completed writes: a sync that starts after done reached
 	// n covers every write counted in n (see syncData).
@@ -43,13 +31,6 @@ type segment struct {
 		upTo uint64 // done value covered by the last successful sync
 	}
 }
-
-// appendBuf is the size of a segment's append buffer, and appendMax the
-// largest record appended through it.
-const (
-	appendBuf = 256 << 10
-	appendMax = 64 << 10
-)
 
 func segmentPath(fs vfs.FS, dir string, vm uint32, gen uint64) string {
 	return fs.PathJoin(segmentDir(fs, dir, vm), fmt.Sprintf("%016x.seg", gen))
@@ -97,7 +78,7 @@ func createSegment(fs vfs.FS, dir string, bs int, vm uint32, gen uint64, created
 		return nil, err
 	}
 	s := &segment{path: path, f: f}
-	s.setTail(segHeaderSize)
+	s.tail.Store(segHeaderSize)
 	return s, nil
 }
 
@@ -113,80 +94,9 @@ func syncDir(fs vfs.FS, dir string) error {
 	return err
 }
 
-// setTail makes off the offset of the next record, with nothing buffered.
-func (s *segment) setTail(off int64) {
-	s.app.Lock()
-	defer s.app.Unlock()
-	s.app.tail, s.app.base, s.app.buf = off, off, s.app.buf[:0]
-}
-
-// append appends rec (at most appendMax bytes) at the end of the segment
-// and returns its offset. An error is that of writing out the buffer,
-// which held the records of other changes too: the offset is reserved all
-// the same, and the generation can no longer be trusted.
-func (s *segment) append(rec []byte) (int64, error) {
-	s.app.Lock()
-	defer s.app.Unlock()
-	var err error
-	if len(s.app.buf)+len(rec) > appendBuf {
-		err = s.flushLocked()
-	}
-	if s.app.buf == nil {
-		s.app.buf = make([]byte, 0, appendBuf)
-	}
-	off := s.app.tail
-	s.app.buf = append(s.app.buf, rec...)
-	s.app.tail += int64(len(rec))
-	return off, err
-}
-
-// reserve returns the offset of n bytes at the end of the segment, which
-// the caller writes with writeAt. The buffer is written out first: a
-// record after it must not reach the file before it.
-func (s *segment) reserve(n int64) (int64, error) {
-	s.app.Lock()
-	defer s.app.Unlock()
-	err := s.flushLocked()
-	off := s.app.tail
-	s.app.tail += n
-	s.app.base = s.app.tail
-	return off, err
-}
-
-// writeAt writes p at off, a reserved record or a slot of one: into the
-// buffer where it holds that part of the segment, else into the file.
-func (s *segment) writeAt(p []byte, off int64) error {
-	s.app.Lock()
-	if end := off + int64(len(p)); end > s.app.base && len(s.app.buf) > 0 {
-		from := max(off, s.app.base)
-		copy(s.app.buf[from-s.app.base:end-s.app.base], p[from-off:])
-		p = p[:from-off]
-	}
-	s.app.Unlock()
-	if len(p) == 0 {
-		return nil
-	}
-	_, err := s.f.WriteAt(p, off)
-	return err
-}
-
-// flush writes out the buffer.
-func (s *segment) flush() error {
-	s.app.Lock()
-	defer s.app.Unlock()
-	return s.flushLocked()
-}
-
-// flushLocked writes out the buffer. On failure its records are lost, and
-// the buffer moves on all the same: the offsets already handed out stay.
-func (s *segment) flushLocked() error {
-	if len(s.app.buf) == 0 {
-		return nil
-	}
-	_, err := s.f.WriteAt(s.app.buf, s.app.base)
-	s.app.base += int64(len(s.app.buf))
-	s.app.buf = s.app.buf[:0]
-	return err
+// reserve returns the offset of n bytes at the end of the segment.
+func (s *segment) reserve(n int64) int64 {
+	return s.tail.Add(n) - n
 }
 
 // syncData makes every write completed before the call durable. Concurrent
@@ -202,30 +112,11 @@ func (s *segment) syncData() error {
 		return nil
 	}
 	cur := s.done.Load()
-	if err := s.flush(); err != nil {
-		return flushError{err}
-	}
 	if err := s.f.SyncData(); err != nil {
 		return err
 	}
 	s.sync.upTo = cur
 	return nil
-}
-
-// flushError is a failure of syncData to write out the append buffer: the
-// records in it are lost, where a failed fsync only may have lost some.
-type flushError struct{ err error }
-
-func (e flushError) Error() string { return e.err.Error() }
-func (e flushError) Unwrap() error { return e.err }
-
-// syncFailure returns the resync reason for a failed syncData, and whether
-// records were lost for sure.
-func syncFailure(err error) (reason string, lost bool) {
-	if errors.As(err, new(flushError)) {
-		return fmt.Sprintf("%s: %v", reasonWrite, err), true
-	}
-	return fmt.Sprintf("%s: %v", reasonSync, err), false
 }
 
 // close closes the file. Changes must no longer write to it.
@@ -235,13 +126,7 @@ func (s *segment) close() error {
 	if s.f == nil {
 		return nil
 	}
-	s.app.Lock()
-	err := s.flushLocked()
-	s.app.buf = nil // frozen generations stay in memory until dropped
-	s.app.Unlock()
-	if cerr := s.f.Close(); err == nil {
-		err = cerr
-	}
+	err := s.f.Close()
 	s.f = nil
 	return err
 }
