@@ -196,10 +196,11 @@ func (s *Shipper) ship(ctx context.Context, vm string, src Source, follow time.D
 		// staged while the last one commits.
 		gens = nil
 		for follow > 0 && len(gens) == 0 && s.opts.Clock.Now().Sub(start) < follow {
-			if s.opts.KeepFollowing != nil && !s.opts.KeepFollowing(vm) {
+			gens = newer(src.Frozen(vm), st.Last, points)
+			if len(gens) > 0 && s.opts.KeepFollowing != nil && !s.opts.KeepFollowing(vm) {
+				gens = nil
 				break
 			}
-			gens = newer(src.Frozen(vm), st.Last, points)
 			if len(gens) > 0 || inflight == nil {
 				break
 			}
