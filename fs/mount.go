@@ -121,6 +121,17 @@ func (s *Server) Unmount() error {
 	return nil
 }
 
+// Stopped reports whether the mount has stopped (as Wait would return at
+// once): no change can reach its disks through it any more.
+func (s *Server) Stopped() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Wait returns once the mount has stopped (by Unmount, or by an unmount from
 // outside) and every DiskRecorder has been released.
 func (s *Server) Wait() {

@@ -28,13 +28,15 @@ const (
 var JobKinds = []JobKind{JobEnableProtection, JobInitialReplication, JobFinalize, JobResync, JobFailover, JobCommit, JobFailback}
 
 // JobState is where a job is: queued → running → succeeded, failed or
-// cancelled (a queued job may be cancelled too).
+// cancelled (a queued job may be cancelled too). A queued or running job
+// may wait (for the resync window, say) and run again once it may.
 type JobState string
 
 // The states of a job.
 const (
 	JobQueued    JobState = "queued"
 	JobRunning   JobState = "running"
+	JobWaiting   JobState = "waiting"
 	JobSucceeded JobState = "succeeded"
 	JobFailed    JobState = "failed"
 	JobCancelled JobState = "cancelled"
@@ -105,10 +107,22 @@ func (r *Jobs) Add(kind JobKind, vm string) (Job, error) {
 	return *j, nil
 }
 
-// Start moves a queued job to running.
+// Start moves a queued or waiting job to running.
 func (r *Jobs) Start(id uint64) (Job, error) {
-	return r.update(id, "start", []JobState{JobQueued}, func(j *Job, now time.Time) error {
-		j.State, j.Started = JobRunning, now
+	return r.update(id, "start", []JobState{JobQueued, JobWaiting}, func(j *Job, now time.Time) error {
+		j.State = JobRunning
+		if j.Started.IsZero() {
+			j.Started = now
+		}
+		return nil
+	})
+}
+
+// Wait marks a queued or running job as waiting, with why (what it waits
+// for); its progress stays as it is. Start runs it again.
+func (r *Jobs) Wait(id uint64, why string) (Job, error) {
+	return r.update(id, "wait", []JobState{JobQueued, JobRunning, JobWaiting}, func(j *Job, _ time.Time) error {
+		j.State, j.Message = JobWaiting, why
 		return nil
 	})
 }
@@ -125,10 +139,10 @@ func (r *Jobs) Progress(id uint64, percent int, message string) (Job, error) {
 	})
 }
 
-// Succeed ends a running job well; message, if not empty, replaces its
+// Succeed ends a running (or waiting) job well; message, if not empty, replaces its
 // message.
 func (r *Jobs) Succeed(id uint64, message string) (Job, error) {
-	return r.update(id, "succeed", []JobState{JobRunning}, func(j *Job, now time.Time) error {
+	return r.update(id, "succeed", []JobState{JobRunning, JobWaiting}, func(j *Job, now time.Time) error {
 		j.State, j.Ended, j.Progress = JobSucceeded, now, 100
 		if message != "" {
 			j.Message = message
@@ -137,21 +151,21 @@ func (r *Jobs) Succeed(id uint64, message string) (Job, error) {
 	})
 }
 
-// Fail ends a running job with err.
+// Fail ends a running or waiting job with err.
 func (r *Jobs) Fail(id uint64, err error) (Job, error) {
 	if err == nil {
 		return Job{}, fmt.Errorf("job %d: Fail with a nil error", id)
 	}
-	return r.update(id, "fail", []JobState{JobRunning}, func(j *Job, now time.Time) error {
+	return r.update(id, "fail", []JobState{JobRunning, JobWaiting}, func(j *Job, now time.Time) error {
 		j.State, j.Ended, j.Error = JobFailed, now, err.Error()
 		return nil
 	})
 }
 
-// Cancel ends a queued or running job; why says by whom or why. The
-// caller stops the work itself.
+// Cancel ends a queued, waiting or running job; why says by whom or why.
+// The caller stops the work itself.
 func (r *Jobs) Cancel(id uint64, why string) (Job, error) {
-	return r.update(id, "cancel", []JobState{JobQueued, JobRunning}, func(j *Job, now time.Time) error {
+	return r.update(id, "cancel", []JobState{JobQueued, JobWaiting, JobRunning}, func(j *Job, now time.Time) error {
 		j.State, j.Ended, j.Error = JobCancelled, now, why
 		return nil
 	})
@@ -292,7 +306,7 @@ func (r *Jobs) UnmarshalJSON(data []byte) error {
 			return fmt.Errorf("jobs: job id %d appears twice", j.ID)
 		case !slices.Contains(JobKinds, j.Kind):
 			return fmt.Errorf("jobs: job %d has an unknown kind %q", j.ID, j.Kind)
-		case !j.State.Done() && j.State != JobQueued && j.State != JobRunning:
+		case !j.State.Done() && j.State != JobQueued && j.State != JobRunning && j.State != JobWaiting:
 			return fmt.Errorf("jobs: job %d has an unknown state %q", j.ID, j.State)
 		case j.VM == "":
 			return fmt.Errorf("jobs: job %d has no vm", j.ID)

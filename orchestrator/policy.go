@@ -21,9 +21,16 @@ type Policy struct {
 	// ResyncWindow: when a resynchronization may run unless asked for now.
 	ResyncWindow Window
 	// ResyncThreshold: a disk whose change log reaches this percentage of
-	// its size is resynchronized instead (the log would cost more than the
-	// comparison); 0 means DefaultResyncThreshold.
+	// its size, counted as at least ResyncMinLog, has its log dropped and
+	// is resynchronized from a snapshot instead (in the resync window), to
+	// bound the space the log takes in the state directory; 0 means
+	// DefaultResyncThreshold.
 	ResyncThreshold int
+	// ResyncMinLog is the smallest disk size the threshold is taken of, so
+	// that it never fires on a small disk or on a young image (a qcow2
+	// file that is still growing) whose log is large only next to its
+	// file; 0 means DefaultResyncMinLog.
+	ResyncMinLog int64
 }
 
 // Defaults and limits of a Policy.
@@ -31,6 +38,7 @@ const (
 	DefaultInterval        = 5 * time.Minute
 	DefaultRetention       = 24 * time.Hour
 	DefaultResyncThreshold = 50 // percent
+	DefaultResyncMinLog    = 1 << 30
 
 	MinInterval  = time.Second // 30s, 5m and 15m are the usual choices; tests use seconds
 	MaxInterval  = 24 * time.Hour
@@ -63,13 +71,24 @@ func (p Policy) Threshold() int {
 	return DefaultResyncThreshold
 }
 
+// ThresholdBase returns the size the resync threshold of a disk of
+// diskSize bytes is a share of: the disk's size, at least ResyncMinLog.
+func (p Policy) ThresholdBase(diskSize int64) int64 {
+	if p.ResyncMinLog > 0 {
+		return max(diskSize, p.ResyncMinLog)
+	}
+	return max(diskSize, DefaultResyncMinLog)
+}
+
 // LogOverThreshold reports whether a change log of logBytes for a disk of
-// diskSize bytes has reached the resync threshold. An empty disk never
-// has.
+// diskSize bytes has reached the resync threshold: the threshold's share
+// of the disk's size, a size under ResyncMinLog counted as ResyncMinLog.
+// An empty log never has.
 func (p Policy) LogOverThreshold(logBytes, diskSize int64) bool {
-	if diskSize <= 0 || logBytes <= 0 {
+	if logBytes <= 0 {
 		return false
 	}
+	diskSize = p.ThresholdBase(diskSize)
 	// logBytes*100 >= diskSize*threshold, without overflow.
 	lh, ll := bits.Mul64(uint64(logBytes), 100)
 	dh, dl := bits.Mul64(uint64(diskSize), uint64(p.Threshold()))

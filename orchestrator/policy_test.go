@@ -26,12 +26,29 @@ func TestRetryDelay(t *testing.T) {
 
 func TestLogOverThreshold(t *testing.T) {
 	p := DefaultPolicy()
+	// A small disk, or a young image, is taken as 1 GiB.
 	for _, c := range []struct {
 		log, size int64
 		want      bool
 	}{
 		{0, 0, false},
 		{1, 0, false},
+		{200 << 20, 0, false},
+		{200 << 20, 256 << 10, false}, // a new qcow2 of 256 KiB
+		{511 << 20, 512 << 20, false},
+		{512 << 20, 512 << 20, true},
+		{(1 << 30) - 1, 2 << 30, false},
+		{1 << 30, 2 << 30, true},
+	} {
+		if got := p.LogOverThreshold(c.log, c.size); got != c.want {
+			t.Errorf("LogOverThreshold(%d, %d) = %v, want %v", c.log, c.size, got, c.want)
+		}
+	}
+	p.ResyncMinLog = 1
+	for _, c := range []struct {
+		log, size int64
+		want      bool
+	}{
 		{0, 10, false},
 		{4, 10, false},
 		{5, 10, true},

@@ -733,6 +733,11 @@ func (w *world) jobCmd(cmd string, args, input []string, out outFunc) error {
 				j, err = w.jobs.Progress(n, pct, rest(2))
 			}
 		}
+	case "job-wait":
+		var n uint64
+		if n, err = id(); err == nil {
+			j, err = w.jobs.Wait(n, rest(1))
+		}
 	case "job-succeed":
 		var n uint64
 		if n, err = id(); err == nil {

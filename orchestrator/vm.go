@@ -346,9 +346,10 @@ func (v *VM) NextRetry(now time.Time) (time.Time, bool) {
 }
 
 // Health returns how the VM's protection is going at now: Critical when a
-// permanent error stopped it; Warning while recoverable errors are
-// retried, or when the newest recovery point is older than the policy's
-// RPO limit; otherwise Normal. A VM in a state where nothing replicates
+// permanent error stopped it, or when no consistent point can be made (its
+// tracking was lost and the resync window never opens); Warning while
+// recoverable errors are retried, or when the newest consistent recovery
+// point is older than the policy's RPO limit; otherwise Normal. A VM in a state where nothing replicates
 // is Normal.
 func (v *VM) Health(now time.Time) Health {
 	st := v.st
@@ -357,6 +358,10 @@ func (v *VM) Health(now time.Time) Health {
 	}
 	if st.Stopped {
 		return Health{Level: Critical, Reason: st.cause() + "; not retried: fix the cause, then resume"}
+	}
+	if w := v.policy.ResyncWindow; st.State == Resynchronizing && !st.ResyncNow && !w.InWindow(now) && w.NextOpen(now).IsZero() {
+		return Health{Level: Critical, Reason: fmt.Sprintf("no consistent point can be made: %s, and the resync window is never open (drfs resync --now %s runs the resync)",
+			st.ResyncReason, st.VM)}
 	}
 	var reasons []string
 	if st.Failures > 0 {

@@ -40,6 +40,15 @@ type LoopOptions struct {
 	// drain and before the rotation. Writes during it are logged in the
 	// generation the copy rides on, whose changed blocks the copy sends.
 	Prepare func(ctx context.Context, vm string, disks map[string]CopyDisk) (map[string]CopyDisk, error)
+	// Cut, if set, replaces the rotation of a round that copies: after
+	// the drain it freezes vm's active generation and returns it with the
+	// disks set to read from a point-in-time view taken at that cut
+	// (CopyDisk.View, a snapshot), and the kind of the point the copy then
+	// makes (target.KindSnapshot: the disks at the cut, consistent);
+	// release, called when the copy has ended, lets the views go. Prepare
+	// then compares the views rather than the live files. An error fails
+	// the round.
+	Cut func(ctx context.Context, vm string, disks map[string]CopyDisk, kind target.PointKind) (gen uint64, out map[string]CopyDisk, outKind target.PointKind, release func(), err error)
 	// WhileShipping, if set, is started when a round ships vm from the
 	// log (not when it copies), and stopped when that ship ends: a caller
 	// that cuts generations as they fill up does it there, and the
@@ -245,20 +254,30 @@ func (l *Loop) rotate(vm string) error {
 }
 
 // shipCopy drains what is frozen, prepares the partial copies, rotates,
-// and ships the copies on the new generation.
+// and ships the copies on the new generation. With Cut, the generation is
+// cut (with its views) before the partial copies are prepared.
 func (l *Loop) shipCopy(ctx context.Context, vm string, disks map[string]CopyDisk, kind target.PointKind) (Stats, error) {
 	st, err := l.sh.Ship(ctx, vm)
 	if err != nil {
 		return st, err
+	}
+	var gen uint64
+	if l.opts.Cut != nil {
+		var release func()
+		if gen, disks, kind, release, err = l.opts.Cut(ctx, vm, disks, kind); err != nil {
+			return st, err
+		}
+		defer release()
 	}
 	if l.opts.Prepare != nil {
 		if disks, err = l.opts.Prepare(ctx, vm, disks); err != nil {
 			return st, err
 		}
 	}
-	gen, err := l.rot.Rotate(vm)
-	if err != nil {
-		return st, fmt.Errorf("shipper: rotating %s: %w", vm, err)
+	if l.opts.Cut == nil {
+		if gen, err = l.rot.Rotate(vm); err != nil {
+			return st, fmt.Errorf("shipper: rotating %s: %w", vm, err)
+		}
 	}
 	cst, err := l.sh.ShipCopyDisks(ctx, vm, gen, disks, kind)
 	st.Add(cst)

@@ -36,9 +36,19 @@ type PointKind string
 
 const (
 	KindGeneration PointKind = "generation" // a shipped generation of the change log
-	KindResync     PointKind = "resync"     // the end of a resynchronization
-	KindInitial    PointKind = "initial"    // the end of initial replication
+	KindResync     PointKind = "resync"     // the end of a resynchronization read from the live disks: fuzzy
+	KindInitial    PointKind = "initial"    // the end of initial replication read from the live disks: fuzzy
+	// KindSnapshot is the end of an initial copy or a resynchronization
+	// read from a snapshot taken at the generation's cut (or from disks
+	// nothing wrote to any more): the disks as they were at the cut.
+	KindSnapshot PointKind = "snapshot"
 )
+
+// Consistent reports whether a point of kind k holds the VM's disks as they
+// were at one instant, its cut (crash-consistent): a generation of the log
+// or a copy read from a snapshot. Initial and resync copies read from the
+// live disks are fuzzy: restore them only when nothing better exists.
+func (k PointKind) Consistent() bool { return k == KindGeneration || k == KindSnapshot }
 
 // DiskInfo is one disk of a point.
 type DiskInfo struct {

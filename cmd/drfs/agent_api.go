@@ -45,7 +45,7 @@ type vmView struct {
 	Describe  string            `json:"state_text"`
 	Target    string            `json:"target,omitempty"`
 	Interval  string            `json:"interval,omitempty"`
-	RPO       float64           `json:"rpo_seconds"` // age of the newest point; -1 before the first
+	RPO       float64           `json:"rpo_seconds"` // age of the newest consistent point; -1 before the first
 	Disks     []string          `json:"disks"`
 	LogBytes  int64             `json:"log_bytes"`
 	Pending   int               `json:"pending_generations"`

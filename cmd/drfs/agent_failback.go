@@ -184,7 +184,7 @@ func (a *agent) failbackSteps(ctx context.Context, vm string, id uint64) (string
 		return "", fmt.Errorf("points of %s on %s: %v", vm, p.reverse, err)
 	}
 	point := points[len(points)-1]
-	if point.Kind != target.KindGeneration {
+	if !point.Kind.Consistent() {
 		return "", fmt.Errorf("the newest point %s of %s on %s is a fuzzy copy (%s): fail over the recovery site first (drfs failover %s --type planned there)", point.ID(), vm, p.reverse, point.Kind, vm)
 	}
 	disks, _ := a.disksOf(vm)

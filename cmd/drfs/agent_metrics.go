@@ -18,7 +18,7 @@ func (a *agent) metricsCollector() prometheus.Collector {
 	vm := []string{"vm"}
 	return &agentMetrics{
 		a:        a,
-		rpo:      prometheus.NewDesc("drfs_rpo_seconds", "Age of the newest recovery point of the VM on its target (-1 before the first).", vm, nil),
+		rpo:      prometheus.NewDesc("drfs_rpo_seconds", "Age of the newest crash-consistent recovery point of the VM on its target (-1 before the first); fuzzy points do not count.", vm, nil),
 		logBytes: prometheus.NewDesc("drfs_log_bytes", "Bytes of block data the change log holds for the VM.", vm, nil),
 		sent:     prometheus.NewDesc("drfs_shipped_bytes_total", "Bytes sent to the target for the VM since the agent started (after compression).", vm, nil),
 		pending:  prometheus.NewDesc("drfs_generations_pending", "Frozen generations of the VM waiting to be shipped.", vm, nil),

@@ -451,13 +451,18 @@ func (a *agent) newReplication(p *protection) (*replication, error) {
 		return nil, err
 	}
 	f.shipVia = via
+	f.onCommit = func(pt target.Point) { a.committed(p, pt) }
 	if a.cfg.MaxGeneration > 0 {
 		f.follow = max(pol.Interval, followAtLeast)
 		f.keepFollowing = func(string) bool { return a.keepFollowing(p) }
-		f.onCommit = func(pt target.Point) { a.committed(p, pt) }
 		f.whileShipping = func(ctx context.Context, _ string) func() { return a.cutWhileShipping(ctx, p) }
 	}
-	return startReplication(a.ctx, f, a.cfg.Source, a.cfg.State, a.log, p.store, a.bs)
+	r, err := startReplication(a.ctx, f, a.cfg.Source, a.cfg.State, a.log, p.store, a.bs)
+	if err != nil {
+		return nil, err
+	}
+	r.srv = a.srv
+	return r, nil
 }
 
 // countCopies makes the whole copies among disks read through views that
@@ -716,7 +721,7 @@ const followAtLeast = 5 * time.Minute
 // disk needs resynchronization, an application-consistent point is due,
 // or a round was asked for (drfs resume, resync --now).
 func (a *agent) keepFollowing(p *protection) bool {
-	return p.state() == orchestrator.Protected && a.flagged(p.name) == "" && !a.appConsistentDue(p) && len(p.wake) == 0
+	return p.state() == orchestrator.Protected && !a.anyFlagged(p.name) && !a.appConsistentDue(p) && len(p.wake) == 0
 }
 
 // cutWaiting reports whether a generation of p is frozen and not yet
@@ -757,8 +762,13 @@ func (a *agent) cutWhileShipping(ctx context.Context, p *protection) (stop func(
 }
 
 // committed records a point the target committed during a round of p, so
-// that its RPO and health follow each point rather than each round.
+// that its RPO and health follow each point rather than each round. Only a
+// consistent point moves the RPO: it is the age of the newest state of the
+// VM that a failover can be trusted with.
 func (a *agent) committed(p *protection, pt target.Point) {
+	if !pt.Kind.Consistent() {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.mu.vm.State() == orchestrator.Protected {
@@ -842,27 +852,18 @@ func (a *agent) attach(p *protection) error {
 // runRound runs one round of p as the job of its stage and moves its
 // lifecycle on by what happened.
 func (a *agent) runRound(ctx context.Context, p *protection) {
-	if reason := a.flagged(p.name); reason != "" {
-		// Tracking was lost on a disk, or its log grew past the threshold:
-		// this round (or the first in the resync window) compares it.
+	// The initial replication of a VM the target does not hold copies
+	// every disk whole from a snapshot: that repairs any lost tracking.
+	whole := p.state() == orchestrator.InitialReplication && a.srv != nil && !a.targetHolds(ctx, p)
+	if reason := a.flagged(p.name); reason != "" && !whole {
+		// Tracking was lost on a disk: this round (or the first in the
+		// resync window) compares it.
 		p.mu.Lock()
 		p.mu.vm.Apply(a.clock.Now(), orchestrator.ResyncRequired{Reason: reason})
 		p.mu.Unlock()
 	}
 	state := p.state()
-	kind := stageJob(state)
-	var id uint64
-	if kind != "" {
-		if j, ok := a.jobs.Active(p.name); ok && j.Kind == kind {
-			id = j.ID
-		} else if j, err := a.jobs.Add(kind, p.name); err == nil {
-			id = j.ID
-			a.jobs.Start(id)
-		}
-	}
-	if id != 0 && state == orchestrator.Resynchronizing {
-		a.jobs.Progress(id, 0, "comparing the disks with the replica by chunk checksums")
-	}
+	id := a.stageJob(p, state)
 	if state == orchestrator.Protected {
 		a.appConsistentCut(ctx, p)
 	}
@@ -874,7 +875,7 @@ func (a *agent) runRound(ctx context.Context, p *protection) {
 	p.mu.lastRound = a.clock.Now() // rounds start every interval, however long they take
 	p.mu.Unlock()
 	var res roundResult
-	if state == orchestrator.InitialReplication && a.srv != nil && !a.targetHolds(ctx, p) {
+	if whole {
 		res = a.snapshotCopy(ctx, p)
 	} else {
 		p.repl.loop.Round(ctx)
@@ -885,6 +886,40 @@ func (a *agent) runRound(ctx context.Context, p *protection) {
 		return // stopping: the job is cancelled, and goes on at the next start
 	}
 	a.afterRound(p, id, res)
+}
+
+// stageJob returns the job of the stage p is in (state), 0 if the stage
+// has none: the unfinished job of that kind, or a new one. It is running,
+// or waiting while a resync waits for the resync window. It is saved at
+// once, so that a kill -9 leaves it to be shown failed at the next start.
+func (a *agent) stageJob(p *protection, state orchestrator.State) uint64 {
+	kind := stageJob(state)
+	if kind == "" {
+		return 0
+	}
+	j, ok := a.jobs.Active(p.name)
+	if !ok || j.Kind != kind {
+		var err error
+		if j, err = a.jobs.Add(kind, p.name); err != nil {
+			return 0
+		}
+	}
+	if state == orchestrator.Resynchronizing {
+		if wait, opens := p.repl.waitsForWindow(p.name); wait {
+			a.jobs.Wait(j.ID, fmt.Sprintf("waiting for the resync window %s (%s; drfs resync --now %s runs it at once)",
+				p.repl.window(), opensString(opens), p.name))
+			a.persist()
+			return j.ID
+		}
+	}
+	if j.State != orchestrator.JobRunning {
+		a.jobs.Start(j.ID)
+	}
+	if state == orchestrator.Resynchronizing {
+		a.jobs.Progress(j.ID, j.Progress, "comparing the disks with the replica by chunk checksums")
+	}
+	a.persist()
+	return j.ID
 }
 
 // roundResult is how a round went: its error, the newest point it made,
@@ -932,24 +967,16 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 	}
 	slices.Sort(names)
 	slices.Sort(rels)
-	dir := a.snapshotDir(vm)
 	a.deleteSnapshot(p)
-	os.RemoveAll(dir) // a snapshot does not survive a restart of the mount
-
-	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	release, err := a.srv.QuiescePaths(qctx, rels)
-	cancel()
-	if err != nil {
-		return roundResult{err: fmt.Errorf("holding the writes of %s for its snapshot: %w", vm, err)}
+	// The whole copy supersedes any resync flag of these disks (a dirty
+	// shutdown during an earlier try, say); one set from now on, a
+	// tracking loss during the copy, still counts.
+	for _, name := range names {
+		a.log.ClearResync(vm, name)
 	}
-	gen, err := a.log.Rotate(vm)
-	var snap *drfsfs.Snapshot
-	if err == nil {
-		snap, err = a.srv.Snapshot(rels, dir)
-	}
-	release()
+	gen, snap, err := cutWithSnapshot(ctx, a.srv, a.log, vm, rels, a.snapshotDir(vm))
 	if err != nil {
-		return roundResult{err: fmt.Errorf("snapshot of %s: %w", vm, err)}
+		return roundResult{err: err}
 	}
 	p.mu.Lock()
 	p.mu.snap = snap
@@ -980,7 +1007,7 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 	p.toCopy.Store(total)
 	fmt.Fprintf(os.Stderr, "drfs: %s: initial replication of %d disk(s) (%s allocated) from a snapshot at generation %d to %s\n",
 		vm, len(names), bytesString(total), gen, p.target)
-	st, err := p.repl.sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindGeneration)
+	st, err := p.repl.sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindSnapshot)
 	p.toCopy.Store(0)
 	if err != nil {
 		a.deleteSnapshot(p)
@@ -1022,6 +1049,10 @@ func (v snapshotView) Extents() ([]target.Extent, error) {
 	return out, err
 }
 
+// progressSaveEvery is how often the progress of a running copy is saved
+// in the agent's state.
+const progressSaveEvery = 5 * time.Second
+
 // followCopy reports the progress of a whole copy to job id while a round
 // runs; the returned function stops it.
 func (a *agent) followCopy(p *protection, id uint64) func() {
@@ -1032,6 +1063,7 @@ func (a *agent) followCopy(p *protection, id uint64) func() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		saved := time.Now()
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
@@ -1042,6 +1074,12 @@ func (a *agent) followCopy(p *protection, id uint64) func() {
 				if total := p.toCopy.Load(); total > 0 {
 					n := min(p.copied.Load(), total)
 					a.jobs.Progress(id, int(n*99/total), fmt.Sprintf("copied %s of %s", bytesString(n), bytesString(total)))
+					if time.Since(saved) >= progressSaveEvery {
+						// A kill -9 then shows the job failed at the
+						// progress it reached.
+						a.persist()
+						saved = time.Now()
+					}
 				}
 			}
 		}
@@ -1092,7 +1130,11 @@ func (a *agent) afterRound(p *protection, id uint64, res roundResult) {
 		case err != nil && status.Stopped:
 			a.jobs.Fail(id, err)
 		case err != nil:
-			a.jobs.Progress(id, 0, fmt.Sprintf("attempt %d failed (%v); retrying at %s", status.Failures, err,
+			reached := 0 // a failed attempt keeps the progress the job reached
+			if j, ok := a.jobs.Get(id); ok {
+				reached = j.Progress
+			}
+			a.jobs.Progress(id, reached, fmt.Sprintf("attempt %d failed (%v); retrying at %s", status.Failures, err,
 				status.NextRetry.Local().Format(time.TimeOnly)))
 		case after != before:
 			a.jobs.Succeed(id, fmt.Sprintf("recovery point %d on the target (%s of data, %s sent); %s",
@@ -1105,14 +1147,18 @@ func (a *agent) afterRound(p *protection, id uint64, res roundResult) {
 	a.persist()
 }
 
-// flagged returns why a disk of vm needs resynchronization, "" if none does.
+// flagged returns why a disk of vm lost its tracking and needs
+// resynchronization, "" if none does. A disk flagged because its log
+// reached the resync threshold lost nothing: its VM stays Protected, and
+// the round that resynchronizes it (in the resync window) is one of its
+// protected rounds.
 func (a *agent) flagged(vm string) string {
 	for _, st := range a.log.Status() {
 		if st.Name != vm {
 			continue
 		}
 		for _, d := range st.Disks {
-			if d.Resync && !d.Removed {
+			if d.Resync && !d.Removed && lostTracking(d.Reason) {
 				return fmt.Sprintf("%s: %s", d.Name, d.Reason)
 			}
 		}
@@ -1120,15 +1166,37 @@ func (a *agent) flagged(vm string) string {
 	return ""
 }
 
-// newestPoint returns when the newest point of p on its target was cut.
+// anyFlagged reports whether a disk of vm is flagged for resynchronization
+// for any reason.
+func (a *agent) anyFlagged(vm string) bool {
+	for _, st := range a.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, d := range st.Disks {
+			if d.Resync && !d.Removed {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// newestPoint returns when the newest consistent point of p on its target
+// was cut (zero if it has none): fuzzy points do not count for the RPO.
 func (a *agent) newestPoint(p *protection) time.Time {
 	ctx, cancel := context.WithTimeout(a.ctx, 20*time.Second)
 	defer cancel()
 	points, err := p.store.Points(ctx, p.name)
-	if err != nil || len(points) == 0 {
+	if err != nil {
 		return time.Time{}
 	}
-	return points[len(points)-1].Frozen
+	for i := len(points) - 1; i >= 0; i-- {
+		if points[i].Kind.Consistent() {
+			return points[i].Frozen
+		}
+	}
+	return time.Time{}
 }
 
 // resume lets a VM stopped by a permanent error replicate again, at once.

@@ -180,7 +180,7 @@ func (c *failoverStartCmd) prepare(ctx context.Context, store target.Store, typ 
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", vm, err)
 	}
-	if p.Kind != target.KindGeneration && !c.Force && c.Point != "latest-processed" {
+	if !p.Kind.Consistent() && !c.Force && c.Point != "latest-processed" {
 		return nil, fmt.Errorf("%s point %s is a fuzzy copy (%s), not a consistent state: choose a later point, or add --force", vm, p.ID(), p.Kind)
 	}
 	return &vmFailover{typ: typ, targetURL: c.Target, store: store, vm: vm, point: p,
@@ -201,7 +201,7 @@ func (j *vmFailover) describe() string {
 func (j *vmFailover) run(ctx context.Context) (string, error) {
 	p := j.point
 	fmt.Fprintf(os.Stderr, "drfs: %s\n", j.describe())
-	if p.Kind != target.KindGeneration {
+	if !p.Kind.Consistent() {
 		fmt.Fprintf(os.Stderr, "drfs: warning: point %s of %s is a fuzzy copy (%s): its disks may not be consistent with each other or in themselves; check them (fsck) before use\n", p.ID(), j.vm, p.Kind)
 	}
 	m, err := materialize(ctx, j.store, j.vm, p, j.dir, j.replicas)

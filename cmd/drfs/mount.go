@@ -60,6 +60,7 @@ func (c *mountCmd) Run() error {
 	}
 	var states func() []control.Replication
 	if repl != nil {
+		repl.srv = srv
 		states = repl.states
 	}
 	ctl, err := control.Serve(filepath.Join(c.State, control.SocketName), log, states)

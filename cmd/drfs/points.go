@@ -68,7 +68,7 @@ func (c *pointsCmd) Run() error {
 // consistency says what a point can be trusted for.
 func consistency(p target.Point) string {
 	switch {
-	case p.Kind != target.KindGeneration:
+	case !p.Kind.Consistent():
 		return "fuzzy copy (use a later point)"
 	case p.AppConsistent:
 		return "application"

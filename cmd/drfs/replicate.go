@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	drfsfs "github.com/drfs-project/drfs/fs"
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
@@ -127,6 +129,9 @@ type replication struct {
 	loop   *shipper.Loop
 	sh     *shipper.Shipper // the loop's
 	now    func() time.Time // the clock of the resync window
+	// srv is the tracking mount, whose snapshots make the copies of a
+	// round consistent (see cut); set before the loop runs.
+	srv *drfsfs.Server
 
 	mu struct {
 		sync.Mutex
@@ -144,6 +149,8 @@ type replication struct {
 		// appConsistent: generations cut while an application-consistency
 		// hook held the VM's writes (the agent's), not shipped yet.
 		appConsistent map[string]map[uint64]bool
+		// consistent: the newest crash-consistent point committed, per VM.
+		consistent map[string]target.Point
 	}
 }
 
@@ -183,6 +190,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	r := &replication{flags: f, source: source, state: state, log: log, store: store, now: time.Now}
 	r.mu.unverified = map[string]bool{}
 	r.mu.fuzzy, r.mu.now, r.mu.waitLogged = map[string]bool{}, map[string]bool{}, map[string]time.Time{}
+	r.mu.consistent = map[string]target.Point{}
 	known := map[string]bool{}
 	for _, vm := range log.Status() {
 		for _, d := range vm.Disks {
@@ -220,7 +228,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 		return nil, err
 	}
 	sh := shipper.New(pointKinds{shipper.FromLog(log, blockSize), r}, st, shipper.Options{Source: f.SourceID, NoCompression: !lz4,
-		Follow: f.follow, KeepFollowing: f.keepFollowing, OnCommit: f.onCommit})
+		Follow: f.follow, KeepFollowing: f.keepFollowing, OnCommit: r.committed})
 	r.sh = sh
 	copies := copiesFunc(r.copies)
 	if f.wrapCopies != nil {
@@ -231,6 +239,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 		VMs:      f.vms,
 		Copies:   copies,
 		Prepare:  r.prepare,
+		Cut:      r.cut,
 		OnShip:   r.shipped,
 
 		WhileShipping: f.whileShipping,
@@ -250,6 +259,9 @@ func (r *replication) states() []control.Replication {
 	for _, s := range r.loop.States() {
 		c := control.Replication{VM: s.VM, Target: r.flags.Target, LastGeneration: s.LastGeneration, LastShipped: s.LastShipped,
 			Pending: s.Pending, Failures: s.Failures, Stopped: s.Stopped, BytesRaw: s.RawBytes, BytesSent: s.WireBytes}
+		if p, ok := r.newestConsistent(s.VM); ok {
+			c.LastConsistent, c.LastConsistentCut = p.Generation, p.Frozen
+		}
 		if s.LastError != nil {
 			c.LastError = s.LastError.Error()
 		}
@@ -261,15 +273,113 @@ func (r *replication) states() []control.Replication {
 }
 
 // final rotates and ships every VM once more, after the mount is gone, so
-// the target holds the source's last state.
+// the target holds the source's last state. A copy in that round reads
+// disks nothing writes to any more, so its point is consistent too (see
+// cut).
 func (r *replication) final(timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	r.loop.Round(ctx)
-	// If that round was a whole copy, its point is fuzzy by kind although
-	// nothing wrote during it: one more (empty) generation makes the
-	// consistent point.
-	r.loop.Round(ctx)
+}
+
+// committed records each point the target commits: the newest consistent
+// one is what the RPO is measured from. The agent's onCommit hears of it.
+func (r *replication) committed(p target.Point) {
+	if p.Kind.Consistent() {
+		r.mu.Lock()
+		if old, ok := r.mu.consistent[p.VM]; !ok || p.Generation > old.Generation {
+			r.mu.consistent[p.VM] = p
+		}
+		r.mu.Unlock()
+	}
+	if r.flags.onCommit != nil {
+		r.flags.onCommit(p)
+	}
+}
+
+// newestConsistent returns the newest crash-consistent point of vm that
+// this replication committed.
+func (r *replication) newestConsistent(vm string) (target.Point, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, ok := r.mu.consistent[vm]
+	return p, ok
+}
+
+// cut freezes vm's active generation for a round that copies disks, with
+// the disks read from a snapshot of the mount taken at that cut (the VM's
+// writes held for the instant between the two), so that the copy's point
+// is the disks as they were at the cut: consistent (kind snapshot), not a
+// fuzzy copy of disks that changed while they were read. Once the mount
+// has stopped nothing writes to the disks any more, and their files are
+// the disks at a cut made then. The snapshot's before-images live in the
+// state directory until the copy ends.
+func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipper.CopyDisk, kind target.PointKind) (uint64, map[string]shipper.CopyDisk, target.PointKind, func(), error) {
+	none := func() {}
+	switch {
+	case r.srv == nil:
+		gen, err := r.log.Rotate(vm)
+		return gen, disks, kind, none, err
+	case r.srv.Stopped():
+		gen, err := r.log.Rotate(vm)
+		return gen, disks, target.KindSnapshot, none, err
+	}
+	rels := make([]string, 0, len(disks))
+	for _, d := range disks {
+		rels = append(rels, relPath(r.source, d.Path))
+	}
+	slices.Sort(rels)
+	dir := filepath.Join(r.state, "snapshots", url.PathEscape(vm)+".cut")
+	gen, snap, err := cutWithSnapshot(ctx, r.srv, r.log, vm, rels, dir)
+	if err != nil {
+		return 0, nil, "", nil, err
+	}
+	release := func() {
+		if err := snap.Delete(); err != nil {
+			fmt.Fprintf(os.Stderr, "drfs: %s: deleting the snapshot of its copy: %v\n", vm, err)
+		}
+		os.RemoveAll(dir)
+	}
+	out := make(map[string]shipper.CopyDisk, len(disks))
+	for name, d := range disks {
+		v, err := snap.View(relPath(r.source, d.Path))
+		if err != nil {
+			release()
+			return 0, nil, "", nil, fmt.Errorf("snapshot of %s: %w", vm, err)
+		}
+		var view shipper.DiskView = snapshotView{v}
+		if c, ok := d.View.(countingView); ok {
+			view = countingView{view, c.n} // the agent follows the copy's progress
+		}
+		d.View = view
+		out[name] = d
+	}
+	return gen, out, target.KindSnapshot, release, nil
+}
+
+// cutWithSnapshot freezes the active generation of vm and starts a
+// snapshot of its disks (paths relative to the source) in dir, while the
+// VM's writes are held, so that the snapshot is the disks exactly at the
+// generation's cut. Leftovers in dir (a snapshot does not survive the
+// mount) are removed first. The caller deletes the snapshot.
+func cutWithSnapshot(ctx context.Context, srv *drfsfs.Server, log *tracker.Log, vm string, rels []string, dir string) (uint64, *drfsfs.Snapshot, error) {
+	os.RemoveAll(dir)
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	release, err := srv.QuiescePaths(qctx, rels)
+	cancel()
+	if err != nil {
+		return 0, nil, fmt.Errorf("holding the writes of %s for its snapshot: %w", vm, err)
+	}
+	gen, err := log.Rotate(vm)
+	var snap *drfsfs.Snapshot
+	if err == nil {
+		snap, err = srv.Snapshot(rels, dir)
+	}
+	release()
+	if err != nil {
+		return 0, nil, fmt.Errorf("snapshot of %s: %w", vm, err)
+	}
+	return gen, snap, nil
 }
 
 // copies says which disks of vm must be sent from their files: all of them
@@ -342,12 +452,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 			delete(reasons, disk) // sent whole
 		}
 	}
-	started := false
-	for disk := range reasons {
-		if _, ok := r.pending(vm, disk); ok {
-			started = true
-		}
-	}
+	started := r.started(vm, reasons)
 	kind := target.KindInitial
 	if len(reasons) > 0 {
 		r.mu.Lock()
@@ -356,11 +461,30 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 				r.mu.fuzzy[vm] = true
 			}
 		}
-		asked := r.mu.now[vm]
 		r.mu.Unlock()
-		if now := r.now(); !started && !asked && !r.window().InWindow(now) {
-			r.logWaiting(vm, reasons, now)
+		if due, _ := r.resyncDue(vm, reasons); !due {
+			r.logWaiting(vm, reasons, r.now())
 			reasons = nil
+		}
+	}
+	if over := overThreshold(reasons); over != "" {
+		// The log is dropped rather than shipped, to give its space back,
+		// and every disk the target holds is compared instead: read from
+		// a snapshot at the copy's cut, the point is consistent again.
+		// Until it commits, the disks' tracking is lost (their log is
+		// gone), and a point shipped from the log would be fuzzy.
+		gens := r.log.Frozen(vm)
+		for _, gen := range gens {
+			if err := r.log.Drop(vm, gen); err != nil {
+				return nil, "", none, fmt.Errorf("dropping generation %d of %s at the resync threshold: %w", gen, vm, err)
+			}
+		}
+		why := fmt.Sprintf("its change log was dropped (%d generation(s)) when the log of %s", len(gens), over)
+		fmt.Fprintf(os.Stderr, "drfs: %s: %s: every disk is compared with the target instead\n", vm, why)
+		for disk := range disks {
+			if was, ok := reasons[disk]; onTarget[disk] && (!ok || !lostTracking(was)) {
+				reasons[disk] = why
+			}
 		}
 	}
 	for disk := range reasons {
@@ -394,6 +518,58 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 	return files, kind, r.afterCopy(vm, files, reasons, len(reasons) > 0), nil
 }
 
+// started reports whether the resync of a disk among reasons started
+// (and so goes on whatever the window).
+func (r *replication) started(vm string, reasons map[string]string) bool {
+	for disk := range reasons {
+		if _, ok := r.pending(vm, disk); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// resyncDue reports whether the resync of reasons (disks of vm) may run
+// now: it started already, was asked for now, or the resync window is
+// open; otherwise it says when the window opens (zero: never).
+func (r *replication) resyncDue(vm string, reasons map[string]string) (bool, time.Time) {
+	r.mu.Lock()
+	asked := r.mu.now[vm]
+	r.mu.Unlock()
+	now := r.now()
+	if asked || r.window().InWindow(now) || r.started(vm, reasons) {
+		return true, time.Time{}
+	}
+	return false, r.window().NextOpen(now)
+}
+
+// waitsForWindow reports whether a resync of vm's flagged disks is due but
+// waits for the resync window, and when that opens (zero: never).
+func (r *replication) waitsForWindow(vm string) (bool, time.Time) {
+	disks := map[string]string{}
+	walkVM(r.source, vm, func(_, disk, path string, _ int64) error {
+		disks[disk] = path
+		return nil
+	})
+	reasons := r.flagged(vm, disks)
+	if len(reasons) == 0 {
+		return false, time.Time{}
+	}
+	due, opens := r.resyncDue(vm, reasons)
+	return !due, opens
+}
+
+// overThreshold returns the first (by disk name) of reasons that is a log
+// over the resync threshold, as "DISK reached …", or "" if none is.
+func overThreshold(reasons map[string]string) string {
+	for _, disk := range slices.Sorted(maps.Keys(reasons)) {
+		if why := reasons[disk]; !lostTracking(why) {
+			return disk + " " + strings.TrimPrefix(why, "change log ")
+		}
+	}
+	return ""
+}
+
 // flagged returns the disks of vm (among disks) that need a resync, with
 // the reason: flagged in the log, or whose resync started and did not
 // commit.
@@ -421,7 +597,7 @@ func (r *replication) flagged(vm string, disks map[string]string) map[string]str
 // checkThreshold flags the disks of vm whose change log (the generations
 // not yet shipped) reached the resync threshold.
 func (r *replication) checkThreshold(vm string) {
-	p := orchestrator.Policy{ResyncThreshold: int(r.flags.ResyncThreshold)}
+	p := orchestrator.Policy{ResyncThreshold: int(r.flags.ResyncThreshold), ResyncMinLog: testHooks.minLog}
 	for _, st := range r.log.Status() {
 		if st.Name != vm {
 			continue
@@ -430,7 +606,7 @@ func (r *replication) checkThreshold(vm string) {
 			if d.Removed || d.Resync || !p.LogOverThreshold(d.LogBytes, d.Size) {
 				continue
 			}
-			why := fmt.Sprintf("%s%d%% of the disk (%s of %s)", thresholdReason, p.Threshold(), bytesString(d.LogBytes), bytesString(d.Size))
+			why := fmt.Sprintf("%s%d%% of the disk (%s of %s)", thresholdReason, p.Threshold(), bytesString(d.LogBytes), bytesString(p.ThresholdBase(d.Size)))
 			fmt.Fprintf(os.Stderr, "drfs: %s/%s: resynchronization required: %s\n", vm, d.Name, why)
 			r.log.MarkResync(vm, d.Name, why)
 		}
@@ -653,7 +829,7 @@ func (r *replication) prepare(ctx context.Context, vm string, disks map[string]s
 	out := map[string]shipper.CopyDisk{}
 	for name, d := range disks {
 		if d.Partial {
-			res, err := r.diff(ctx, vm, name, d.Path, newest)
+			res, err := r.diff(ctx, vm, name, d, newest)
 			if err != nil {
 				return nil, err
 			}
@@ -664,18 +840,20 @@ func (r *replication) prepare(ctx context.Context, vm string, disks map[string]s
 	return out, nil
 }
 
-// diff runs resync.Diff of one disk against point gen, resuming from and
-// saving its cursor, and reports what it found.
-func (r *replication) diff(ctx context.Context, vm, disk, path string, gen uint64) (resync.Result, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return resync.Result{}, fmt.Errorf("resync of %s/%s: %w", vm, disk, err)
+// diff runs resync.Diff of one disk (its view, if it has one: the
+// snapshot at the copy's cut) against point gen, resuming from and saving
+// its cursor, and reports what it found.
+func (r *replication) diff(ctx context.Context, vm, disk string, d shipper.CopyDisk, gen uint64) (resync.Result, error) {
+	src := d.View
+	if src == nil {
+		f, err := shipper.OpenFileView(d.Path)
+		if err != nil {
+			return resync.Result{}, fmt.Errorf("resync of %s/%s: %w", vm, disk, err)
+		}
+		defer f.Close()
+		src = f
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return resync.Result{}, err
-	}
+	size := src.Size()
 	cpath := r.cursorPath(vm, disk)
 	opts := resync.Options{}
 	if b, err := os.ReadFile(cpath); err == nil {
@@ -705,12 +883,12 @@ func (r *replication) diff(ctx context.Context, vm, disk, path string, gen uint6
 		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync compared %s of %s, %s differ, ETA %v\n", vm, disk,
 			bytesString(p.Offset), bytesString(p.Size), bytesString(p.SendBytes), p.ETA.Round(time.Second))
 	}
-	res, err := resync.Diff(ctx, f, st.Size(), r.store, vm, gen, disk, opts)
+	res, err := resync.Diff(ctx, src, size, r.store, vm, gen, disk, opts)
 	switch {
 	case opts.Resume != nil && res.Restarted != "":
 		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync started over: its cursor was not usable (%s)\n", vm, disk, res.Restarted)
 	case opts.Resume != nil:
-		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync resumed from its cursor at %s of %s\n", vm, disk, bytesString(res.ResumedAt), bytesString(st.Size()))
+		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync resumed from its cursor at %s of %s\n", vm, disk, bytesString(res.ResumedAt), bytesString(size))
 	}
 	if err != nil {
 		writeFileAtomic(cpath, res.Cursor.Marshal())
@@ -724,13 +902,17 @@ func (r *replication) diff(ctx context.Context, vm, disk, path string, gen uint6
 
 // testHooks slow the comparison down so that end-to-end tests can cut it
 // in the middle: DRFS_TEST_RESYNC_WINDOW (bytes compared per window) and
-// DRFS_TEST_RESYNC_PACE (a pause after each window, a duration). Not for
-// use outside tests.
+// DRFS_TEST_RESYNC_PACE (a pause after each window, a duration); and
+// DRFS_TEST_RESYNC_MIN_LOG (bytes) lowers the smallest size the resync
+// threshold is taken of, so that small test disks reach it. Not for use
+// outside tests.
 var testHooks = func() (h struct {
 	window int64
 	pace   time.Duration
+	minLog int64
 }) {
 	h.window, _ = strconv.ParseInt(os.Getenv("DRFS_TEST_RESYNC_WINDOW"), 10, 64)
+	h.minLog, _ = strconv.ParseInt(os.Getenv("DRFS_TEST_RESYNC_MIN_LOG"), 10, 64)
 	h.pace, _ = time.ParseDuration(os.Getenv("DRFS_TEST_RESYNC_PACE"))
 	return h
 }()

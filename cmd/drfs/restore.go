@@ -45,7 +45,7 @@ func (c *restoreCmd) Run() error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.VM, err)
 	}
-	if p.Kind != target.KindGeneration && !c.Force {
+	if !p.Kind.Consistent() && !c.Force {
 		return fmt.Errorf("%s point %s is a fuzzy copy (%s), not a consistent state: restore a later point, or add --force", c.VM, p.ID(), p.Kind)
 	}
 	fmt.Fprintf(os.Stderr, "drfs: restoring %s point %s (cut %s) into %s\n", c.VM, p.ID(), p.Frozen.Local().Format(time.RFC3339), c.To)
@@ -104,18 +104,18 @@ func choosePoint(points []target.Point, spec string) (target.Point, error) {
 }
 
 // selectPoint finds the point named by spec among points (oldest first):
-//   - latest: the newest crash-consistent point (kind generation);
+//   - latest: the newest crash-consistent point (kind generation or snapshot);
 //   - latest-processed: the newest point of any kind, which may be a fuzzy
 //     initial or resync copy: the replica as the target holds it;
 //   - a number: that generation;
 //   - a time, RFC 3339 or relative to now ("-1h", "-90m"): the newest
 //     crash-consistent point cut at or before it (of any kind with anyKind).
 func selectPoint(points []target.Point, spec string, now time.Time, anyKind bool) (target.Point, error) {
-	consistent := func(p target.Point) bool { return anyKind || p.Kind == target.KindGeneration }
+	consistent := func(p target.Point) bool { return anyKind || p.Kind.Consistent() }
 	switch {
 	case spec == "latest":
 		for i := len(points) - 1; i >= 0; i-- {
-			if points[i].Kind == target.KindGeneration {
+			if points[i].Kind.Consistent() {
 				return points[i], nil
 			}
 		}

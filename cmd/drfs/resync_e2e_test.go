@@ -131,6 +131,7 @@ func TestResyncWaitsForWindow(t *testing.T) {
 // flagged with the reason and resynchronized.
 func TestResyncThreshold(t *testing.T) {
 	needFUSE(t)
+	t.Setenv("DRFS_TEST_RESYNC_MIN_LOG", "1")
 	d := newDirs(t)
 	tgt := "dir://" + filepath.Join(filepath.Dir(d.src), "target")
 	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "2s", "--resync-window", "always", "--resync-threshold", "10%")

@@ -41,6 +41,11 @@ type Replication struct {
 	Target         string    `json:"target"`
 	LastGeneration uint64    `json:"last_generation"` // newest point committed on the target by this mount
 	LastShipped    time.Time `json:"last_shipped"`
+	// LastConsistent is the newest crash-consistent point this mount
+	// committed (0 if none yet) and LastConsistentCut when it was cut: the
+	// RPO is the age of that cut, whatever fuzzy points came after it.
+	LastConsistent    uint64    `json:"last_consistent"`
+	LastConsistentCut time.Time `json:"last_consistent_cut,omitzero"`
 	Pending        int       `json:"pending"` // frozen generations waiting in the log
 	LastError      string    `json:"last_error,omitempty"`
 	Failures       int       `json:"failures"`
