@@ -46,12 +46,12 @@ type Replication struct {
 	// RPO is the age of that cut, whatever fuzzy points came after it.
 	LastConsistent    uint64    `json:"last_consistent"`
 	LastConsistentCut time.Time `json:"last_consistent_cut,omitzero"`
-	Pending        int       `json:"pending"` // frozen generations waiting in the log
-	LastError      string    `json:"last_error,omitempty"`
-	Failures       int       `json:"failures"`
-	Stopped        bool      `json:"stopped"` // a permanent error stopped the VM's replication
-	BytesRaw       uint64    `json:"bytes_raw"`
-	BytesSent      uint64    `json:"bytes_sent"`
+	Pending           int       `json:"pending"` // frozen generations waiting in the log
+	LastError         string    `json:"last_error,omitempty"`
+	Failures          int       `json:"failures"`
+	Stopped           bool      `json:"stopped"` // a permanent error stopped the VM's replication
+	BytesRaw          uint64    `json:"bytes_raw"`
+	BytesSent         uint64    `json:"bytes_sent"`
 	// ResyncWindow is the mount's resync window (its text form).
 	ResyncWindow string `json:"resync_window,omitempty"`
 	// Resync lists the disks of the VM that need a resynchronization.
