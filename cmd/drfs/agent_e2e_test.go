@@ -22,7 +22,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/drfs-project/drfs/orchestrator"
-	"github.com/drfs-project/drfs/target"
 )
 
 var agentSeed = flag.Uint64("agent-seed", 0, "seed of the agent end-to-end test's writer (0: from the clock)")
@@ -382,7 +381,7 @@ func TestAgentProtect(t *testing.T) {
 		t.Fatalf("only %d points of vm1", len(pts))
 	}
 	for i, p := range pts {
-		if p.Kind == target.KindInitial || p.Kind == target.KindResync {
+		if !p.Kind.Consistent() {
 			continue // fuzzy copies: made while the VM may write, checked by the final state
 		}
 		dir := filepath.Join(t.TempDir(), "restore")

@@ -61,8 +61,8 @@ func TestInitialCopyAfterOutage(t *testing.T) {
 	writeRandom(t, rng, filepath.Join(d.mnt, "vm1", "disk.img"), 64<<20, 10)
 	m.stop(t)
 	pts := points(t, tgt, "vm1", tlsA...)
-	if len(pts) == 0 || pts[0].Kind != target.KindInitial {
-		t.Fatalf("the first point of vm1 is %+v, want the initial copy", pts)
+	if len(pts) == 0 || pts[0].Kind != target.KindSnapshot {
+		t.Fatalf("the first point of vm1 is %+v, want the initial copy from a snapshot", pts)
 	}
 	restoreAndCompare(t, tgt, "vm1", "latest", readAll(t, filepath.Join(d.src, "vm1"), "disk.img"), tlsA...)
 }

@@ -341,7 +341,7 @@ func TestRestoreBadInput(t *testing.T) {
 	os.WriteFile(filepath.Join(full, "x"), nil, 0o644)
 	missing := filepath.Join(t.TempDir(), "typo")
 	pts := points(t, tgt, "vm1")
-	if len(pts) == 0 || pts[0].Kind != target.KindInitial {
+	if len(pts) == 0 || pts[0].Kind != target.KindSnapshot {
 		t.Fatalf("points after a first mount: %+v", pts)
 	}
 	cases := []struct {
@@ -353,7 +353,6 @@ func TestRestoreBadInput(t *testing.T) {
 		{"unknown point", []string{"restore", "--target", tgt, "vm1", "--point", "999", "--to", filepath.Join(t.TempDir(), "r")}, "no recovery point 999"},
 		{"bad point", []string{"restore", "--target", tgt, "vm1", "--point", "yesterday", "--to", filepath.Join(t.TempDir(), "r")}, "point"},
 		{"dir not empty", []string{"restore", "--target", tgt, "vm1", "--to", full}, "not empty"},
-		{"fuzzy point", []string{"restore", "--target", tgt, "vm1", "--point", pts[0].ID(), "--to", filepath.Join(t.TempDir(), "r")}, "fuzzy"},
 		{"bad target", []string{"points", "--target", "ftp://x/y"}, "unknown kind"},
 		{"relative dir target", []string{"points", "--target", "dir://rel/path"}, "dir:///absolute"},
 		{"missing dir target", []string{"points", "--target", "dir://" + missing}, "does not exist"},

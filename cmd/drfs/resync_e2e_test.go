@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -120,7 +121,15 @@ func TestResyncWaitsForWindow(t *testing.T) {
 			t.Errorf("point %d, shipped while a disk waited for its resync, is of kind %s", cut, p.Kind)
 		}
 	}
-	if k := pts[len(pts)-1].Kind; k != target.KindGeneration {
+	// A fuzzy point is refused by restore and failover unless forced.
+	to := filepath.Join(t.TempDir(), "r")
+	if out, err := drfsRun(t, "restore", "--target", tgt, "vm1", "--point", fmt.Sprint(cut), "--to", to); err == nil || !strings.Contains(out, "fuzzy") {
+		t.Errorf("restore of fuzzy point %d: %v\n%s", cut, err, out)
+	}
+	if out, err := drfsRun(t, "failover", "vm1", "--type", "test", "--target", tgt, "--point", fmt.Sprint(cut), "--to", to); err == nil || !strings.Contains(out, "fuzzy") {
+		t.Errorf("test failover to fuzzy point %d: %v\n%s", cut, err, out)
+	}
+	if k := pts[len(pts)-1].Kind; !k.Consistent() {
 		t.Errorf("the newest point after the resync is of kind %s", k)
 	}
 	restoreAndCompare(t, tgt, "vm1", "latest", readAll(t, filepath.Join(d.src, "vm1"), "disk.img"))

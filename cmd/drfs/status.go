@@ -41,7 +41,7 @@ func (c *statusCmd) mountStatus() error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tTARGET\tLAST POINT\tSHIPPED\tPENDING\tSENT\tSTATE")
+	fmt.Fprintln(tw, "VM\tTARGET\tLAST POINT\tSHIPPED\tRPO\tPENDING\tSENT\tSTATE")
 	for _, r := range st {
 		state := "ok"
 		switch {
@@ -61,7 +61,13 @@ func (c *statusCmd) mountStatus() error {
 		if !r.LastShipped.IsZero() {
 			shipped = time.Since(r.LastShipped).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", r.VM, r.Target, r.LastGeneration, shipped, r.Pending, bytesString(int64(r.BytesSent)), state)
+		// The RPO is the age of the newest consistent point: a fuzzy
+		// point after it does not make the VM's protection any younger.
+		rpo := "-"
+		if !r.LastConsistentCut.IsZero() {
+			rpo = fmt.Sprintf("%v (point %d)", time.Since(r.LastConsistentCut).Round(time.Second), r.LastConsistent)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\n", r.VM, r.Target, r.LastGeneration, shipped, rpo, r.Pending, bytesString(int64(r.BytesSent)), state)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
