@@ -47,6 +47,7 @@ type agentCmd struct {
 	Interval      string `placeholder:"DURATION" help:"Default replication interval (5m unless set)."`
 	Retention     string `placeholder:"DURATION" help:"Default retention of recovery points (24h unless set)."`
 	ResyncWindow  string `name:"resync-window" placeholder:"SPEC" help:"When resynchronizations run: e.g. 18:00-08:00,sat,sun (the default), always, never."`
+	ResyncThresh  string `name:"resync-threshold" placeholder:"PCT" help:"Drop a VM's change log and compare its disks from a snapshot instead (in the resync window) when a disk's log reaches this share of its size, a disk under 1 GiB counted as 1 GiB (default 50%)."`
 	Bandwidth     string `placeholder:"RATE" help:"Upload limit to each target, shared by the VMs replicating there, e.g. 50MiB/s (default: none)."`
 	Compress      string `placeholder:"MODE" help:"LZ4 on what is shipped: auto (the default: for a target reached over a network, not for a dir:// one), lz4 or none."`
 	MaxGeneration string `name:"max-generation" placeholder:"SIZE" help:"Cut the generation of a protected VM before its interval when it holds this much changed data, so that heavy writes still make a point every few seconds (default 256MiB; 0 cuts only at the interval)."`
@@ -61,7 +62,7 @@ type agentCmd struct {
 // flags and checked by the same rules.
 func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	flagged := c.Source != "" || c.Mountpoint != "" || c.State != "" || c.Target != "" || c.SourceID != "" ||
-		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.Compress != "" || c.Bandwidth != "" || c.MaxGeneration != "" || c.TLS != (targets.TLS{})
+		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.ResyncThresh != "" || c.Compress != "" || c.Bandwidth != "" || c.MaxGeneration != "" || c.TLS != (targets.TLS{})
 	if c.Config != "" {
 		if flagged {
 			return nil, targets.TLS{}, errors.New("give either --config or the settings as flags, not both")
@@ -78,7 +79,7 @@ func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	var b strings.Builder
 	for _, kv := range [][2]string{{"source", c.Source}, {"mountpoint", c.Mountpoint}, {"state", c.State},
 		{"target", c.Target}, {"source-id", c.SourceID}, {"tls-cert", c.Cert}, {"tls-key", c.Key}, {"tls-ca", c.CA},
-		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"compress", c.Compress}, {"bandwidth", c.Bandwidth},
+		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"resync-threshold", c.ResyncThresh}, {"compress", c.Compress}, {"bandwidth", c.Bandwidth},
 		{"max-generation", c.MaxGeneration}} {
 		if kv[1] != "" {
 			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])

@@ -36,7 +36,7 @@ type replicationFlags struct {
 	SourceID  string            `name:"source-id" placeholder:"NAME" help:"Identity of this source host on the target; a target refuses VMs of another source (default: the host name)."`
 	// The default must stay orchestrator.DefaultWindowSpec (a test checks).
 	ResyncWindow    string  `name:"resync-window" default:"18:00-08:00,sat,sun" placeholder:"SPEC" help:"When automatic resynchronizations run, in local time: HH:MM-HH:MM ranges and days (mon..sun, mon-fri), comma-separated, or always, or never (then only drfs resync --now runs one)."`
-	ResyncThreshold percent `name:"resync-threshold" default:"50%" placeholder:"PCT" help:"Resynchronize a disk whose change log (generations not yet shipped) reaches this share of its size."`
+	ResyncThreshold percent `name:"resync-threshold" default:"50%" placeholder:"PCT" help:"When a disk's change log (generations not yet shipped) reaches this share of its size, a disk under 1 GiB counted as 1 GiB, drop the VM's log and compare its disks from a snapshot instead, in the resync window."`
 	targets.TLS
 
 	window orchestrator.Window // parsed ResyncWindow, local time
