@@ -3,10 +3,14 @@ package main
 import (
 	"encoding/json"
 	"flag"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -76,17 +80,57 @@ func checkConsistentPoints(t *testing.T, tgt string, w *seqWriter, base []byte, 
 	}
 }
 
-// checkRPOTruthful reads the agent's status, then the target's points:
-// the status's newest point must be a consistent one (or older), never a
-// fuzzy one or one younger than the newest consistent point.
-func checkRPOTruthful(t *testing.T, socket, tgt string, tls ...string) {
+// checkRPOTruthful reads the agent's metrics (if a is given), its status,
+// then the target's points: the status's newest point must be the cut of
+// a consistent point on the target, never of a fuzzy one, and the metric's
+// RPO no younger than the status's.
+func checkRPOTruthful(t *testing.T, a *runningAgent, socket, tgt string, tls ...string) {
 	t.Helper()
-	v := vmStatus(t, socket, "vm1")
-	newest := newestConsistent(t, points(t, tgt, "vm1", tls...))
-	if v.NewestPoint.After(newest.Frozen) {
-		t.Errorf("status says the newest point was cut at %v (RPO %.1fs), but the newest consistent point on the target was cut at %v",
-			v.NewestPoint, v.RPO, newest.Frozen)
+	var scraped time.Time
+	var rpo float64
+	if a != nil {
+		scraped = time.Now()
+		rpo = scrapeRPO(t, a)
 	}
+	v := vmStatus(t, socket, "vm1")
+	pts := points(t, tgt, "vm1", tls...)
+	if v.NewestPoint.IsZero() {
+		return
+	}
+	i := slices.IndexFunc(pts, func(p target.Point) bool { return p.Frozen.Equal(v.NewestPoint) })
+	switch {
+	case i < 0:
+		t.Errorf("status says the newest point was cut at %v (RPO %.1fs): no point on the target was", v.NewestPoint, v.RPO)
+	case !pts[i].Kind.Consistent():
+		t.Errorf("status counts point %s (kind %s, fuzzy) as its newest point (RPO %.1fs)", pts[i].ID(), pts[i].Kind, v.RPO)
+	}
+	if a != nil && scraped.Add(-time.Duration(rpo*float64(time.Second))).After(v.NewestPoint.Add(time.Second)) {
+		t.Errorf("drfs_rpo_seconds %.1f at %v is younger than the status's newest consistent point, cut at %v", rpo, scraped, v.NewestPoint)
+	}
+}
+
+// scrapeRPO returns vm1's drfs_rpo_seconds from the agent's metrics.
+func scrapeRPO(t *testing.T, a *runningAgent) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`metrics on (http://\S+/metrics)`).FindStringSubmatch(a.stderr.String())
+	if m == nil {
+		t.Fatalf("the agent did not say where its metrics are:\n%s", a.stderr)
+	}
+	resp, err := http.Get(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	v := regexp.MustCompile(`(?m)^drfs_rpo_seconds\{vm="vm1"\} (\S+)$`).FindSubmatch(body)
+	if v == nil {
+		t.Fatalf("no drfs_rpo_seconds of vm1 in:\n%s", body)
+	}
+	rpo, err := strconv.ParseFloat(string(v[1]), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rpo
 }
 
 // TestHeavyWriterAgent: a writer that passes the resync threshold every
@@ -103,7 +147,8 @@ func TestHeavyWriterAgent(t *testing.T) {
 	base := make([]byte, 64<<20)
 	tgt, tls := serveTarget(t)
 	socket := filepath.Join(filepath.Dir(d.state), "agent.sock")
-	args := append([]string{"--target", tgt, "--interval", "2s", "--resync-window", "always", "--resync-threshold", "10%"}, tls...)
+	args := append([]string{"--target", tgt, "--interval", "2s", "--resync-window", "always", "--resync-threshold", "10%",
+		"--metrics-listen", "127.0.0.1:0"}, tls...)
 	a := startAgent(t, d, socket, args...)
 	if out, err := drfsRun(t, "protect", "vm1", "--wait", "--socket", socket); err != nil {
 		t.Fatalf("drfs protect vm1: %v\n%s", err, out)
@@ -113,7 +158,7 @@ func TestHeavyWriterAgent(t *testing.T) {
 	end := time.Now().Add(30 * time.Second)
 	for time.Now().Before(end) {
 		time.Sleep(3 * time.Second)
-		checkRPOTruthful(t, socket, tgt, tls...)
+		checkRPOTruthful(t, a, socket, tgt, tls...)
 	}
 	stop() // the writes acknowledged before the kill are all recorded
 	killed := time.Now()
@@ -312,7 +357,7 @@ func TestConsistencyRandom(t *testing.T) {
 		dur := time.Duration(2+rng.IntN(7)) * time.Second
 		stop := heavyWriters(t, w, filepath.Join(d.mnt, "vm1", "disk.img"), rng, 16384)
 		for end := time.Now().Add(dur); time.Now().Before(end); time.Sleep(time.Second) {
-			checkRPOTruthful(t, socket, tgt, tls...)
+			checkRPOTruthful(t, nil, socket, tgt, tls...)
 		}
 		stop()
 		how := "kill -9"
