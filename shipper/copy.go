@@ -29,6 +29,8 @@ import (
 // holds a fuzzy copy of them; that is why its kind is not KindGeneration.
 // Every write that lands during the copy is logged in the next generation,
 // so the first point whose cut comes after ShipCopy returns is consistent.
+// ShipCopyDisks with a View taken at the cut of gen (a snapshot) makes a
+// consistent point instead: target.KindSnapshot.
 //
 // Holes and all-zero blocks travel as zero extents.
 func (s *Shipper) ShipCopy(ctx context.Context, vm string, gen uint64, files map[string]string, kind target.PointKind) (Stats, error) {

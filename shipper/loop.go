@@ -37,8 +37,9 @@ type LoopOptions struct {
 	// nothing is shipped that may lack its base on the target.
 	Copies func(vm string) (disks map[string]CopyDisk, kind target.PointKind, done func(error), err error)
 	// Prepare fills in Ranges and Against of the partial disks, after the
-	// drain and before the rotation. Writes during it are logged in the
-	// generation the copy rides on, whose changed blocks the copy sends.
+	// drain and before the rotation (after Cut, if set). Writes during it
+	// are logged in the generation the copy rides on, whose changed blocks
+	// the copy sends (or, with Cut, in the next one).
 	Prepare func(ctx context.Context, vm string, disks map[string]CopyDisk) (map[string]CopyDisk, error)
 	// Cut, if set, replaces the rotation of a round that copies: after
 	// the drain it freezes vm's active generation and returns it with the

@@ -331,7 +331,13 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 	slices.Sort(rels)
 	dir := filepath.Join(r.state, "snapshots", url.PathEscape(vm)+".cut")
 	gen, snap, err := cutWithSnapshot(ctx, r.srv, r.log, vm, rels, dir)
-	if err != nil {
+	switch {
+	case err != nil && gen != 0:
+		// Cut, but no snapshot (a disk the mount does not track, say):
+		// the copy reads the live disks, and its point says it is fuzzy.
+		fmt.Fprintf(os.Stderr, "drfs: %s: %v: copying from the live disks instead (the point will be a fuzzy copy)\n", vm, err)
+		return gen, disks, kind, none, nil
+	case err != nil:
 		return 0, nil, "", nil, err
 	}
 	release := func() {
@@ -361,7 +367,9 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 // snapshot of its disks (paths relative to the source) in dir, while the
 // VM's writes are held, so that the snapshot is the disks exactly at the
 // generation's cut. Leftovers in dir (a snapshot does not survive the
-// mount) are removed first. The caller deletes the snapshot.
+// mount) are removed first. The caller deletes the snapshot. When the
+// generation was cut but the snapshot failed, it returns the generation
+// with the error.
 func cutWithSnapshot(ctx context.Context, srv *drfsfs.Server, log *tracker.Log, vm string, rels []string, dir string) (uint64, *drfsfs.Snapshot, error) {
 	os.RemoveAll(dir)
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -371,13 +379,15 @@ func cutWithSnapshot(ctx context.Context, srv *drfsfs.Server, log *tracker.Log, 
 		return 0, nil, fmt.Errorf("holding the writes of %s for its snapshot: %w", vm, err)
 	}
 	gen, err := log.Rotate(vm)
-	var snap *drfsfs.Snapshot
-	if err == nil {
-		snap, err = srv.Snapshot(rels, dir)
+	if err != nil {
+		release()
+		return 0, nil, fmt.Errorf("cutting the generation of %s for its snapshot: %w", vm, err)
 	}
+	snap, err := srv.Snapshot(rels, dir)
 	release()
 	if err != nil {
-		return 0, nil, fmt.Errorf("snapshot of %s: %w", vm, err)
+		os.RemoveAll(dir)
+		return gen, nil, fmt.Errorf("snapshot of %s: %w", vm, err)
 	}
 	return gen, snap, nil
 }
