@@ -403,8 +403,8 @@ func TestAgentProtect(t *testing.T) {
 	}
 }
 
-// checkMetrics scrapes the agent's metrics and looks for vm1's.
-func checkMetrics(t *testing.T, a *runningAgent) {
+// scrapeMetrics returns the agent's metrics, from the address it printed.
+func scrapeMetrics(t *testing.T, a *runningAgent) []byte {
 	t.Helper()
 	m := regexp.MustCompile(`metrics on (http://\S+/metrics)`).FindStringSubmatch(a.stderr.String())
 	if m == nil {
@@ -414,8 +414,18 @@ func checkMetrics(t *testing.T, a *runningAgent) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
+// checkMetrics scrapes the agent's metrics and looks for vm1's.
+func checkMetrics(t *testing.T, a *runningAgent) {
+	t.Helper()
+	body := scrapeMetrics(t, a)
 	for _, want := range []string{`drfs_rpo_seconds{vm="vm1"}`, `drfs_health{vm="vm1"} 0`, `drfs_protection_state{state="Protected",vm="vm1"} 1`, `drfs_shipped_bytes_total{vm="vm1"}`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s:\n%s", want, body)

@@ -3,9 +3,7 @@ package main
 import (
 	"encoding/json"
 	"flag"
-	"io"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -63,20 +61,27 @@ func checkConsistentPoints(t *testing.T, tgt string, w *seqWriter, base []byte, 
 			continue
 		}
 		seen++
-		to := filepath.Join(t.TempDir(), "r")
-		if out, err := drfsRun(t, append([]string{"restore", "--target", tgt, "vm1", "--point", p.ID(), "--to", to}, tls...)...); err != nil {
-			t.Fatalf("restore point %s: %v\n%s", p.ID(), err, out)
-		}
-		img, err := os.ReadFile(filepath.Join(to, "disk.img"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if k, err := w.checkPrefix(img, base); err != nil {
-			t.Errorf("point %s (kind %s) is listed as consistent but is not: %v", p.ID(), p.Kind, err)
-		} else {
-			t.Logf("point %s (%s): writes 1..%d of %d", p.ID(), p.Kind, k, w.acked())
-		}
-		os.RemoveAll(to)
+		checkPointPrefix(t, tgt, p, w, base, tls...)
+	}
+}
+
+// checkPointPrefix restores point p of vm1 and checks that its disk is a
+// prefix of w's writes over base.
+func checkPointPrefix(t *testing.T, tgt string, p target.Point, w *seqWriter, base []byte, tls ...string) {
+	t.Helper()
+	to := filepath.Join(t.TempDir(), "r")
+	defer os.RemoveAll(to)
+	if out, err := drfsRun(t, append([]string{"restore", "--target", tgt, "vm1", "--point", p.ID(), "--to", to}, tls...)...); err != nil {
+		t.Fatalf("restore point %s: %v\n%s", p.ID(), err, out)
+	}
+	img, err := os.ReadFile(filepath.Join(to, "disk.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, err := w.checkPrefix(img, base); err != nil {
+		t.Errorf("point %s (kind %s) is listed as consistent but is not: %v", p.ID(), p.Kind, err)
+	} else {
+		t.Logf("point %s (%s): writes 1..%d of %d", p.ID(), p.Kind, k, w.acked())
 	}
 }
 
@@ -112,16 +117,7 @@ func checkRPOTruthful(t *testing.T, a *runningAgent, socket, tgt string, tls ...
 // scrapeRPO returns vm1's drfs_rpo_seconds from the agent's metrics.
 func scrapeRPO(t *testing.T, a *runningAgent) float64 {
 	t.Helper()
-	m := regexp.MustCompile(`metrics on (http://\S+/metrics)`).FindStringSubmatch(a.stderr.String())
-	if m == nil {
-		t.Fatalf("the agent did not say where its metrics are:\n%s", a.stderr)
-	}
-	resp, err := http.Get(m[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrapeMetrics(t, a)
 	v := regexp.MustCompile(`(?m)^drfs_rpo_seconds\{vm="vm1"\} (\S+)$`).FindSubmatch(body)
 	if v == nil {
 		t.Fatalf("no drfs_rpo_seconds of vm1 in:\n%s", body)
@@ -378,18 +374,7 @@ func TestConsistencyRandom(t *testing.T) {
 		t.Logf("step %d: window %s, threshold %s, %v of writes (%d acknowledged in all), then %s: %d points, %d new consistent ones",
 			step, window, threshold, dur, w.acked(), how, len(pts), len(fresh))
 		for _, p := range fresh {
-			to := filepath.Join(t.TempDir(), "r")
-			if out, err := drfsRun(t, append([]string{"restore", "--target", tgt, "vm1", "--point", p.ID(), "--to", to}, tls...)...); err != nil {
-				t.Fatalf("restore point %s: %v\n%s", p.ID(), err, out)
-			}
-			img, err := os.ReadFile(filepath.Join(to, "disk.img"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := w.checkPrefix(img, base); err != nil {
-				t.Errorf("step %d: point %s (kind %s) is listed as consistent but is not: %v", step, p.ID(), p.Kind, err)
-			}
-			os.RemoveAll(to)
+			checkPointPrefix(t, tgt, p, w, base, tls...)
 		}
 		if t.Failed() {
 			t.FailNow()
@@ -400,5 +385,65 @@ func TestConsistencyRandom(t *testing.T) {
 	a.stop(t)
 	if out, err := drfsRun(t, append([]string{"verify", "--target", tgt, "--source", d.src, "vm1"}, tls...)...); err != nil {
 		t.Errorf("verify after the last clean stop: %v\n%s", err, out)
+	}
+}
+
+// TestAgentResyncWaits: after a kill -9 with the resync window never open,
+// the VM's resync waits: its job is shown waiting (not running at 0%), its
+// health is Critical (no consistent point can be made), its RPO is the age
+// of the last consistent point; drfs resync --now repairs it.
+func TestAgentResyncWaits(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	tgt, tls := serveTarget(t)
+	socket := filepath.Join(filepath.Dir(d.state), "agent.sock")
+	args := append([]string{"--target", tgt, "--interval", "1s", "--resync-window", "never"}, tls...)
+	a := startAgent(t, d, socket, args...)
+	if out, err := drfsRun(t, "protect", "vm1", "--wait", "--socket", socket); err != nil {
+		t.Fatalf("drfs protect vm1: %v\n%s", err, out)
+	}
+	writeRandom(t, rand.New(rand.NewPCG(seed(t), 21)), filepath.Join(d.mnt, "vm1", "disk.img"), 64<<20, 10)
+	time.Sleep(3 * time.Second)
+	a.kill(t)
+	last := newestConsistent(t, points(t, tgt, "vm1", tls...))
+
+	a = startAgent(t, d, socket, args...)
+	var v vmView
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		v = vmStatus(t, socket, "vm1")
+		if v.Job != nil && v.Job.State == orchestrator.JobWaiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no waiting resync job 30s after the restart: %+v\n%s", v, a.stderr)
+		}
+	}
+	time.Sleep(3 * time.Second) // rounds go on meanwhile
+	v = vmStatus(t, socket, "vm1")
+	if v.State != orchestrator.Resynchronizing || v.Job == nil || v.Job.Kind != orchestrator.JobResync || !strings.Contains(v.Job.Message, "waiting for the resync window never") {
+		t.Errorf("vm1 while its resync waits: %s, job %+v", v.State, v.Job)
+	}
+	if v.Health.Level != orchestrator.Critical || !strings.Contains(v.Health.Reason, "no consistent point can be made") {
+		t.Errorf("vm1's health while no consistent point can be made: %s", v.Health)
+	}
+	if !v.NewestPoint.Equal(last.Frozen) {
+		t.Errorf("vm1's newest point while its resync waits is %v, want the last consistent point's cut %v", v.NewestPoint, last.Frozen)
+	}
+	checkRPOTruthful(t, nil, socket, tgt, tls...)
+	out, _ := drfsRun(t, "status", "--socket", socket)
+	if !strings.Contains(out, "Critical") {
+		t.Errorf("drfs status does not say Critical:\n%s", out)
+	}
+
+	if out, err := drfsRun(t, "resync", d.state, "vm1", "--now"); err != nil {
+		t.Fatalf("drfs resync --now: %v\n%s", err, out)
+	}
+	waitState(t, a, "vm1", orchestrator.Protected)
+	if v := vmStatus(t, socket, "vm1"); v.Health.Level != orchestrator.Normal || !v.NewestPoint.After(last.Frozen) {
+		t.Errorf("vm1 after the resync: health %s, newest point %v", v.Health, v.NewestPoint)
+	}
+	a.stop(t)
+	if out, err := drfsRun(t, append([]string{"verify", "--target", tgt, "--source", d.src, "vm1"}, tls...)...); err != nil {
+		t.Errorf("verify after the resync: %v\n%s", err, out)
 	}
 }
