@@ -360,7 +360,7 @@ func (v *VM) Health(now time.Time) Health {
 		return Health{Level: Critical, Reason: st.cause() + "; not retried: fix the cause, then resume"}
 	}
 	if w := v.policy.ResyncWindow; st.State == Resynchronizing && !st.ResyncNow && !w.InWindow(now) && w.NextOpen(now).IsZero() {
-		return Health{Level: Critical, Reason: fmt.Sprintf("no consistent point can be made: %s, and the resync window is never open (drfs resync --now %s runs the resync)",
+		return Health{Level: Critical, Reason: fmt.Sprintf("no consistent point can be made: %s, and the resync window is never open (drfs resync STATEDIR %s --now runs the resync)",
 			st.ResyncReason, st.VM)}
 	}
 	var reasons []string

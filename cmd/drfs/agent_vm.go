@@ -906,8 +906,8 @@ func (a *agent) stageJob(p *protection, state orchestrator.State) uint64 {
 	}
 	if state == orchestrator.Resynchronizing {
 		if wait, opens := p.repl.waitsForWindow(p.name); wait {
-			a.jobs.Wait(j.ID, fmt.Sprintf("waiting for the resync window %s (%s; drfs resync --now %s runs it at once)",
-				p.repl.window(), opensString(opens), p.name))
+			a.jobs.Wait(j.ID, fmt.Sprintf("waiting for the resync window %s (%s; drfs resync %s %s --now runs it at once)",
+				p.repl.window(), opensString(opens), a.cfg.State, p.name))
 			a.persist()
 			return j.ID
 		}
