@@ -6,27 +6,19 @@
 package tlstest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/drfs-project/drfs/internal/pki"
 )
 
 // CA is a certificate authority.
-type CA struct {
-	Cert *x509.Certificate
-	Key  *ecdsa.PrivateKey
-	PEM  []byte // the CA certificate
-}
+type CA struct{ *pki.CA }
 
 // Cert is a certificate with its private key.
 type Cert struct {
@@ -39,26 +31,11 @@ type Cert struct {
 // a day.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: name, Organization: []string{"drfs test"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	ca, err := pki.NewCA(name, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return &CA{ca}
 }
 
 // Pool returns a pool holding only the CA.
@@ -71,12 +48,8 @@ func (ca *CA) Pool() *x509.CertPool {
 // Server returns a server certificate for 127.0.0.1, ::1 and localhost.
 func (ca *CA) Server(t testing.TB) *Cert {
 	t.Helper()
-	return ca.issue(t, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "localhost"},
-		DNSNames:    []string{"localhost"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	return cert(t)(ca.CA.Server([]string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)))
 }
 
 // Client returns a client certificate whose subject CommonName is cn.
@@ -89,34 +62,23 @@ func (ca *CA) Client(t testing.TB, cn string) *Cert {
 // notAfter (in the past for an expired one).
 func (ca *CA) ClientValid(t testing.TB, cn string, notBefore, notAfter time.Time) *Cert {
 	t.Helper()
-	return ca.issue(t, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: cn},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, notBefore, notAfter)
+	return cert(t)(ca.Host(cn, notBefore, notAfter))
 }
 
-func (ca *CA) issue(t testing.TB, tmpl *x509.Certificate, notBefore, notAfter time.Time) *Cert {
-	t.Helper()
-	key := newKey(t)
-	tmpl.SerialNumber = serial(t)
-	tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
-	if err != nil {
-		t.Fatal(err)
+// cert returns a function that turns what pki issued into a Cert, failing
+// t on an error.
+func cert(t testing.TB) func(*pki.Cert, error) *Cert {
+	return func(pc *pki.Cert, err error) *Cert {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &Cert{CertPEM: pc.CertPEM, KeyPEM: pc.KeyPEM}
+		if c.TLS, err = tls.X509KeyPair(c.CertPEM, c.KeyPEM); err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &Cert{
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-	}
-	if c.TLS, err = tls.X509KeyPair(c.CertPEM, c.KeyPEM); err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 // PKI is the usual set of a test of mutual TLS.
@@ -176,22 +138,4 @@ func write(t testing.TB, name string, data []byte) {
 	if err := os.WriteFile(name, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
-
-func serial(t testing.TB) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
