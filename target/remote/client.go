@@ -232,7 +232,11 @@ func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
 }
 
 func (c *Client) authError(op string, err error) *Error {
-	return &Error{Op: op, Kind: target.ErrAuth, permanent: true, Message: fmt.Sprintf("TLS with %s: %v", c.base.Host, err)}
+	msg := fmt.Sprintf("TLS with %s: %v", c.base.Host, err)
+	if why := explainTLS(err); why != "" {
+		msg = fmt.Sprintf("TLS with %s: %s (%v)", c.base.Host, why, err)
+	}
+	return &Error{Op: op, Kind: target.ErrAuth, permanent: true, Message: msg}
 }
 
 // refused returns the TLS alert or verification error if the server

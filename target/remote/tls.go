@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
+	"time"
 )
 
 // maxIdentity is the longest identity: a path element on the server.
@@ -132,6 +134,67 @@ var authAlerts = []tls.AlertError{
 	120, // no_application_protocol
 }
 
+// explainTLS says in words which of the usual mistakes a TLS refusal err
+// is: the target's certificate does not name the host connected to, has expired, or was not signed by the CA the client
+// trusts; or the target refused this host's certificate as expired, signed
+// by a CA it does not trust, or missing. "" if err is none of those.
+func explainTLS(err error) string {
+	var (
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		unknownCA x509.UnknownAuthorityError
+	)
+	switch {
+	case errors.As(err, &hostname):
+		c := hostname.Certificate
+		var names []string
+		names = append(names, c.DNSNames...)
+		for _, ip := range c.IPAddresses {
+			names = append(names, ip.String())
+		}
+		if len(names) == 0 {
+			return fmt.Sprintf("the target's certificate names no host (no subject alternative name) and so is not valid for %s: issue it with the names clients connect to (drfs pki server --dns/--ip)", hostname.Host)
+		}
+		return fmt.Sprintf("the target's certificate is valid for %s, not for %s: connect to one of those names, or issue it for %s (drfs pki server --dns/--ip)",
+			strings.Join(names, ", "), hostname.Host, hostname.Host)
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		c := invalid.Cert
+		return fmt.Sprintf("the target's certificate is valid only from %s to %s, not now: issue it again", c.NotBefore.Format(time.RFC3339), c.NotAfter.Format(time.RFC3339))
+	case errors.As(err, &unknownCA):
+		return "the target's certificate is not signed by the CA in --tls-ca (or tls-ca): give the CA that issued it"
+	}
+	switch alertOf(err) {
+	case 45: // certificate_expired
+		return "the target refused this host's certificate: it has expired (or is not valid yet); issue it again (drfs pki host)"
+	case 48: // unknown_ca
+		return "the target refused this host's certificate: it is not signed by the CA the target trusts (its --client-ca)"
+	case 116: // certificate_required
+		return "the target requires a certificate signed by the CA it trusts (its --client-ca), and this host has none: give --tls-cert and --tls-key (or tls-cert and tls-key) issued by that CA"
+	case 42: // bad_certificate
+		return "the target refused this host's certificate (not a client certificate of a CA it trusts, or its name is not a valid identity)"
+	}
+	return ""
+}
+
+// alertOf returns the TLS alert a peer sent, as err carries it, or 0.
+func alertOf(err error) tls.AlertError {
+	var alert tls.AlertError
+	if errors.As(err, &alert) {
+		return alert
+	}
+	// An alert the peer sent over TCP arrives as a *net.OpError "remote
+	// error" around an unexported type whose text is the alert's.
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" && op.Err != nil {
+		for _, a := range authAlerts {
+			if op.Err.Error() == a.Error() {
+				return a
+			}
+		}
+	}
+	return 0
+}
+
 // isAuthError reports whether err is a TLS refusal: the server's
 // certificate does not verify, or the server refused ours.
 func isAuthError(err error) bool {
@@ -144,19 +207,5 @@ func isAuthError(err error) bool {
 	if errors.As(err, &unknownCA) || errors.As(err, &invalid) || errors.As(err, &hostname) || errors.As(err, &verify) {
 		return true
 	}
-	// An alert the peer sent over TCP arrives as a *net.OpError "remote
-	// error" around an unexported type whose text is the alert's.
-	var alert tls.AlertError
-	if errors.As(err, &alert) {
-		return slices.Contains(authAlerts, alert)
-	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "remote error" && op.Err != nil {
-		for _, a := range authAlerts {
-			if op.Err.Error() == a.Error() {
-				return true
-			}
-		}
-	}
-	return false
+	return slices.Contains(authAlerts, alertOf(err))
 }

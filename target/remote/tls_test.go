@@ -214,3 +214,38 @@ func TestCheckIdentity(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSErrorsNamed: the usual mistakes of a TLS setup are named as such
+// in the client's error, not only as "not authorised": a server
+// certificate that does not name the host connected to, a server
+// certificate of a CA the client does not trust, and a client certificate
+// the server refuses as expired or of a CA it does not trust.
+func TestTLSErrorsNamed(t *testing.T) {
+	ts := startServer(t)
+	for _, tc := range []struct {
+		name string
+		cfg  *tls.Config
+		want string
+	}{
+		{"ServerName", &tls.Config{Certificates: []tls.Certificate{ts.pki.ClientA.TLS}, RootCAs: ts.pki.CA.Pool(), ServerName: "dr.example.com"},
+			"valid for localhost, 127.0.0.1, ::1, not for dr.example.com"},
+		{"ServerCA", &tls.Config{Certificates: []tls.Certificate{ts.pki.ClientA.TLS}, RootCAs: ts.pki.Other.Pool()},
+			"not signed by the CA in --tls-ca"},
+		{"ClientExpired", &tls.Config{Certificates: []tls.Certificate{ts.pki.Expired.TLS}, RootCAs: ts.pki.CA.Pool()},
+			"refused this host's certificate: it has expired"},
+		{"ClientCA", &tls.Config{Certificates: []tls.Certificate{ts.pki.Foreign.TLS}, RootCAs: ts.pki.CA.Pool()},
+			"requires a certificate signed by the CA it trusts"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := remote.Dial(ts.url, remote.ClientOptions{TLS: tc.cfg})
+			if err == nil {
+				defer c.Close()
+				_, err = c.VMs(ctx)
+			}
+			if err == nil || !errors.Is(err, target.ErrAuth) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an ErrAuth saying %q", err, tc.want)
+			}
+			t.Log(err)
+		})
+	}
+}
