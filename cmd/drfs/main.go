@@ -33,6 +33,7 @@ type cli struct {
 	Verify    verifyCmd    `cmd:"" help:"Compare a VM's disks with a recovery point chunk by chunk, changing nothing."`
 	Resync    resyncCmd    `cmd:"" help:"Resynchronize a VM's disks with the target now (on a running mount)."`
 	Target    targetCmd    `cmd:"" help:"Serve replicas to source hosts: the recovery site's end of replication."`
+	PKI       pkiCmd       `cmd:"" name:"pki" help:"Make the certificates of a two-site setup: a CA, the target's server certificate, each source host's client certificate."`
 	Bench     benchCmd     `cmd:"" help:"Run benchmarks."`
 	Version   versionCmd   `cmd:"" help:"Print the version."`
 }
