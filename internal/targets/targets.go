@@ -79,19 +79,83 @@ func OpenExisting(rawURL string, tlsFiles TLS) (Store, error) {
 	return Open(rawURL, tlsFiles)
 }
 
-// Open opens the store at rawURL; a directory target is created if it
-// does not exist (the first replication to it).
-func Open(rawURL string, tlsFiles TLS) (Store, error) {
+// Check finds, without opening anything or contacting the network, the
+// mistakes of a configuration that Open would only meet later: a target
+// URL that is not one (rawURL may be "": no target), and a TLS file that is
+// missing or not a regular file (each set one is checked, whatever the
+// target: drfs protect --target may name an https target later). Errors
+// are one line and begin with the setting's name: target, tls-cert,
+// tls-key or tls-ca.
+func Check(rawURL string, tlsFiles TLS) error {
+	if rawURL != "" {
+		u, err := parse(rawURL)
+		if err != nil {
+			return err
+		}
+		if u.Scheme == "https" && (tlsFiles.Cert == "" || tlsFiles.Key == "" || tlsFiles.CA == "") {
+			return fmt.Errorf("target %s: an https target needs tls-cert, tls-key and tls-ca", rawURL)
+		}
+	}
+	for _, f := range [][2]string{{"tls-cert", tlsFiles.Cert}, {"tls-key", tlsFiles.Key}, {"tls-ca", tlsFiles.CA}} {
+		if f[1] == "" {
+			continue
+		}
+		fi, err := os.Stat(f[1])
+		switch {
+		case err != nil:
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return fmt.Errorf("%s %s: %w", f[0], f[1], err)
+		case !fi.Mode().IsRegular():
+			return fmt.Errorf("%s %s is not a file: give the PEM file", f[0], f[1])
+		}
+	}
+	return nil
+}
+
+// parse parses the target URL rawURL and checks its form for its kind,
+// with the errors of Open.
+func parse(rawURL string) (*url.URL, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("target %q: %w", rawURL, err)
 	}
 	switch u.Scheme {
 	case "dir":
-		path := u.Path
-		if u.Host != "" || !filepath.IsAbs(path) {
+		if u.Host != "" || !filepath.IsAbs(u.Path) {
 			return nil, fmt.Errorf("target %q: a directory target is dir:///absolute/path", rawURL)
 		}
+		return u, nil
+	case "https":
+		if u.Host == "" {
+			return nil, fmt.Errorf("target %q: an https target is https://host:port", rawURL)
+		}
+		return u, nil
+	case "azblob":
+		if u.Host == "" || strings.Trim(u.Path, "/") == "" {
+			return nil, fmt.Errorf("target %q: an Azure Blob target is azblob://ACCOUNT/CONTAINER[/PREFIX]", u.Redacted())
+		}
+		return u, nil
+	case "":
+		if strings.HasPrefix(rawURL, "/") {
+			return nil, fmt.Errorf("target %q: write a directory target as dir://%s", rawURL, rawURL)
+		}
+	}
+	return nil, unknownKind(rawURL, u.Scheme)
+}
+
+// Open opens the store at rawURL; a directory target is created if it
+// does not exist (the first replication to it).
+func Open(rawURL string, tlsFiles TLS) (Store, error) {
+	u, err := parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	switch u.Scheme {
+	case "dir":
+		path := u.Path
 		if err := os.MkdirAll(path, 0o700); err != nil {
 			return nil, fmt.Errorf("target %s: %w", rawURL, err)
 		}
@@ -117,10 +181,11 @@ func Open(rawURL string, tlsFiles TLS) (Store, error) {
 			return nil, fmt.Errorf("target %s: %w", u.Redacted(), err)
 		}
 		return s, nil
-	case "":
-		if strings.HasPrefix(rawURL, "/") {
-			return nil, fmt.Errorf("target %q: write a directory target as dir://%s", rawURL, rawURL)
-		}
 	}
-	return nil, fmt.Errorf("target %q: unknown kind %q: use dir:///path, https://host:port or azblob://account/container", rawURL, u.Scheme)
+	return nil, unknownKind(rawURL, u.Scheme)
+}
+
+// unknownKind is the error of a target URL of no kind Open knows.
+func unknownKind(rawURL, scheme string) error {
+	return fmt.Errorf("target %q: unknown kind %q: use dir:///path, https://host:port or azblob://account/container", rawURL, scheme)
 }
