@@ -6,7 +6,7 @@ TESTFLAGS ?= -count=1 -timeout 60m
 .PHONY: build test race lint bench e2e demo ci deps
 
 build:
-	$(GO) build -o bin/drfs ./cmd/drfs
+	$(GO) build -buildvcs=auto -o bin/drfs ./cmd/drfs
 
 # Tests need root and /dev/fuse for the real mounts; without them those tests skip.
 test:

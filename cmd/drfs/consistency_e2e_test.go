@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -18,8 +20,8 @@ import (
 	"github.com/drfs-project/drfs/target"
 )
 
-// Issue: every point listed as consistent is consistent, and the status never
-// says better than the truth. These tests drive the built binary.
+// Every point listed as consistent is consistent, and the status never says
+// better than the truth: these tests drive the built binary.
 
 // heavyWriters runs n sequence-stamping O_DIRECT writers on the first
 // nblocks blocks of path until the returned stop is called; w records what
@@ -434,6 +436,10 @@ func TestAgentResyncWaits(t *testing.T) {
 	if !strings.Contains(out, "Critical") {
 		t.Errorf("drfs status does not say Critical:\n%s", out)
 	}
+	var ee *exec.ExitError
+	if _, err := drfsRun(t, "status", "--check", "--socket", socket); !errors.As(err, &ee) || ee.ExitCode() != exitCrit {
+		t.Errorf("drfs status --check while Critical: %v, want exit %d", err, exitCrit)
+	}
 
 	if out, err := drfsRun(t, "resync", d.state, "vm1", "--now"); err != nil {
 		t.Fatalf("drfs resync --now: %v\n%s", err, out)
@@ -441,6 +447,9 @@ func TestAgentResyncWaits(t *testing.T) {
 	waitState(t, a, "vm1", orchestrator.Protected)
 	if v := vmStatus(t, socket, "vm1"); v.Health.Level != orchestrator.Normal || !v.NewestPoint.After(last.Frozen) {
 		t.Errorf("vm1 after the resync: health %s, newest point %v", v.Health, v.NewestPoint)
+	}
+	if out, err := drfsRun(t, "status", "--check", "--socket", socket); err != nil {
+		t.Errorf("drfs status --check once Normal: %v\n%s", err, out)
 	}
 	a.stop(t)
 	if out, err := drfsRun(t, append([]string{"verify", "--target", tgt, "--source", d.src, "vm1"}, tls...)...); err != nil {

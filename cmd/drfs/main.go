@@ -4,12 +4,15 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 
 	"github.com/alecthomas/kong"
+	"github.com/willabides/kongplete"
 )
 
 // cli is the whole command line; each command lives in its own file.
@@ -35,16 +38,72 @@ type cli struct {
 	Target    targetCmd    `cmd:"" help:"Serve replicas to source hosts: the recovery site's end of replication."`
 	PKI       pkiCmd       `cmd:"" name:"pki" help:"Make the certificates of a two-site setup: a CA, the target's server certificate, each source host's client certificate."`
 	Bench     benchCmd     `cmd:"" help:"Run benchmarks."`
-	Version   versionCmd   `cmd:"" help:"Print the version."`
+	Version   versionCmd   `cmd:"" help:"Print the version and the commit it was built from."`
+	Complete  completeCmd  `cmd:"" name:"completion" help:"Print the shell completion script for bash or zsh (eval it, or put it in your shell's startup file)."`
+
+	VersionFlag kong.VersionFlag `name:"version" help:"Print the version and the commit it was built from, and exit."`
 }
 
+// version is the release; -ldflags "-X main.version=v1.2.3" sets it.
 var version = "dev"
 
 type versionCmd struct{}
 
 func (versionCmd) Run() error {
-	fmt.Println("drfs", version)
+	fmt.Println(versionString())
 	return nil
+}
+
+// versionString is "drfs VERSION (commit REV, TIME[, modified])", the
+// commit from the build information the go command records.
+func versionString() string {
+	s := "drfs " + version
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return s
+	}
+	if version == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		s = "drfs " + info.Main.Version
+	}
+	var rev, at, modified string
+	for _, kv := range info.Settings {
+		switch kv.Key {
+		case "vcs.revision":
+			rev = kv.Value
+		case "vcs.time":
+			at = kv.Value
+		case "vcs.modified":
+			if kv.Value == "true" {
+				modified = ", modified"
+			}
+		}
+	}
+	if rev != "" {
+		s += fmt.Sprintf(" (commit %.12s, %s%s)", rev, at, modified)
+	}
+	return s + ", " + info.GoVersion
+}
+
+// Exit codes of every command (docs: README, "Exit codes").
+const (
+	exitError   = 1 // the command failed; the message says why
+	exitUsage   = 2 // the command line is wrong
+	exitWarning = 3 // drfs status --check: a VM's health is Warning
+	exitCrit    = 4 // drfs status --check: a VM's health is Critical
+)
+
+// exitCode is an error that ends drfs with a given status, printing err if
+// it is not nil.
+type exitCode struct {
+	code int
+	err  error
+}
+
+func (e exitCode) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
 }
 
 // printJSON writes v to standard output as indented JSON, the --json form
@@ -57,17 +116,34 @@ func printJSON(v any) error {
 
 func main() {
 	var c cli
-	ctx := kong.Parse(&c,
+	parser, err := kong.New(&c,
 		kong.Name("drfs"),
 		kong.Description("drfs replicates virtual machine disk images, block by block, to a recovery site."),
-		kong.UsageOnError(),
+		kong.Vars{"version": versionString()},
 	)
-	stop := profileFromEnv(ctx.Command())
-	err := ctx.Run()
-	stop()
 	if err != nil {
+		panic(err) // the command line's declaration is wrong
+	}
+	kongplete.Complete(parser) // answers the shell when it asks for completions
+	ctx, err := parser.Parse(os.Args[1:])
+	if err != nil {
+		// One line, not a page of help.
+		fmt.Fprintf(os.Stderr, "drfs: %v (drfs --help, or drfs COMMAND --help, shows the usage)\n", err)
+		os.Exit(exitUsage)
+	}
+	stop := profileFromEnv(ctx.Command())
+	err = ctx.Run()
+	stop()
+	var code exitCode
+	switch {
+	case errors.As(err, &code):
+		if code.err != nil {
+			fmt.Fprintln(os.Stderr, "drfs:", code.err)
+		}
+		os.Exit(code.code)
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "drfs:", err)
-		os.Exit(1)
+		os.Exit(exitError)
 	}
 }
 

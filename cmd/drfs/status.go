@@ -11,8 +11,9 @@ import (
 )
 
 type statusCmd struct {
-	Of   string `arg:"" optional:"" name:"vm|statedir" help:"A VM of the agent (all of them if left out), or the state directory of a running drfs mount."`
-	JSON bool   `help:"Print JSON."`
+	Of    string `arg:"" optional:"" name:"vm|statedir" help:"A VM of the agent (all of them if left out), or the state directory of a running drfs mount."`
+	JSON  bool   `help:"Print JSON."`
+	Check bool   `help:"Exit 3 if a VM's health is Warning, 4 if one is Critical, 0 if all are Normal (for monitoring scripts; agent only)."`
 	socketFlag
 
 	State string `kong:"-"`
@@ -20,7 +21,7 @@ type statusCmd struct {
 
 func (c *statusCmd) Run() error {
 	if st, err := os.Stat(c.Of); c.Of == "" || err != nil || !st.IsDir() {
-		return agentStatus(os.Stdout, c.Socket, c.Of, c.JSON)
+		return agentStatus(os.Stdout, c.Socket, c.Of, c.JSON, c.Check)
 	}
 	c.State = c.Of
 	return c.mountStatus()

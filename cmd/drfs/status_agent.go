@@ -5,17 +5,42 @@ import (
 	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/drfs-project/drfs/orchestrator"
 )
 
-// agentStatus prints the protection of every VM of the agent, or of vm.
-func agentStatus(w io.Writer, socket, vm string, asJSON bool) error {
+// agentStatus prints the protection of every VM of the agent, or of vm;
+// with check, its exit code then says the worst health among them.
+func agentStatus(w io.Writer, socket, vm string, asJSON, check bool) error {
 	views, err := newAgentClient(socket).vms(vm)
 	if err != nil {
 		return err
 	}
 	if asJSON {
-		return printJSON(views)
+		err = printJSON(views)
+	} else {
+		err = printAgentStatus(w, views)
 	}
+	if err != nil || !check {
+		return err
+	}
+	code := 0
+	for _, v := range views {
+		switch v.Health.Level {
+		case orchestrator.Critical:
+			code = exitCrit
+		case orchestrator.Warning:
+			code = max(code, exitWarning)
+		}
+	}
+	if code != 0 {
+		return exitCode{code: code}
+	}
+	return nil
+}
+
+// printAgentStatus prints views as a table.
+func printAgentStatus(w io.Writer, views []vmView) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VM\tSTATE\tHEALTH\tRPO\tLOG\tSENT\tNEXT RETRY\tDETAIL")
 	for _, v := range views {
