@@ -77,7 +77,8 @@ type VMState struct {
 	// Stopped: a permanent error (LastError) stopped the VM; the loop
 	// neither rotates nor ships it until Resume.
 	Stopped bool
-	// Totals since the loop started.
+	// Totals since the loop started, of its rounds and of the ships
+	// counted by Record.
 	Generations uint64
 	RawBytes    uint64
 	WireBytes   uint64
@@ -283,6 +284,27 @@ func (l *Loop) shipCopy(ctx context.Context, vm string, disks map[string]CopyDis
 	cst, err := l.sh.ShipCopyDisks(ctx, vm, gen, disks, kind)
 	st.Add(cst)
 	return st, err
+}
+
+// Record counts a ship of vm done outside the loop's rounds (an initial
+// copy that a caller shipped with the loop's Shipper, say) in the VM's
+// totals, so that they hold every byte sent for it; st is what that ship
+// returned. Its newest generation, if newer, becomes LastGeneration. Last
+// and the VM's error state stay those of its last round, and OnShip is not
+// called.
+func (l *Loop) Record(vm string, st Stats) {
+	now := l.opts.Clock.Now()
+	pending := len(l.sh.src.Frozen(vm))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.stateLocked(vm)
+	s.Pending = pending
+	s.Generations += uint64(st.Generations)
+	s.RawBytes += st.RawBytes
+	s.WireBytes += st.WireBytes
+	if st.Generations > 0 && st.Last > s.LastGeneration {
+		s.LastGeneration, s.LastShipped = st.Last, now
+	}
 }
 
 func (l *Loop) stateLocked(vm string) *VMState {

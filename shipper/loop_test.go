@@ -238,3 +238,48 @@ func TestLoopErrors(t *testing.T) {
 		t.Fatalf("vm1 after Resume: %+v", s)
 	}
 }
+
+// TestLoopRecord: a ship done outside the rounds (an initial copy) counts
+// in the VM's totals once, with the rounds' ships, and never moves its
+// last generation back.
+func TestLoopRecord(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 12))
+	e := newEnv(t, 4096)
+	d := e.openDisk("vm1/d.img")
+	d.write(0, randomData(rng, 50000))
+	gen, err := e.log.Rotate("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := New(e.source(), e.store, Options{Source: "host-a"})
+	loop := NewLoop(sh, e.source(), LoopOptions{Interval: interval, VMs: []string{"vm1"}})
+	ctx := context.Background()
+	outside, err := sh.ShipCopy(ctx, "vm1", gen, map[string]string{}, target.KindInitial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if outside.WireBytes == 0 || outside.Generations != 1 {
+		t.Fatalf("the ship outside the loop: %+v", outside)
+	}
+	loop.Record("vm1", outside)
+	s, ok := loop.State("vm1")
+	if !ok || s.Generations != 1 || s.RawBytes != outside.RawBytes || s.WireBytes != outside.WireBytes ||
+		s.LastGeneration != gen || s.Pending != 0 || s.Last != (Stats{}) || s.LastError != nil {
+		t.Fatalf("vm1 after Record: %+v (%v)", s, ok)
+	}
+
+	d.write(8192, randomData(rng, 8192))
+	loop.Round(ctx)
+	s, _ = loop.State("vm1")
+	if s.LastError != nil || s.Last.Generations != 1 || s.Last.WireBytes == 0 {
+		t.Fatalf("vm1 after a round: %+v", s)
+	}
+	if s.Generations != 2 || s.RawBytes != outside.RawBytes+s.Last.RawBytes || s.WireBytes != outside.WireBytes+s.Last.WireBytes {
+		t.Fatalf("vm1's totals after a round: %+v, want the copy's %+v and the round's", s, outside)
+	}
+	newest := s.LastGeneration
+	loop.Record("vm1", Stats{Generations: 1, Last: gen, WireBytes: 10})
+	if s, _ = loop.State("vm1"); s.LastGeneration != newest || s.WireBytes != outside.WireBytes+s.Last.WireBytes+10 {
+		t.Fatalf("vm1 after recording an older generation: %+v", s)
+	}
+}

@@ -1009,6 +1009,9 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 		vm, len(names), bytesString(total), gen, p.target)
 	st, err := p.repl.sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindSnapshot)
 	p.toCopy.Store(0)
+	// What the copy sent counts in the VM's totals (drfs status, the
+	// metrics) as the rounds' ships do, failed or not.
+	p.repl.loop.Record(vm, st)
 	if err != nil {
 		a.deleteSnapshot(p)
 		return roundResult{err: err}
