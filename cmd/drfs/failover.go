@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -337,11 +338,7 @@ func (c *failoverCleanupCmd) Run() error {
 		return err
 	}
 	if err := os.Remove(c.Dir); err != nil {
-		if entries, _ := os.ReadDir(c.Dir); len(entries) > 0 {
-			for _, e := range entries {
-				left = append(left, filepath.Join(c.Dir, e.Name()))
-			}
-		}
+		left = append(left, leftIn(c.Dir, left)...)
 	}
 	what := "VM " + mk.VM
 	if mk.Plan != "" {
@@ -353,6 +350,22 @@ func (c *failoverCleanupCmd) Run() error {
 	}
 	fmt.Fprintf(os.Stderr, "drfs: removed the test failover of %s (%s)\n", what, c.Dir)
 	return nil
+}
+
+// leftIn returns what is in dir and not named in listed already: neither
+// listed itself (what cleanupVM found left in dir) nor a directory that
+// holds a listed path (the folder of a plan's VM, whose leftovers are
+// named), so that each leftover is named once.
+func leftIn(dir string, listed []string) []string {
+	entries, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		if !slices.ContainsFunc(listed, func(l string) bool { return l == path || strings.HasPrefix(l, path+string(filepath.Separator)) }) {
+			out = append(out, path)
+		}
+	}
+	return out
 }
 
 // cleanupVM removes the disks and marker of one VM's test failover in dir,

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -56,5 +58,24 @@ func TestFailoverSelectPoint(t *testing.T) {
 	}
 	if _, err := selectPoint(points[:1], "latest", now, false); err == nil || !strings.Contains(err.Error(), "latest-processed") {
 		t.Errorf("latest with only the initial copy: %v", err)
+	}
+}
+
+// TestLeftIn: what cleanup keeps in a directory is named once: neither
+// what it named already nor the folder that holds it again.
+func TestLeftIn(t *testing.T) {
+	dir := t.TempDir()
+	for _, p := range []string{"vm1/vm.xml", "vm2/other", "notes.txt", "vm10"} {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(dir, p), nil, 0o644)
+	}
+	listed := []string{filepath.Join(dir, "vm1", "vm.xml"), filepath.Join(dir, "notes.txt")}
+	got := leftIn(dir, listed)
+	want := []string{filepath.Join(dir, "vm10"), filepath.Join(dir, "vm2")}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("leftIn(%v) = %q, want %q", listed, got, want)
+	}
+	if got := leftIn(filepath.Join(dir, "none"), nil); len(got) != 0 {
+		t.Errorf("leftIn of a directory that is gone = %q", got)
 	}
 }
