@@ -953,9 +953,15 @@ func (r *replication) shipped(s shipper.VMState) {
 	case s.LastError != nil:
 		fmt.Fprintf(os.Stderr, "drfs: %s: shipping failed (%d in a row, retried next interval): %v\n", s.VM, s.Failures, s.LastError)
 	case s.Last.DataBlocks+s.Last.ZeroBlocks > 0:
-		fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: %d block(s), %s raw, %s sent (LZ4 %.2fx) in %v\n",
+		// The ratio only of what was compressed: a dir:// target gets
+		// raw blocks with --compress auto.
+		how := "uncompressed"
+		if lz4, _ := targets.Compresses(r.flags.Target, r.flags.Compress); lz4 {
+			how = fmt.Sprintf("LZ4 %.2fx", s.Last.Ratio())
+		}
+		fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: %d block(s), %s raw, %s sent (%s) in %v\n",
 			s.VM, s.LastGeneration, s.Last.DataBlocks, bytesString(int64(s.Last.RawBytes)), bytesString(int64(s.Last.WireBytes)),
-			s.Last.Ratio(), s.Last.Duration.Round(time.Millisecond))
+			how, s.Last.Duration.Round(time.Millisecond))
 	}
 	// Even a point with no change moves the RPO on, and ages the others.
 	if s.LastError == nil && s.Last.Generations > 0 {
