@@ -56,6 +56,9 @@ type vmView struct {
 	SnapshotBytes int64 `json:"snapshot_bytes,omitempty"`
 	// AppHookError: why the last application-consistency hook failed.
 	AppHookError string `json:"app_consistent_error,omitempty"`
+	// StateDir is the agent's state directory, which drfs resync, drfs
+	// log and drfs rotate take to reach the agent's mount.
+	StateDir string `json:"state_dir,omitempty"`
 }
 
 // views returns every VM of the source and every protected one, by name;
@@ -82,7 +85,7 @@ func (a *agent) views(vm string) []vmView {
 		if vm != "" && name != vm {
 			continue
 		}
-		v := vmView{RPO: -1}
+		v := vmView{RPO: -1, StateDir: a.cfg.State}
 		disks, _ := a.disksOf(name)
 		for d := range disks {
 			v.Disks = append(v.Disks, d)

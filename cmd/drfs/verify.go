@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"time"
 
 	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/target"
 )
@@ -17,6 +20,7 @@ type verifyCmd struct {
 	VM     string `arg:"" help:"VM to verify."`
 	Point  string `default:"latest" placeholder:"ID|latest" help:"Recovery point to compare with."`
 	targets.TLS
+	socketFlag // an agent there that protects the VM gets its own repair hint
 }
 
 // Run compares every disk of the VM with the point, chunk by chunk, where
@@ -80,7 +84,7 @@ func (c *verifyCmd) Run() error {
 		diverged = true
 	}
 	if diverged {
-		return fmt.Errorf("%s diverges from point %s on %s: run drfs mount with --target (flagged disks resynchronize) to repair", c.VM, p.ID(), c.Target)
+		return fmt.Errorf("%s diverges from point %s on %s; %s", c.VM, p.ID(), c.Target, repairHint(c.VM, c.Target, c.Socket))
 	}
 	fmt.Printf("%s: in sync with point %s: %d disk(s), %d chunks compared, %s of checksums exchanged\n",
 		c.VM, p.ID(), len(p.Disks), compared, bytesString(sumBytes))
@@ -98,4 +102,37 @@ func verifyDisk(ctx context.Context, store target.Store, vm string, gen uint64, 
 		return resync.Result{}, err
 	}
 	return resync.Verify(ctx, f, st.Size(), store, vm, gen, disk, resync.Options{})
+}
+
+// repairHint says how to resynchronize vm with its replica on target,
+// asking the agent on socket whether it runs vm.
+func repairHint(vm, target, socket string) string {
+	cl := newAgentClient(socket)
+	cl.http.Timeout = 5 * time.Second
+	views, err := cl.vms("")
+	return hintFor(vm, target, socket, views, err == nil)
+}
+
+// hintFor is the repair hint of vm given the views of the agent on socket
+// (answered false: no agent answered there): through the agent if it
+// protects vm; through the mount that replicates it if the agent does not
+// (or drfs protect, if the agent has vm in its source); both ways if no
+// agent answered.
+func hintFor(vm, target, socket string, views []vmView, answered bool) string {
+	mount := fmt.Sprintf("drfs resync STATEDIR %s --now on the drfs mount that replicates it (STATEDIR: its --state; start it with --target %s first if it is not running)", vm, target)
+	if !answered {
+		return fmt.Sprintf("to repair it (no drfs agent answers on %s; give --socket if it listens elsewhere):\n"+
+			"  under the drfs agent: drfs resync AGENT_STATEDIR %s --now (AGENT_STATEDIR: the agent's --state)\n"+
+			"  under a plain mount:  %s", socket, vm, mount)
+	}
+	i := slices.IndexFunc(views, func(v vmView) bool { return v.VM == vm })
+	switch {
+	case i < 0:
+		return fmt.Sprintf("to repair it, run %s (the drfs agent on %s does not know %s)", mount, socket, vm)
+	case views[i].State == orchestrator.Unprotected:
+		return fmt.Sprintf("to repair it, run %s, or protect it with drfs protect %s --target %s through the drfs agent on %s (only what differs from the replica is sent)",
+			mount, vm, target, socket)
+	}
+	return fmt.Sprintf("it is protected by the drfs agent on %s (to %s): to repair it, run drfs resync %s %s --now (its disks are compared with the replica and what differs is sent)",
+		socket, views[i].Target, views[i].StateDir, vm)
 }
