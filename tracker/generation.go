@@ -436,41 +436,41 @@ func (l *Log) Drop(vmName string, gen uint64) error {
 
 // VMStatus describes one VM of the log.
 type VMStatus struct {
-	Name        string
-	Active      uint64 // the active generation; 0 if none
-	Generations []GenerationStatus
-	Disks       []DiskStatus
+	Name        string             `json:"name"`
+	Active      uint64             `json:"active"` // the active generation; 0 if none
+	Generations []GenerationStatus `json:"generations"`
+	Disks       []DiskStatus       `json:"disks"`
 }
 
 // GenerationStatus describes one generation not yet dropped.
 type GenerationStatus struct {
-	Gen     uint64
-	Frozen  bool
-	Created time.Time
-	Disks   []GenerationDiskStatus
+	Gen     uint64                 `json:"generation"`
+	Frozen  bool                   `json:"frozen"`
+	Created time.Time              `json:"created"`
+	Disks   []GenerationDiskStatus `json:"disks"`
 }
 
 // GenerationDiskStatus is what a generation holds for one disk. For the
 // active generation the counts include blocks past the disk's end that
 // freezing leaves out.
 type GenerationDiskStatus struct {
-	Disk       string
-	DataBlocks uint64
-	ZeroBlocks uint64
-	Bytes      int64 // DataBlocks × block size
-	Size       int64 // the disk's size at the end of the generation (so far)
-	Removed    bool
+	Disk       string `json:"disk"`
+	DataBlocks uint64 `json:"data_blocks"`
+	ZeroBlocks uint64 `json:"zero_blocks"`
+	Bytes      int64  `json:"bytes"` // DataBlocks × block size
+	Size       int64  `json:"size"`  // the disk's size at the end of the generation (so far)
+	Removed    bool   `json:"removed,omitempty"`
 }
 
 // DiskStatus describes one disk.
 type DiskStatus struct {
-	Name     string // inside the VM
-	Size     int64
-	LogBytes int64 // data held in the generations not yet dropped
-	Resync   bool
-	Reason   string
-	Since    time.Time
-	Removed  bool
+	Name     string    `json:"name"` // inside the VM
+	Size     int64     `json:"size"`
+	LogBytes int64     `json:"log_bytes"` // data held in the generations not yet dropped
+	Resync   bool      `json:"resync_required"`
+	Reason   string    `json:"resync_reason,omitempty"`
+	Since    time.Time `json:"resync_since,omitzero"`
+	Removed  bool      `json:"removed,omitempty"`
 }
 
 // Clean reports whether the log had been closed cleanly before this Open.
