@@ -31,7 +31,7 @@ type failoverStartCmd struct {
 	VM       string `arg:"" optional:"" help:"VM to fail over (or --plan)."`
 	Plan     string `type:"existingfile" placeholder:"FILE" help:"Fail over the VMs of a recovery plan (docs/failover.md), each into DIR/VM."`
 	Type     string `required:"" enum:"planned,unplanned,test" help:"planned: run by the source's agent: the VM's writes held, its last generation shipped and checked, no data lost; unplanned: the source is gone, start from a recovery point; test: an isolated copy while replication goes on (drfs failover cleanup removes it)."`
-	Target   string `placeholder:"URL" help:"Target: dir:///path, https://host:port or azblob://account/container (unplanned and test; a planned failover uses the VM's)."`
+	Target   string `env:"DRFS_TARGET" placeholder:"URL" help:"Target: dir:///path, https://host:port or azblob://account/container (unplanned and test; a planned failover uses the VM's)."`
 	Point    string `default:"latest" placeholder:"latest|latest-processed|ID|TIME" help:"latest: the newest crash-consistent point; latest-processed: the newest point of any kind (may be a fuzzy initial or resync copy); a point number; or a time (RFC 3339, or relative as -1h): the newest consistent point cut at or before it."`
 	To       string `placeholder:"DIR" type:"path" help:"Directory to write the disks into (planned: optional, without it the last point is only shipped and checked, as when failing back) (a plan: DIR/VM for each VM); it must not exist or be empty."`
 	Hook     string `placeholder:"CMD" help:"Command (sh -c) to run after materialising, with DRFS_VM, DRFS_POINT, DRFS_FAILOVER_TYPE, DRFS_DIR and DRFS_DISKS in its environment; its failure fails the failover (the disks stay)."`

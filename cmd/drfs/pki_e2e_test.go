@@ -93,6 +93,13 @@ func TestPKI(t *testing.T) {
 		}
 	}
 	run(append([]string{"points", "--target", tgt}, host...)...)
+	// Recovery-site commands take the target and TLS files from the
+	// environment too.
+	env := exec.Command(drfsBin, "points", "--json")
+	env.Env = append(os.Environ(), "DRFS_TARGET="+tgt, "DRFS_TLS_CERT="+host[1], "DRFS_TLS_KEY="+host[3], "DRFS_TLS_CA="+ca)
+	if out, err := env.CombinedOutput(); err != nil {
+		t.Errorf("drfs points with DRFS_TARGET and DRFS_TLS_*: %v\n%s", err, out)
+	}
 
 	foreign := []string{"--tls-cert", filepath.Join(other, "src-a.crt"), "--tls-key", filepath.Join(other, "src-a.key"), "--tls-ca", ca}
 	if out, err := drfsRun(t, append([]string{"points", "--target", tgt}, foreign...)...); err == nil || !strings.Contains(out, "signed by the CA it trusts") {

@@ -22,7 +22,7 @@ type planCmd struct {
 
 type planValidateCmd struct {
 	File   string `arg:"" type:"existingfile" help:"Recovery plan (YAML, docs/failover.md)."`
-	Target string `placeholder:"URL" help:"Also check that every VM of the plan is on this target."`
+	Target string `env:"DRFS_TARGET" placeholder:"URL" help:"Also check that every VM of the plan is on this target."`
 	targets.TLS
 }
 

@@ -12,7 +12,7 @@ import (
 )
 
 type pointsCmd struct {
-	Target string `required:"" placeholder:"URL" help:"Target: dir:///path or https://host:port."`
+	Target string `required:"" env:"DRFS_TARGET" placeholder:"URL" help:"Target: dir:///path or https://host:port."`
 	VM     string `arg:"" optional:"" help:"Only this VM (default: every VM on the target)."`
 	JSON   bool   `help:"Print JSON."`
 	targets.TLS

@@ -19,7 +19,7 @@ import (
 )
 
 type restoreCmd struct {
-	Target string `required:"" placeholder:"URL" help:"Target: dir:///path or https://host:port."`
+	Target string `required:"" env:"DRFS_TARGET" placeholder:"URL" help:"Target: dir:///path or https://host:port."`
 	VM     string `arg:"" help:"VM to restore."`
 	Point  string `default:"latest" placeholder:"ID|latest|latest-processed|TIME" help:"Recovery point: its number (drfs points), latest for the newest crash-consistent one, latest-processed for the newest of any kind, or a time (RFC 3339, or relative as -1h) for the newest consistent one cut at or before it."`
 	To     string `required:"" placeholder:"DIR" type:"path" help:"Directory to write the VM's disks into; it must not exist or be empty."`

@@ -15,7 +15,7 @@ import (
 )
 
 type verifyCmd struct {
-	Target string `required:"" placeholder:"URL" help:"Target: dir:///path or https://host:port."`
+	Target string `required:"" env:"DRFS_TARGET" placeholder:"URL" help:"Target: dir:///path or https://host:port."`
 	Source string `required:"" placeholder:"DIR" type:"existingdir" help:"Source directory of disk images (as given to drfs mount)."`
 	VM     string `arg:"" help:"VM to verify."`
 	Point  string `default:"latest" placeholder:"ID|latest" help:"Recovery point to compare with."`
