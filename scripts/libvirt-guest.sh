@@ -49,15 +49,16 @@ ln -s busybox "$root/bin/sh"
 modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk"
 : >"$root/lib/modules/order"
 for m in $modules; do
-	# modules.dep names each module by its path; a module built into the
-	# kernel has none, and needs no loading.
-	path=$(sed -n "s|^\(.*/$m\.ko[.a-z]*\):.*|\1|p" "$moddir/modules.dep" | head -n 1)
+	# Found by name (modules.dep may be missing where the kernel's postinst
+	# did not run); a module built into the kernel has no file, and needs
+	# no loading.
+	path=$(find "$moddir/kernel" -name "$m.ko*" | head -n 1)
 	[ -n "$path" ] || continue
 	case $path in
-	*.ko) cp "$moddir/$path" "$root/lib/modules/$m.ko" ;;
-	*.ko.xz) "$busybox" xzcat "$moddir/$path" >"$root/lib/modules/$m.ko" ;;
-	*.ko.gz) "$busybox" zcat "$moddir/$path" >"$root/lib/modules/$m.ko" ;;
-	*) echo "libvirt-guest.sh: cannot unpack $moddir/$path" >&2; exit 1 ;;
+	*.ko) cp "$path" "$root/lib/modules/$m.ko" ;;
+	*.ko.xz) "$busybox" xzcat "$path" >"$root/lib/modules/$m.ko" ;;
+	*.ko.gz) "$busybox" zcat "$path" >"$root/lib/modules/$m.ko" ;;
+	*) echo "libvirt-guest.sh: cannot unpack $path" >&2; exit 1 ;;
 	esac
 	echo "$m" >>"$root/lib/modules/order"
 done
