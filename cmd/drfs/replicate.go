@@ -952,14 +952,19 @@ func (r *replication) shipped(s shipper.VMState) {
 		fmt.Fprintf(os.Stderr, "drfs: %s: replication STOPPED: %v\n", s.VM, s.LastError)
 	case s.LastError != nil:
 		fmt.Fprintf(os.Stderr, "drfs: %s: shipping failed (%d in a row, retried next interval): %v\n", s.VM, s.Failures, s.LastError)
-	case s.Last.DataBlocks+s.Last.ZeroBlocks > 0:
-		// The ratio only of what was compressed: a dir:// target gets
-		// raw blocks with --compress auto.
-		how := "uncompressed"
-		if lz4, _ := targets.Compresses(r.flags.Target, r.flags.Compress); lz4 {
-			how = fmt.Sprintf("LZ4 %.2fx", s.Last.Ratio())
+	case s.Last.Generations > 0 && s.Last.DataBlocks+s.Last.ZeroBlocks > 0:
+		// (A ship cut short by a stop committed nothing: no point to
+		// report.) The LZ4 ratio only of data that went compressed: a
+		// dir:// target gets raw blocks with --compress auto.
+		how := ""
+		switch lz4, _ := targets.Compresses(r.flags.Target, r.flags.Compress); {
+		case s.Last.RawBytes == 0: // zero extents only: nothing to compress
+		case lz4:
+			how = fmt.Sprintf(" (LZ4 %.2fx)", s.Last.Ratio())
+		default:
+			how = " (uncompressed)"
 		}
-		fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: %d block(s), %s raw, %s sent (%s) in %v\n",
+		fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: %d block(s), %s raw, %s sent%s in %v\n",
 			s.VM, s.LastGeneration, s.Last.DataBlocks, bytesString(int64(s.Last.RawBytes)), bytesString(int64(s.Last.WireBytes)),
 			how, s.Last.Duration.Round(time.Millisecond))
 	}
