@@ -65,6 +65,10 @@ import (
 //	            a protected VM's generation is cut before its interval when
 //	            it holds this much changed data, 1MiB to 1TiB, or 0 to cut
 //	            only at the interval (default: 256MiB)
+//	allow-other true to let users other than root open the disks on the
+//	            mount, with their file modes checked: a hypervisor that
+//	            runs its VMs as its own user (libvirt's QEMU) needs it
+//	            (default: false)
 //
 // VM settings (defaults in brackets):
 //
@@ -97,6 +101,9 @@ type Config struct {
 	// ships and applies in seconds, where a whole interval of heavy writes
 	// would take longer than the interval. 0 cuts only at the interval.
 	MaxGeneration int64
+	// AllowOther mounts with allow_other and default_permissions: users
+	// other than root may open the mount's files, as their modes allow.
+	AllowOther bool
 	// TimeZone is as written ("" for local time); Location is its zone,
 	// in which every policy's ResyncWindow is read.
 	TimeZone string
@@ -237,6 +244,14 @@ var settings = map[string]setting{
 			return nil
 		}
 		return fmt.Errorf("compress %q: use auto, lz4 or none", v)
+	}},
+	"allow-other": {agent: true, parse: func(c *Config, _ *Policy, v string) error {
+		switch v {
+		case "true", "false":
+			c.AllowOther = v == "true"
+			return nil
+		}
+		return fmt.Errorf("allow-other %q: use true or false", v)
 	}},
 	"target": {agent: true, parse: func(c *Config, _ *Policy, v string) error {
 		u, err := url.Parse(v)
@@ -479,6 +494,9 @@ func (c *Config) Format() string {
 	kv("source-id", c.SourceID)
 	kv("time-zone", c.TimeZone)
 	kv("compress", c.Compress)
+	if c.AllowOther {
+		kv("allow-other", "true")
+	}
 	if c.Bandwidth > 0 {
 		kv("bandwidth", bandwidthSetting(c.Bandwidth))
 	}
