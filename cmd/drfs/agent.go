@@ -11,11 +11,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/alecthomas/kong"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -58,14 +60,22 @@ type agentCmd struct {
 	BlockSize     int    `default:"4096" help:"Tracking block size in bytes (fixed when the state directory is created)."`
 }
 
+// settingFlags are the agent's flags that stand for configuration
+// settings: given on the command line, they conflict with --config.
+var settingFlags = []string{"source", "mountpoint", "state", "target", "source-id", "interval", "retention",
+	"resync-window", "resync-threshold", "bandwidth", "compress", "max-generation", "tls-cert", "tls-key", "tls-ca"}
+
 // config returns the agent's configuration: the file's, or one made of the
-// flags and checked by the same rules.
-func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
-	flagged := c.Source != "" || c.Mountpoint != "" || c.State != "" || c.Target != "" || c.SourceID != "" ||
-		c.Interval != "" || c.Retention != "" || c.ResyncWindow != "" || c.ResyncThresh != "" || c.Compress != "" || c.Bandwidth != "" || c.MaxGeneration != "" || c.TLS != (targets.TLS{})
+// flags and checked by the same rules. given lists the flags of the
+// command line: with --config, a setting flag there is a mistake, while
+// the DRFS_TLS_* environment variables that fill the --tls-* flags are
+// ignored, the file's TLS settings (or none) being the agent's.
+func (c *agentCmd) config(given []string) (*orchestrator.Config, targets.TLS, error) {
 	if c.Config != "" {
-		if flagged {
-			return nil, targets.TLS{}, errors.New("give either --config or the settings as flags, not both")
+		for _, name := range given {
+			if slices.Contains(settingFlags, name) {
+				return nil, targets.TLS{}, fmt.Errorf("give either --config or the settings as flags, not both (--%s was given with --config %s)", name, c.Config)
+			}
 		}
 		cfg, err := orchestrator.LoadConfig(c.Config)
 		if err != nil {
@@ -94,6 +104,33 @@ func (c *agentCmd) config() (*orchestrator.Config, targets.TLS, error) {
 	return cfg, c.TLS, nil
 }
 
+// checkTargets finds a bad target URL or a missing TLS file of the
+// configuration cfg (tlsFiles its TLS settings) before the agent mounts
+// anything, without contacting the network: the error names the setting,
+// as a flag or in the configuration file.
+func checkTargets(cfg *orchestrator.Config, tlsFiles targets.TLS, fromFile bool) error {
+	err := targets.Check(cfg.Target, tlsFiles)
+	switch {
+	case err == nil:
+		return nil
+	case fromFile:
+		return fmt.Errorf("%s: %w", cfg.File, err)
+	}
+	return fmt.Errorf("--%w", err)
+}
+
+// commandLineFlags returns the names of the flags given on the command
+// line of kctx, not those that defaults or the environment filled.
+func commandLineFlags(kctx *kong.Context) []string {
+	var names []string
+	for _, p := range kctx.Path {
+		if p.Flag != nil && !p.Resolved {
+			names = append(names, p.Flag.Name)
+		}
+	}
+	return names
+}
+
 var flagLinePrefix = regexp.MustCompile(`(?m)^flags:(\d+: )?`)
 
 // agentMemoryLimit is the agent's soft memory limit unless GOMEMLIMIT
@@ -101,12 +138,15 @@ var flagLinePrefix = regexp.MustCompile(`(?m)^flags:(\d+: )?`)
 // agent's memory stays bounded however large the disks it protects.
 const agentMemoryLimit = 160 << 20
 
-func (c *agentCmd) Run() error {
+func (c *agentCmd) Run(kctx *kong.Context) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(agentMemoryLimit)
 	}
-	cfg, tlsFiles, err := c.config()
+	cfg, tlsFiles, err := c.config(commandLineFlags(kctx))
 	if err != nil {
+		return err
+	}
+	if err := checkTargets(cfg, tlsFiles, c.Config != ""); err != nil {
 		return err
 	}
 	sig := notifyStop()
@@ -114,6 +154,11 @@ func (c *agentCmd) Run() error {
 	if err := checkMountArgs(cfg.Source, cfg.Mountpoint, cfg.State); err != nil {
 		return err
 	}
+	lock, err := lockSource(cfg.Source)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	if cfg.SourceID == "" {
 		if cfg.SourceID, err = os.Hostname(); err != nil {
 			return fmt.Errorf("no source-id set and the host name is unknown: %w", err)
@@ -169,7 +214,7 @@ func (c *agentCmd) Run() error {
 	fmt.Fprintf(os.Stderr, "drfs: agent: %s mounted at %s, state in %s, control socket %s; Ctrl-C or SIGTERM stops\n",
 		cfg.Source, cfg.Mountpoint, cfg.State, c.Socket)
 
-	waitUnmount(srv, cfg.Mountpoint, sig, a.releaseHolds)
+	signalled := waitUnmount(srv, cfg.Mountpoint, sig, a.releaseHolds)
 	signal.Stop(sig) // a second signal while the last generation ships ends the process
 	cleanup()
 	// The mount is gone: no write can land any more. Stop the VMs' work
@@ -180,6 +225,9 @@ func (c *agentCmd) Run() error {
 		return fmt.Errorf("closing the change log in %s: %w", cfg.State, err)
 	}
 	fmt.Fprintln(os.Stderr, "drfs: agent stopped; change log closed cleanly")
+	if !signalled {
+		return removedOutside(cfg.Mountpoint, cfg.Source)
+	}
 	return nil
 }
 
@@ -213,16 +261,17 @@ func notifyStop() chan os.Signal {
 	return sig
 }
 
-// waitUnmount returns when the mount is gone: unmounted from outside, or
-// unmounted here on a signal from sig (retried at the next signal while
-// files are open on it).
-func waitUnmount(srv *drfsfs.Server, mountpoint string, sig <-chan os.Signal, beforeUnmount func()) {
+// waitUnmount returns when the mount is gone: unmounted here on a signal
+// from sig (retried at the next signal while files are open on it), or
+// unmounted from outside. It reports whether a signal stopped it: false
+// means that someone else removed the mount (removedOutside).
+func waitUnmount(srv *drfsfs.Server, mountpoint string, sig <-chan os.Signal, beforeUnmount func()) (signalled bool) {
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
 	for {
 		select {
 		case <-done:
-			return
+			return false
 		case s := <-sig:
 			fmt.Fprintf(os.Stderr, "drfs: %v: unmounting %s\n", s, mountpoint)
 			if beforeUnmount != nil {
@@ -236,9 +285,30 @@ func waitUnmount(srv *drfsfs.Server, mountpoint string, sig <-chan os.Signal, be
 			case <-done:
 			case <-time.After(10 * time.Second):
 			}
-			return
+			return true
 		}
 	}
+}
+
+// removedOutside is the error a command ends with, after a clean
+// shutdown, when its mount was removed by someone else (fusermount -u,
+// umount): the exit status is then not 0, so that a service manager
+// restarts it.
+func removedOutside(mountpoint, source string) error {
+	return fmt.Errorf("the mount at %s was removed from outside drfs (fusermount -u or umount): nothing tracks writes to %s any more; start drfs again", mountpoint, source)
+}
+
+// lockSource claims source for this process (drfsfs.LockSource) before
+// anything is created or changed: a second drfs serving it would let
+// writes escape this one's change log. A file system that cannot lock
+// only gets a warning.
+func lockSource(source string) (*drfsfs.SourceLock, error) {
+	lock, err := drfsfs.LockSource(source)
+	if errors.Is(err, drfsfs.ErrLockUnsupported) {
+		fmt.Fprintf(os.Stderr, "drfs: warning: %v: make sure that no other drfs serves it\n", err)
+		return nil, nil
+	}
+	return lock, err
 }
 
 // serveMetrics serves the Prometheus metrics of the agent on addr.

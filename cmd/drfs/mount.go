@@ -34,9 +34,13 @@ func (c *mountCmd) Run() error {
 	if err := c.replicationFlags.validate(); err != nil {
 		return err
 	}
+	lock, err := lockSource(c.Source)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	var store targets.Store
 	if c.Target != "" {
-		var err error
 		if store, err = openTarget(&c.replicationFlags); err != nil {
 			return err
 		}
@@ -83,7 +87,7 @@ func (c *mountCmd) Run() error {
 	}
 	fmt.Fprintf(os.Stderr, "drfs: %s mounted at %s, change log in %s; Ctrl-C or SIGTERM unmounts\n", c.Source, c.Mountpoint, c.State)
 
-	waitUnmount(srv, c.Mountpoint, sig, nil)
+	signalled := waitUnmount(srv, c.Mountpoint, sig, nil)
 	signal.Stop(sig) // a second signal while the last generation ships ends the process
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -100,6 +104,9 @@ func (c *mountCmd) Run() error {
 		return fmt.Errorf("closing the change log in %s: %w", c.State, err)
 	}
 	fmt.Fprintln(os.Stderr, "drfs: unmounted; change log closed cleanly")
+	if !signalled {
+		return removedOutside(c.Mountpoint, c.Source)
+	}
 	return nil
 }
 
