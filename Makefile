@@ -3,7 +3,10 @@ GO        ?= go
 PKGS      ?= ./...
 TESTFLAGS ?= -count=1 -timeout 60m
 
-.PHONY: build test race lint bench e2e demo ci deps
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+
+.PHONY: build test race lint bench e2e e2e-libvirt demo ci deps install
 
 build:
 	$(GO) build -buildvcs=auto -o bin/drfs ./cmd/drfs
@@ -27,6 +30,11 @@ bench: build
 e2e:
 	$(GO) test $(TESTFLAGS) ./cmd/drfs/
 
+# The libvirt drill alone (docs/libvirt.md): a VM under libvirt on the
+# agent's mount, failed over and checked (part of `make test` too).
+e2e-libvirt:
+	$(GO) test $(TESTFLAGS) -run TestLibvirtDrill -v ./cmd/drfs/
+
 demo: deps build
 	./scripts/demo.sh
 
@@ -39,3 +47,13 @@ deps:
 ci: deps lint
 	./scripts/azurite.sh start
 	$(MAKE) race; rc=$$?; ./scripts/azurite.sh stop; exit $$rc
+
+# Installs drfs, its systemd unit, an example configuration (never over an
+# existing one) and the docs where the unit's Documentation= points.
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/drfs $(DESTDIR)/usr/share/doc/drfs
+	install -m 755 bin/drfs $(DESTDIR)$(PREFIX)/bin/drfs
+	sed 's|/usr/local/bin/drfs|$(PREFIX)/bin/drfs|' contrib/drfs-agent.service > $(DESTDIR)/etc/systemd/system/drfs-agent.service
+	chmod 644 $(DESTDIR)/etc/systemd/system/drfs-agent.service
+	test -e $(DESTDIR)/etc/drfs/agent.conf || install -m 600 docs/agent.conf.example $(DESTDIR)/etc/drfs/agent.conf
+	install -m 644 README.md docs/*.md docs/agent.conf.example $(DESTDIR)/usr/share/doc/drfs/

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	drfsfs "github.com/drfs-project/drfs/fs"
@@ -151,6 +151,9 @@ func (c *agentCmd) Run(kctx *kong.Context) error {
 	}
 	sig := notifyStop()
 	defer signal.Stop(sig)
+	if err := makeMountpoint(cfg.Mountpoint); err != nil {
+		return err
+	}
 	if err := checkMountArgs(cfg.Source, cfg.Mountpoint, cfg.State); err != nil {
 		return err
 	}
@@ -213,8 +216,10 @@ func (c *agentCmd) Run(kctx *kong.Context) error {
 	a.start()
 	fmt.Fprintf(os.Stderr, "drfs: agent: %s mounted at %s, state in %s, control socket %s; Ctrl-C or SIGTERM stops\n",
 		cfg.Source, cfg.Mountpoint, cfg.State, c.Socket)
+	notifySystemd(daemon.SdNotifyReady, fmt.Sprintf("%s mounted at %s; %d VM(s) protected", cfg.Source, cfg.Mountpoint, len(a.protections())))
 
 	signalled := waitUnmount(srv, cfg.Mountpoint, sig, a.releaseHolds)
+	notifySystemd(daemon.SdNotifyStopping, "shipping the last generation of each protected VM")
 	signal.Stop(sig) // a second signal while the last generation ships ends the process
 	cleanup()
 	// The mount is gone: no write can land any more. Stop the VMs' work
@@ -313,8 +318,7 @@ func lockSource(source string) (*drfsfs.SourceLock, error) {
 
 // serveMetrics serves the Prometheus metrics of the agent on addr.
 func (a *agent) serveMetrics(addr string) (*http.Server, error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(a.metricsCollector())
+	reg := a.metricsRegistry()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)

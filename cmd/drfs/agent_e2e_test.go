@@ -426,7 +426,9 @@ func scrapeMetrics(t *testing.T, a *runningAgent) []byte {
 func checkMetrics(t *testing.T, a *runningAgent) {
 	t.Helper()
 	body := scrapeMetrics(t, a)
-	for _, want := range []string{`drfs_rpo_seconds{vm="vm1"}`, `drfs_health{vm="vm1"} 0`, `drfs_protection_state{state="Protected",vm="vm1"} 1`, `drfs_shipped_bytes_total{vm="vm1"}`} {
+	for _, want := range []string{`drfs_rpo_seconds{vm="vm1"}`, `drfs_health{vm="vm1"} 0`, `drfs_protection_state{state="Protected",vm="vm1"} 1`,
+		`drfs_protection_state{state="Resynchronizing",vm="vm1"} 0`, `drfs_shipped_bytes_total{vm="vm1"}`,
+		`drfs_last_consistent_point_timestamp_seconds{vm="vm1"}`, `drfs_build_info{goversion="go`, "\ngo_goroutines ", "\ndrfs_process_resident_memory_bytes "} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s:\n%s", want, body)
 		}
