@@ -53,6 +53,7 @@ type agentCmd struct {
 	Bandwidth     string `placeholder:"RATE" help:"Upload limit to each target, shared by the VMs replicating there, e.g. 50MiB/s (default: none)."`
 	Compress      string `placeholder:"MODE" help:"LZ4 on what is shipped: auto (the default: for a target reached over a network, not for a dir:// one), lz4 or none."`
 	MaxGeneration string `name:"max-generation" placeholder:"SIZE" help:"Cut the generation of a protected VM before its interval when it holds this much changed data, so that heavy writes still make a point every few seconds (default 256MiB; 0 cuts only at the interval)."`
+	AllowOther    bool   `name:"allow-other" help:"Let users other than root open the disks on the mount, as their file modes allow (libvirt runs QEMU as its own user: docs/libvirt.md)."`
 	targets.TLS
 
 	socketFlag
@@ -63,7 +64,7 @@ type agentCmd struct {
 // settingFlags are the agent's flags that stand for configuration
 // settings: given on the command line, they conflict with --config.
 var settingFlags = []string{"source", "mountpoint", "state", "target", "source-id", "interval", "retention",
-	"resync-window", "resync-threshold", "bandwidth", "compress", "max-generation", "tls-cert", "tls-key", "tls-ca"}
+	"resync-window", "resync-threshold", "bandwidth", "compress", "max-generation", "allow-other", "tls-cert", "tls-key", "tls-ca"}
 
 // config returns the agent's configuration: the file's, or one made of the
 // flags and checked by the same rules. given lists the flags of the
@@ -90,7 +91,7 @@ func (c *agentCmd) config(given []string) (*orchestrator.Config, targets.TLS, er
 	for _, kv := range [][2]string{{"source", c.Source}, {"mountpoint", c.Mountpoint}, {"state", c.State},
 		{"target", c.Target}, {"source-id", c.SourceID}, {"tls-cert", c.Cert}, {"tls-key", c.Key}, {"tls-ca", c.CA},
 		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"resync-threshold", c.ResyncThresh}, {"compress", c.Compress}, {"bandwidth", c.Bandwidth},
-		{"max-generation", c.MaxGeneration}} {
+		{"max-generation", c.MaxGeneration}, {"allow-other", trueOrEmpty(c.AllowOther)}} {
 		if kv[1] != "" {
 			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
 		}
@@ -129,6 +130,15 @@ func commandLineFlags(kctx *kong.Context) []string {
 		}
 	}
 	return names
+}
+
+// trueOrEmpty is the setting of a boolean flag: "true" when it was given,
+// unset otherwise.
+func trueOrEmpty(b bool) string {
+	if b {
+		return "true"
+	}
+	return ""
 }
 
 var flagLinePrefix = regexp.MustCompile(`(?m)^flags:(\d+: )?`)
@@ -176,7 +186,7 @@ func (c *agentCmd) Run(kctx *kong.Context) error {
 		log.Close()
 		return err
 	}
-	srv, err := drfsfs.Mount(cfg.Source, cfg.Mountpoint, tracked.Recorder(log), drfsfs.Options{})
+	srv, err := drfsfs.Mount(cfg.Source, cfg.Mountpoint, tracked.Recorder(log), drfsfs.Options{AllowOther: cfg.AllowOther})
 	if err != nil {
 		a.closeStores()
 		log.Close()

@@ -22,6 +22,7 @@ type mountCmd struct {
 	State      string `required:"" help:"State directory of the change log (created if missing; keep it off the mount)." type:"path"`
 	BlockSize  int    `default:"4096" help:"Tracking block size in bytes, a power of two (fixed when the state directory is created)."`
 	Debug      bool   `help:"Log every FUSE request (slow)."`
+	AllowOther bool   `name:"allow-other" help:"Let users other than root open the disks on the mount, as their file modes allow (libvirt runs QEMU as its own user: docs/libvirt.md)."`
 	replicationFlags
 }
 
@@ -57,7 +58,7 @@ func (c *mountCmd) Run() error {
 			return err
 		}
 	}
-	srv, err := drfsfs.Mount(c.Source, c.Mountpoint, tracked.Recorder(log), drfsfs.Options{Debug: c.Debug})
+	srv, err := drfsfs.Mount(c.Source, c.Mountpoint, tracked.Recorder(log), drfsfs.Options{Debug: c.Debug, AllowOther: c.AllowOther})
 	if err != nil {
 		log.Close()
 		return err
