@@ -139,6 +139,11 @@ type replication struct {
 		// the target may hold them: their replica may predate changes made
 		// while nobody tracked them, so they are resynchronized once.
 		unverified map[string]bool // "vm\x00disk"
+		// copiedWhole: VMs this replication began to copy whole because
+		// the target held no point of them: a point found later is of
+		// that copy (its commit may have landed although the ship was cut
+		// short), so their disks are verified.
+		copiedWhole map[string]bool
 		// fuzzy: VMs whose points are not faithful until a resync of
 		// theirs commits (a disk's tracking was lost).
 		fuzzy map[string]bool
@@ -188,7 +193,7 @@ func openTarget(f *replicationFlags) (targets.Store, error) {
 // starts shipping.
 func startReplication(ctx context.Context, f *replicationFlags, source, state string, log *tracker.Log, store targets.Store, blockSize int) (*replication, error) {
 	r := &replication{flags: f, source: source, state: state, log: log, store: store, now: time.Now}
-	r.mu.unverified = map[string]bool{}
+	r.mu.unverified, r.mu.copiedWhole = map[string]bool{}, map[string]bool{}
 	r.mu.fuzzy, r.mu.now, r.mu.waitLogged = map[string]bool{}, map[string]bool{}, map[string]time.Time{}
 	r.mu.consistent = map[string]target.Point{}
 	known := map[string]bool{}
@@ -332,9 +337,11 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 	dir := filepath.Join(r.state, "snapshots", url.PathEscape(vm)+".cut")
 	gen, snap, err := cutWithSnapshot(ctx, r.srv, r.log, vm, rels, dir)
 	switch {
-	case err != nil && gen != 0:
+	case err != nil && gen != 0 && !errors.Is(err, drfsfs.ErrClosed):
 		// Cut, but no snapshot (a disk the mount does not track, say):
 		// the copy reads the live disks, and its point says it is fuzzy.
+		// (A mount being unmounted fails the round instead: the next
+		// one, after it stopped, reads disks nothing writes to.)
 		fmt.Fprintf(os.Stderr, "drfs: %s: %v: copying from the live disks instead (the point will be a fuzzy copy)\n", vm, err)
 		return gen, disks, kind, none, nil
 	case err != nil:
@@ -412,6 +419,9 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 	points, err := r.store.Points(ctx, vm)
 	if errors.Is(err, target.ErrNotFound) || err == nil && len(points) == 0 {
 		fmt.Fprintf(os.Stderr, "drfs: %s: initial replication of %d disk(s) to %s\n", vm, len(disks), r.flags.Target)
+		r.mu.Lock()
+		r.mu.copiedWhole[vm] = true
+		r.mu.Unlock()
 		whole := map[string]shipper.CopyDisk{}
 		for name, path := range disks {
 			whole[name] = shipper.CopyDisk{Path: path}
@@ -446,6 +456,8 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		case !onTarget[disk]:
 			// One the target lacks is sent whole.
 			files[disk] = shipper.CopyDisk{Path: path}
+		case r.mu.unverified[key] && r.mu.copiedWhole[vm]:
+			delete(r.mu.unverified, key)
 		case r.mu.unverified[key]:
 			delete(r.mu.unverified, key)
 			r.mu.Unlock()
