@@ -26,7 +26,7 @@ import (
 //
 //	GET  /v1/vms[?vm=NAME]         []vmView: every VM of the source
 //	POST /v1/protect               protectRequest → the enable-protection job
-//	POST /v1/unprotect?vm=NAME     what was removed, in words
+//	POST /v1/unprotect?vm=NAME     unprotectResult: what was removed and kept
 //	POST /v1/resume?vm=NAME        a VM stopped by a permanent error runs again
 //	POST /v1/resync?vm=NAME        every disk compared with the replica, now
 //	POST /v1/failover              failoverRequest → the planned failover's job
@@ -59,6 +59,32 @@ type vmView struct {
 	// StateDir is the agent's state directory, which drfs resync, drfs
 	// log and drfs rotate take to reach the agent's mount.
 	StateDir string `json:"state_dir,omitempty"`
+}
+
+// unprotectResult is what drfs unprotect removed and what it kept.
+type unprotectResult struct {
+	VM     string `json:"vm"`
+	Was    string `json:"was"` // the state it was in, in words
+	Target string `json:"target"`
+	// GenerationsDropped and BytesDropped are what its change log held.
+	GenerationsDropped int   `json:"generations_dropped"`
+	BytesDropped       int64 `json:"bytes_dropped"`
+	// PointsKept are its recovery points on the target, which stay: 0 when
+	// nothing was sent to it yet, -1 when the target did not say.
+	PointsKept int `json:"points_kept"`
+}
+
+// String says it in one line.
+func (r unprotectResult) String() string {
+	kept := "nothing was sent to it yet"
+	switch {
+	case r.PointsKept > 0:
+		kept = fmt.Sprintf("its %d recovery point(s) there are kept; drfs restore still reads them", r.PointsKept)
+	case r.PointsKept < 0:
+		kept = "its recovery points there are kept"
+	}
+	return fmt.Sprintf("%s unprotected (it was %s): replication to %s stopped; dropped %d generation(s), %s, of its change log; %s",
+		r.VM, r.Was, r.Target, r.GenerationsDropped, bytesString(r.BytesDropped), kept)
 }
 
 // views returns every VM of the source and every protected one, by name;
@@ -155,12 +181,12 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 		writeJSON(w, job)
 	})
 	mux.HandleFunc("POST /v1/unprotect", func(w http.ResponseWriter, r *http.Request) {
-		msg, err := a.unprotect(r.URL.Query().Get("vm"))
+		res, err := a.unprotect(r.URL.Query().Get("vm"))
 		if err != nil {
 			httpError(w, http.StatusConflict, err)
 			return
 		}
-		writeJSON(w, msg)
+		writeJSON(w, res)
 	})
 	mux.HandleFunc("POST /v1/resume", func(w http.ResponseWriter, r *http.Request) {
 		if err := a.resume(r.URL.Query().Get("vm")); err != nil {

@@ -560,12 +560,12 @@ func (a *agent) discardLoop() {
 
 // unprotect stops the protection of vm and says what it removed and what it
 // left.
-func (a *agent) unprotect(vm string) (string, error) {
+func (a *agent) unprotect(vm string) (unprotectResult, error) {
 	a.mu.Lock()
 	p := a.mu.vms[vm]
 	if p == nil {
 		a.mu.Unlock()
-		return "", fmt.Errorf("%s is not protected (protected: %s)", vm, orNone(a.protectedNames()))
+		return unprotectResult{}, fmt.Errorf("%s is not protected (protected: %s)", vm, orNone(a.protectedNames()))
 	}
 	delete(a.mu.vms, vm)
 	cancel, done := p.cancel, p.done
@@ -585,18 +585,17 @@ func (a *agent) unprotect(vm string) (string, error) {
 	p.mu.Unlock()
 	gens, bytes := a.discard(vm)
 	a.persist()
-	kept := "nothing was sent to it yet"
+	res := unprotectResult{VM: vm, Was: state, Target: p.target, GenerationsDropped: gens, BytesDropped: bytes}
 	if p.store != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		if points, err := p.store.Points(ctx, vm); err == nil && len(points) > 0 {
-			kept = fmt.Sprintf("its %d recovery point(s) there are kept; drfs restore still reads them", len(points))
-		} else if err != nil && !errors.Is(err, target.ErrNotFound) {
-			kept = "its recovery points there are kept"
+		if points, err := p.store.Points(ctx, vm); err == nil {
+			res.PointsKept = len(points)
+		} else if !errors.Is(err, target.ErrNotFound) {
+			res.PointsKept = -1
 		}
 	}
-	return fmt.Sprintf("%s unprotected (it was %s): replication to %s stopped; dropped %d generation(s), %s, of its change log; %s",
-		vm, state, p.target, gens, bytesString(bytes), kept), nil
+	return res, nil
 }
 
 func (a *agent) protectedNames() []string {

@@ -17,7 +17,16 @@ type protectCmd struct {
 	AppHook   string        `name:"app-consistent-hook" placeholder:"CMD" help:"Command run with DRFS_PHASE=freeze before a cut and DRFS_PHASE=thaw after it (DRFS_VM, DRFS_DISKS set), e.g. a script around virsh domfsfreeze/domfsthaw: that point is app-consistent."`
 	AppEvery  time.Duration `name:"app-consistent-every" default:"1h" help:"How often the app-consistency hook makes an app-consistent point (at most once per interval)."`
 	Wait      bool          `help:"Wait until the VM is Protected (or its protection fails), showing progress."`
+	JSON      bool          `help:"Print the result as JSON: the job, and with --wait the VM's status at the end (progress goes to stderr)."`
 	socketFlag
+}
+
+// protectResult is what drfs protect did: the enable-protection job it
+// started and, with --wait, the VM as drfs status shows it once Protected.
+type protectResult struct {
+	VM     string           `json:"vm"`
+	Job    orchestrator.Job `json:"job"`
+	Status *vmView          `json:"status,omitempty"`
 }
 
 func (c *protectCmd) Run() error {
@@ -30,37 +39,53 @@ func (c *protectCmd) Run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s: %s\n", c.VM, job.Message)
-	fmt.Printf("%s: initial replication started (follow it with drfs jobs --vm %s, or drfs status %s)\n", c.VM, c.VM, c.VM)
-	if !c.Wait {
-		return nil
+	res := protectResult{VM: c.VM, Job: job}
+	out := os.Stdout
+	if c.JSON {
+		out = os.Stderr
+	} else {
+		fmt.Printf("%s: %s\n", c.VM, job.Message)
+		fmt.Printf("%s: initial replication started (follow it with drfs jobs --vm %s, or drfs status %s)\n", c.VM, c.VM, c.VM)
 	}
-	return waitProtected(cl, c.VM)
+	if c.Wait {
+		st, err := waitProtected(cl, c.VM, out)
+		if err != nil {
+			return err
+		}
+		res.Status = &st
+		if !c.JSON {
+			fmt.Printf("%s: Protected; newest recovery point %s old\n", c.VM, time.Duration(st.RPO*float64(time.Second)).Round(time.Second))
+		}
+	}
+	if c.JSON {
+		return printJSON(res)
+	}
+	return nil
 }
 
-// waitProtected follows vm's jobs with a progress line until it is
-// Protected, or its protection stops on an error.
-func waitProtected(cl *agentClient, vm string) error {
-	bar := newProgressBar(os.Stdout)
+// waitProtected follows vm's jobs with a progress line on out until it is
+// Protected, and returns its status then, or until its protection stops
+// on an error.
+func waitProtected(cl *agentClient, vm string, out *os.File) (vmView, error) {
+	bar := newProgressBar(out)
 	defer bar.done()
 	for {
 		v, err := cl.vms(vm)
 		if err != nil {
-			return err
+			return vmView{}, err
 		}
 		if len(v) == 0 {
-			return fmt.Errorf("%s is not protected any more", vm)
+			return vmView{}, fmt.Errorf("%s is not protected any more", vm)
 		}
 		st := v[0]
 		switch {
 		case st.State == orchestrator.Protected:
 			bar.done()
-			fmt.Printf("%s: Protected; newest recovery point %s old\n", vm, time.Duration(st.RPO*float64(time.Second)).Round(time.Second))
-			return nil
+			return st, nil
 		case st.State == orchestrator.Unprotected:
-			return fmt.Errorf("%s is not protected any more", vm)
+			return vmView{}, fmt.Errorf("%s is not protected any more", vm)
 		case st.Stopped:
-			return fmt.Errorf("%s: protection stopped: %s", vm, st.Health.Reason)
+			return vmView{}, fmt.Errorf("%s: protection stopped: %s", vm, st.Health.Reason)
 		}
 		if st.Job != nil {
 			bar.show(fmt.Sprintf("%s %s", vm, st.Job.Kind), st.Job.Progress, st.Job.Message)
@@ -72,16 +97,20 @@ func waitProtected(cl *agentClient, vm string) error {
 }
 
 type unprotectCmd struct {
-	VM string `arg:"" help:"VM whose protection to stop."`
+	VM   string `arg:"" help:"VM whose protection to stop."`
+	JSON bool   `help:"Print what was removed and kept as JSON."`
 	socketFlag
 }
 
 func (c *unprotectCmd) Run() error {
-	var msg string
-	if err := newAgentClient(c.Socket).simple("unprotect", c.VM, &msg); err != nil {
+	var res unprotectResult
+	if err := newAgentClient(c.Socket).simple("unprotect", c.VM, &res); err != nil {
 		return err
 	}
-	fmt.Println(msg)
+	if c.JSON {
+		return printJSON(res)
+	}
+	fmt.Println(res)
 	return nil
 }
 
