@@ -62,18 +62,28 @@ func TestLibvirtDrill(t *testing.T) {
 	a := startAgent(t, d, socket, "--target", tgt, "--allow-other", "--resync-window", "always")
 	serial := filepath.Join(base, "vm1-serial.log")
 	drSerial := filepath.Join(base, "vm1-dr-serial.log")
+	qemuLogs := []string{filepath.Join("/var/log/libvirt/qemu", drillVM+".log"), filepath.Join("/var/log/libvirt/qemu", drillDRVM+".log")}
+	qemuLogSizes := make([]int64, len(qemuLogs))
+	for i, f := range qemuLogs {
+		if fi, err := os.Stat(f); err == nil {
+			qemuLogSizes[i] = fi.Size()
+		}
+	}
 	t.Cleanup(func() {
-		if t.Failed() {
-			for _, f := range []string{serial, drSerial} {
-				log, _ := os.ReadFile(f)
+		if !t.Failed() {
+			return
+		}
+		for _, f := range []string{serial, drSerial} {
+			if log, err := os.ReadFile(f); err == nil {
 				t.Logf("serial console, %s:\n%s", filepath.Base(f), log)
 			}
-			for _, name := range []string{drillVM, drillDRVM} {
-				log, _ := os.ReadFile(filepath.Join("/var/log/libvirt/qemu", name+".log"))
-				t.Logf("libvirt's log of %s:\n%s", name, log)
-			}
-			t.Logf("drfs agent:\n%s", a.stderr)
 		}
+		for i, f := range qemuLogs {
+			if log, err := os.ReadFile(f); err == nil && int64(len(log)) > qemuLogSizes[i] {
+				t.Logf("%s, this test's part:\n%s", f, log[qemuLogSizes[i]:])
+			}
+		}
+		t.Logf("drfs agent:\n%s", a.stderr)
 	})
 	if out, err := drfsRun(t, "protect", "vm1", "--interval", "2s", "--wait", "--socket", socket); err != nil {
 		t.Fatalf("drfs protect vm1: %v\n%s\n%s", err, out, a.stderr)
