@@ -34,9 +34,10 @@ if [ -z "$busybox" ] || ! "$busybox" --list | grep -qx sha256sum; then
 	echo "libvirt-guest.sh: no usable busybox: install busybox-static" >&2
 	exit 1
 fi
-case $(file -b "$busybox" 2>/dev/null || echo static) in
-*dynamically*) echo "libvirt-guest.sh: $busybox is dynamically linked: install busybox-static" >&2; exit 1 ;;
-esac
+if ldd "$busybox" >/dev/null 2>&1; then
+	echo "libvirt-guest.sh: $busybox is dynamically linked: install busybox-static" >&2
+	exit 1
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -389,6 +389,7 @@ func startDaemon(t *testing.T, name string) {
 	cmd := exec.Command(path)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
+	cmd.WaitDelay = 5 * time.Second // if a child of the daemon holds its output
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
