@@ -17,6 +17,7 @@
 # Needs linux-image-cloud-amd64, busybox-static, e2fsprogs and qemu-utils
 # (scripts/deps.sh installs them). Running it again rebuilds OUTDIR's files.
 set -eu
+PATH=$PATH:/usr/sbin:/sbin # mkfs.ext4
 
 out=${1:?usage: libvirt-guest.sh OUTDIR}
 mkdir -p "$out"
