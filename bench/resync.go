@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/chunksum"
 	"github.com/drfs-project/drfs/internal/frame"
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/target"
@@ -310,7 +311,7 @@ func hashRate() float64 {
 	start := time.Now()
 	n := 0
 	for time.Since(start) < 300*time.Millisecond {
-		resync.SumOf(buf)
+		chunksum.Of(buf)
 		n++
 	}
 	return float64(n) * float64(len(buf)) / time.Since(start).Seconds() / 1e9

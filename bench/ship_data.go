@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drfs-project/drfs/internal/zero"
 	"github.com/drfs-project/drfs/tracker"
 )
 
@@ -292,7 +293,7 @@ func feedImage(ctx context.Context, g *shipGen, disk *tracker.Disk, image *os.Fi
 				return err
 			}
 			for b := 0; b < len(p); b += bs {
-				if allZeros(p[b : b+bs]) {
+				if zero.Is(p[b : b+bs]) {
 					g.zeroBlocks++
 				}
 			}
@@ -309,19 +310,4 @@ func feedImage(ctx context.Context, g *shipGen, disk *tracker.Disk, image *os.Fi
 		return errors.New("the ext4 image has no data")
 	}
 	return nil
-}
-
-func allZeros(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b) != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }

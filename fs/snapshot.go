@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/drfs-project/drfs/internal/zero"
 )
 
 // Extent is the byte range [Off, Off+Len) of a disk.
@@ -497,7 +499,7 @@ func (ds *diskSnap) copyBuffered(lo, hi int64) error {
 		}
 		for i := int64(0); i < int64(n); {
 			j := min(int64(n), (lo+i+bs)&^(bs-1)-lo)
-			if !allZero(buf[i:j]) {
+			if !zero.Is(buf[i:j]) {
 				if _, err := pwrite(ds.storeFd, buf[i:j], lo+i); err != nil {
 					return err
 				}
@@ -510,22 +512,6 @@ func (ds *diskSnap) copyBuffered(lo, hi int64) error {
 		lo += int64(n)
 	}
 	return nil
-}
-
-// allZero reports whether b holds only zeros.
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // View is one disk of a snapshot as it was when the snapshot was taken. It

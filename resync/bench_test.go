@@ -13,6 +13,7 @@ import (
 
 	"github.com/zeebo/xxh3"
 
+	"github.com/drfs-project/drfs/internal/chunksum"
 	"github.com/drfs-project/drfs/internal/frame"
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/target"
@@ -37,7 +38,7 @@ func BenchmarkHash(b *testing.B) {
 		{"xxh3-64", func(p []byte) { sink += xxh3.Hash(p) }},
 		{"crc32c", func(p []byte) { sink += uint64(crc32.Checksum(p, castagnoli)) }},
 		{"sha256", func(p []byte) { s := sha256.Sum256(p); sink += uint64(s[0]) }},
-		{"SumOf", func(p []byte) { s := resync.SumOf(p); sink += uint64(s[0]) }},
+		{"SumOf", func(p []byte) { s := chunksum.Of(p); sink += uint64(s[0]) }},
 		{"SumOf-zeros", nil},
 	}
 	zeros := make([]byte, len(buf))
@@ -46,7 +47,7 @@ func BenchmarkHash(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/%dKiB", h.name, chunk>>10), func(b *testing.B) {
 				data, fn := buf, h.fn
 				if fn == nil { // a chunk of zeros: the cost of finding it is zero
-					data, fn = zeros, func(p []byte) { s := resync.SumOf(p); sink += uint64(s[0]) }
+					data, fn = zeros, func(p []byte) { s := chunksum.Of(p); sink += uint64(s[0]) }
 				}
 				b.SetBytes(int64(len(data)))
 				for b.Loop() {

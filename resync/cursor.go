@@ -8,6 +8,7 @@ import (
 
 	"github.com/zeebo/xxh3"
 
+	"github.com/drfs-project/drfs/internal/chunksum"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -142,7 +143,7 @@ func (c *Cursor) Unmarshal(data []byte) error {
 		ch := d.int64()
 		l := Level{Chunk: ch, Compared: d.int64(), Differing: d.int64()}
 		if d.err == nil {
-			if err := CheckRequest(ch, nil); err != nil || (i > 0 && ch >= out.Chunks[i-1]) {
+			if err := chunksum.CheckRequest(ch, nil); err != nil || (i > 0 && ch >= out.Chunks[i-1]) {
 				return bad("chunk sizes %v then %d", out.Chunks, ch)
 			}
 		}
@@ -162,7 +163,7 @@ func (c *Cursor) Unmarshal(data []byte) error {
 		if d.err != nil {
 			break
 		}
-		if (i > 0 && gap == 0) || n <= 0 || gap > maxOffset-end || n > maxOffset-end-gap {
+		if (i > 0 && gap == 0) || n <= 0 || gap > chunksum.MaxOffset-end || n > chunksum.MaxOffset-end-gap {
 			return bad("range %d: gap %d, length %d after %d", i, gap, n, end)
 		}
 		out.Ranges = append(out.Ranges, target.Extent{Off: end + gap, Len: n})
@@ -202,7 +203,7 @@ func (d *decoder) uvarint() uint64 {
 // int64 reads a uvarint that must be an offset or a count.
 func (d *decoder) int64() int64 {
 	v := d.uvarint()
-	if v > maxOffset && d.err == nil {
+	if v > chunksum.MaxOffset && d.err == nil {
 		d.err = fmt.Errorf("number %d out of range", v)
 	}
 	return int64(v)

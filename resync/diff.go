@@ -11,6 +11,7 @@ import (
 
 	"github.com/zeebo/xxh3"
 
+	"github.com/drfs-project/drfs/internal/chunksum"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -274,7 +275,7 @@ func (o Options) normalize() (Options, error) {
 		return o, errors.New("resync: no chunk size")
 	}
 	for i, c := range o.Chunks {
-		if err := CheckRequest(c, nil); err != nil {
+		if err := chunksum.CheckRequest(c, nil); err != nil {
 			return o, fmt.Errorf("resync: Options.Chunks: %w", err)
 		}
 		if i > 0 && c >= o.Chunks[i-1] {
@@ -502,22 +503,18 @@ func levelSums(ctx context.Context, r io.ReaderAt, size int64, exts []target.Ext
 	for l, c := range chunks {
 		sums[l] = make([]target.Sum, span/c) // ZeroSum until found otherwise
 	}
-	d := dataReader{r: r, size: size, exts: exts}
-	bp := pieceBufs.Get().(*[]byte)
-	defer pieceBufs.Put(bp)
-	piece := max(chunks[0], pieceSize)
-	if int64(len(*bp)) < piece {
-		*bp = make([]byte, piece)
-	}
+	d := chunksum.NewReader(r, size, exts)
+	bp, piece := chunksum.Buffer(chunks[0])
+	defer chunksum.PutBuffer(bp)
 	fine := len(chunks) - 1
 	for p := off; p < off+span; p += piece {
 		if err := ctx.Err(); err != nil {
-			return nil, d.read, err
+			return nil, d.BytesRead(), err
 		}
 		b := (*bp)[:min(piece, off+span-p)]
-		data, err := d.readAt(b, p)
+		data, err := d.ReadAt(b, p)
 		if err != nil {
-			return nil, d.read, err
+			return nil, d.BytesRead(), err
 		}
 		if !data {
 			continue
@@ -528,7 +525,7 @@ func levelSums(ctx context.Context, r io.ReaderAt, size int64, exts []target.Ext
 			for i := int64(0); i < int64(len(b))/c; i++ {
 				chunk := b[i*c : (i+1)*c]
 				if l == fine {
-					sums[l][base+i] = SumOf(chunk)
+					sums[l][base+i] = chunksum.Of(chunk)
 					continue
 				}
 				// A chunk is zero if its children are: no need to look again.
@@ -539,5 +536,5 @@ func levelSums(ctx context.Context, r io.ReaderAt, size int64, exts []target.Ext
 			}
 		}
 	}
-	return sums, d.read, nil
+	return sums, d.BytesRead(), nil
 }

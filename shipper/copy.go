@@ -1,7 +1,6 @@
 package shipper
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drfs-project/drfs/internal/zero"
 	"github.com/drfs-project/drfs/target"
 	"github.com/drfs-project/drfs/tracker"
 )
@@ -411,7 +411,7 @@ func readFileRecords(f io.ReaderAt, extents func() ([]target.Extent, error), dis
 // runs of data and of zeros.
 func blockRecords(buf []byte, disk string, first uint64, bs int64, fn func(tracker.Record) error) error {
 	n := uint64(int64(len(buf)) / bs)
-	isZero := func(i uint64) bool { return allZero(buf[int64(i)*bs : int64(i+1)*bs]) }
+	isZero := func(i uint64) bool { return zero.Is(buf[int64(i)*bs : int64(i+1)*bs]) }
 	for i := uint64(0); i < n; {
 		j := i + 1
 		z := isZero(i)
@@ -431,19 +431,6 @@ func blockRecords(buf []byte, disk string, first uint64, bs int64, fn func(track
 		i = j
 	}
 	return nil
-}
-
-var zeroBlock [64 << 10]byte
-
-func allZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroBlock))
-		if !bytes.Equal(b[:n], zeroBlock[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
 }
 
 // FileView is a disk image file seen as a DiskView, for callers that wrap

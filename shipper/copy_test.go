@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/drfs-project/drfs/internal/zero"
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/target"
 )
@@ -51,7 +52,7 @@ func (r *copyRig) sync() {
 	}
 	for off := int64(0); off < int64(len(img)); off += 4096 {
 		blk := img[off:min(off+4096, int64(len(img)))]
-		if !allZero(blk) {
+		if !zero.Is(blk) {
 			if _, err := f.WriteAt(blk, off); err != nil {
 				r.t.Fatal(err)
 			}

@@ -177,7 +177,7 @@ type Extent struct{ Off, Len int64 }
 // half first, each half big-endian. A chunk that holds only holes needs no
 // read: an implementation should find holes (Extents, SEEK_DATA) and read
 // only allocated bytes. Package resync has the reference implementation
-// (resync.ChunkSums).
+// (chunksum.Sums).
 //
 // Checksums is safe for concurrent use and changes nothing; it is
 // idempotent. Errors are as for Open (ErrNotFound for an unknown VM, point

@@ -19,6 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
 
 	"github.com/drfs-project/drfs/internal/frame"
+	"github.com/drfs-project/drfs/internal/zero"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -296,7 +297,7 @@ func (s *Store) newPageWriter(ctx context.Context, pb *pageblob.Client, name str
 
 // data adds a data block at off (len(b) short only at the disk's end).
 func (w *pageWriter) data(off int64, b []byte) error {
-	if allZero(b) {
+	if zero.Is(b) {
 		return w.zero(off, int64(len(b)))
 	}
 	padded := roundUp(int64(len(b)))
@@ -495,21 +496,6 @@ func (w *pageWriter) abort() {
 	w.cancel()
 	close(w.ops)
 	w.wg.Wait()
-}
-
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // DefaultGap is the gap Commit bridges unless Options.Gap says otherwise:

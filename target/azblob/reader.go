@@ -9,7 +9,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
 
-	"github.com/drfs-project/drfs/resync"
+	"github.com/drfs-project/drfs/internal/chunksum"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -231,7 +231,7 @@ func (s *Store) Checksums(ctx context.Context, vm string, gen uint64, disk strin
 	if err := checkDisk(disk); err != nil {
 		return nil, err
 	}
-	if err := resync.CheckRequest(chunk, ranges); err != nil {
+	if err := chunksum.CheckRequest(chunk, ranges); err != nil {
 		return nil, fmt.Errorf("azblob: %w", err)
 	}
 	r, err := s.open(ctx, vm, gen, disk)
@@ -239,14 +239,7 @@ func (s *Store) Checksums(ctx context.Context, vm string, gen uint64, disk strin
 		return nil, err
 	}
 	defer r.Close()
-	exts, err := r.Extents()
-	if err != nil {
-		return nil, err
-	}
-	if exts == nil {
-		exts = []target.Extent{}
-	}
-	sums, _, err := resync.ChunkSums(ctx, r, r.size, exts, chunk, ranges)
+	sums, _, err := chunksum.OfReader(ctx, r, chunk, ranges)
 	if err != nil {
 		return nil, fmt.Errorf("azblob: checksums of %s/%s point %d: %w", vm, disk, gen, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"path"
 	"slices"
 
+	"github.com/drfs-project/drfs/internal/zero"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -236,7 +237,7 @@ func (c *capture) flush() error {
 		clear(c.old)
 	} else if err := readFull(c.rep, c.old, c.runOff); err != nil {
 		return err
-	} else if c.unseeked > 0 && allZero(c.old) {
+	} else if c.unseeked > 0 && zero.Is(c.old) {
 		c.unseeked = 0 // holes again, perhaps long ones: ask
 	}
 	for _, p := range c.pieces {
@@ -246,7 +247,7 @@ func (c *capture) flush() error {
 			var err error
 			switch {
 			case bytes.Equal(old, c.run[p.at+i:p.at+j]):
-			case allZero(old):
+			case zero.Is(old):
 				err = c.w.zero(p.off+i, j-i)
 			default:
 				err = c.w.data(p.off+i, old)
@@ -286,7 +287,7 @@ func (c *capture) inHole(off, end int64) bool {
 // overwrites: holes and zeros stay as they are.
 func (c *capture) saveChanged(off, end int64) error {
 	return c.walk(off, end, nil, func(at int64, b []byte) error {
-		if allZero(b) {
+		if zero.Is(b) {
 			return nil
 		}
 		return c.w.data(at, b)
@@ -296,7 +297,7 @@ func (c *capture) saveChanged(off, end int64) error {
 // saveAll saves all of [off, end): a shrink or a disk started afresh.
 func (c *capture) saveAll(off, end int64) error {
 	return c.walk(off, end, func(at, n int64) error { return c.w.zero(at, n) }, func(at int64, b []byte) error {
-		if allZero(b) {
+		if zero.Is(b) {
 			return c.w.zero(at, int64(len(b)))
 		}
 		return c.w.data(at, b)

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/drfs-project/drfs/resync"
+	"github.com/drfs-project/drfs/internal/chunksum"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -24,7 +24,7 @@ func (s *Store) Checksums(ctx context.Context, vm string, gen uint64, disk strin
 	if err := checkDisk(disk); err != nil {
 		return nil, err
 	}
-	if err := resync.CheckRequest(chunk, ranges); err != nil {
+	if err := chunksum.CheckRequest(chunk, ranges); err != nil {
 		return nil, fmt.Errorf("dirstore: %w", err)
 	}
 	sums, done, err := s.newestSums(ctx, vm, gen, disk, chunk, ranges)
@@ -36,14 +36,7 @@ func (s *Store) Checksums(ctx context.Context, vm string, gen uint64, disk strin
 		return nil, err
 	}
 	defer r.Close()
-	exts, err := r.Extents()
-	if err != nil {
-		return nil, err
-	}
-	if exts == nil {
-		exts = []target.Extent{}
-	}
-	sums, n, err := resync.ChunkSums(ctx, r, r.Size(), exts, chunk, ranges)
+	sums, n, err := chunksum.OfReader(ctx, r, chunk, ranges)
 	s.sumRead.Add(n)
 	if err != nil {
 		return nil, fmt.Errorf("dirstore: checksums of %s/%s point %d: %w", vm, disk, gen, err)
@@ -89,7 +82,7 @@ func (s *Store) newestSums(ctx context.Context, vm string, gen uint64, disk stri
 			exts = append(exts, target.Extent{Off: e.off, Len: e.len})
 		}
 	}
-	sums, n, err := resync.ChunkSums(ctx, f, size, exts, chunk, ranges)
+	sums, n, err := chunksum.Sums(ctx, f, size, exts, chunk, ranges)
 	s.sumRead.Add(n)
 	if err != nil {
 		return nil, true, fmt.Errorf("dirstore: checksums of %s/%s point %d: %w", vm, disk, gen, err)

@@ -2,7 +2,6 @@ package dirstore
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -209,23 +208,6 @@ func readFull(f *os.File, p []byte, off int64) error {
 		return nil
 	}
 	return err
-}
-
-// allZero reports whether b holds only zeros.
-func allZero(b []byte) bool {
-	for len(b) >= 32 {
-		le := binary.LittleEndian
-		if le.Uint64(b)|le.Uint64(b[8:])|le.Uint64(b[16:])|le.Uint64(b[24:]) != 0 {
-			return false
-		}
-		b = b[32:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // extent is a byte range [off, off+len).

@@ -11,6 +11,7 @@ import (
 	"path"
 
 	"github.com/drfs-project/drfs/internal/frame"
+	"github.com/drfs-project/drfs/internal/zero"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -277,18 +278,18 @@ func (w *blocksWriter) data(off int64, data []byte) error {
 func (w *blocksWriter) flush() error {
 	run, bs := w.run, w.st.blockSize
 	for i := int64(0); i < int64(len(run)); {
-		zero := allZero(run[i:min(i+bs, int64(len(run)))])
+		zeros := zero.Is(run[i:min(i+bs, int64(len(run)))])
 		j := i + bs
-		for j < int64(len(run)) && allZero(run[j:min(j+bs, int64(len(run)))]) == zero {
+		for j < int64(len(run)) && zero.Is(run[j:min(j+bs, int64(len(run)))]) == zeros {
 			j += bs
 		}
 		j = min(j, int64(len(run)))
-		if !zero {
+		if !zeros {
 			if err := w.write(run[i:j], w.runOff+i); err != nil {
 				return err
 			}
 		}
-		w.st.add(w.runOff+i, j-i, zero)
+		w.st.add(w.runOff+i, j-i, zeros)
 		i = j
 	}
 	w.run = w.run[:0]

@@ -21,7 +21,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/drfs-project/drfs/resync"
+	"github.com/drfs-project/drfs/internal/chunksum"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -621,7 +621,7 @@ func (r *diskReader) closeID(id string) error {
 // server that does not know the call (an older version) gives an error
 // wrapping errors.ErrUnsupported.
 func (c *Client) Checksums(ctx context.Context, vm string, gen uint64, disk string, chunk int64, ranges []target.Extent) ([]target.Sum, error) {
-	if err := resync.CheckRequest(chunk, ranges); err != nil {
+	if err := chunksum.CheckRequest(chunk, ranges); err != nil {
 		return nil, err
 	}
 	body := make([]byte, 0, rangeBytes*len(ranges))

@@ -21,7 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/drfs-project/drfs/resync"
+	"github.com/drfs-project/drfs/internal/chunksum"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -708,7 +708,7 @@ func (s *Server) sums(c *call) error {
 // readerSums computes sums for a store without target.Checksummer, from a
 // DiskReader of the point.
 func readerSums(ctx context.Context, st target.Store, vm string, gen uint64, disk string, chunk int64, ranges []target.Extent) ([]target.Sum, error) {
-	if err := resync.CheckRequest(chunk, ranges); err != nil {
+	if err := chunksum.CheckRequest(chunk, ranges); err != nil {
 		return nil, err
 	}
 	r, err := st.Open(ctx, vm, gen, disk)
@@ -716,14 +716,7 @@ func readerSums(ctx context.Context, st target.Store, vm string, gen uint64, dis
 		return nil, err
 	}
 	defer r.Close()
-	exts, err := r.Extents()
-	if err != nil {
-		return nil, err
-	}
-	if exts == nil {
-		exts = []target.Extent{}
-	}
-	sums, _, err := resync.ChunkSums(ctx, r, r.Size(), exts, chunk, ranges)
+	sums, _, err := chunksum.OfReader(ctx, r, chunk, ranges)
 	return sums, err
 }
 

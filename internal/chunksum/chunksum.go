@@ -1,7 +1,11 @@
-package resync
+// Package chunksum computes the checksums of a disk's chunks that
+// resynchronization compares (target.Checksummer specifies them): the one
+// implementation that the stores use where their replicas live and that
+// package resync uses on the source. It is a leaf: stores import it, not
+// resync.
+package chunksum
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,28 +15,29 @@ import (
 
 	"github.com/zeebo/xxh3"
 
+	"github.com/drfs-project/drfs/internal/zero"
 	"github.com/drfs-project/drfs/target"
 )
 
-// SumOf returns the sum of one chunk's bytes (see target.Checksummer):
+// Of returns the sum of one chunk's bytes (see target.Checksummer):
 // ZeroSum if they are all zero, else their XXH3-128 hash.
-func SumOf(chunk []byte) target.Sum {
-	if allZero(chunk) {
+func Of(chunk []byte) target.Sum {
+	if zero.Is(chunk) {
 		return target.ZeroSum
 	}
 	return xxh3.Hash128(chunk).Bytes()
 }
 
-// ChunkSums computes what target.Checksummer.Checksums returns, reading
+// Sums computes what target.Checksummer.Checksums returns, reading
 // the disk through r: size is the disk's size and exts its allocated
 // ranges in order (nil: all of it may hold data). Bytes outside exts are
 // zeros and are not read, so a chunk in a hole costs nothing. It returns
 // the sums and the number of bytes read from r.
 //
 // Stores that read their replica locally implement Checksums with it, and
-// Diff uses it on the source and, for a store without the capability, on
-// a DiskReader of the replica.
-func ChunkSums(ctx context.Context, r io.ReaderAt, size int64, exts []target.Extent, chunk int64, ranges []target.Extent) ([]target.Sum, int64, error) {
+// resync.Diff uses it on the source and, for a store without the
+// capability, on a DiskReader of the replica.
+func Sums(ctx context.Context, r io.ReaderAt, size int64, exts []target.Extent, chunk int64, ranges []target.Extent) ([]target.Sum, int64, error) {
 	if err := CheckRequest(chunk, ranges); err != nil {
 		return nil, 0, err
 	}
@@ -41,13 +46,9 @@ func ChunkSums(ctx context.Context, r io.ReaderAt, size int64, exts []target.Ext
 		total += rg.Len / chunk
 	}
 	sums := make([]target.Sum, 0, total)
-	bp := pieceBufs.Get().(*[]byte)
-	defer pieceBufs.Put(bp)
-	piece := max(chunk, pieceSize)
-	if int64(len(*bp)) < piece {
-		*bp = make([]byte, piece)
-	}
-	d := dataReader{r: r, size: size, exts: exts}
+	bp, piece := Buffer(chunk)
+	defer PutBuffer(bp)
+	d := Reader{r: r, size: size, exts: exts}
 	if len(ranges) > 0 {
 		d.ei = sort.Search(len(exts), func(i int) bool { return exts[i].Off+exts[i].Len > ranges[0].Off })
 	}
@@ -57,13 +58,13 @@ func ChunkSums(ctx context.Context, r io.ReaderAt, size int64, exts []target.Ext
 				return nil, d.read, err
 			}
 			b := (*bp)[:min(piece, rg.Off+rg.Len-off)]
-			data, err := d.readAt(b, off)
+			data, err := d.ReadAt(b, off)
 			if err != nil {
 				return nil, d.read, err
 			}
 			for c := int64(0); c < int64(len(b)); c += chunk {
 				if data {
-					sums = append(sums, SumOf(b[c:c+chunk]))
+					sums = append(sums, Of(b[c:c+chunk]))
 				} else {
 					sums = append(sums, target.ZeroSum)
 				}
@@ -73,14 +74,40 @@ func ChunkSums(ctx context.Context, r io.ReaderAt, size int64, exts []target.Ext
 	return sums, d.read, nil
 }
 
-// pieceSize is how much ChunkSums and Diff read at once.
+// OfReader is Sums of a point's DiskReader, reading only its extents.
+func OfReader(ctx context.Context, r target.DiskReader, chunk int64, ranges []target.Extent) ([]target.Sum, int64, error) {
+	exts, err := r.Extents()
+	if err != nil {
+		return nil, 0, err
+	}
+	if exts == nil {
+		exts = []target.Extent{} // a reader with no extents holds no data
+	}
+	return Sums(ctx, r, r.Size(), exts, chunk, ranges)
+}
+
+// pieceSize is how much Sums and resync.Diff read at once, at least.
 const pieceSize = 1 << 20
 
 var pieceBufs = sync.Pool{New: func() any { b := make([]byte, pieceSize); return &b }}
 
-// dataReader reads a disk whose data lies only in exts, at increasing
-// offsets.
-type dataReader struct {
+// Buffer returns a pooled buffer of piece bytes, the size to read a disk
+// at once in chunks of chunk bytes; PutBuffer gives it back.
+func Buffer(chunk int64) (buf *[]byte, piece int64) {
+	bp := pieceBufs.Get().(*[]byte)
+	piece = max(chunk, pieceSize)
+	if int64(len(*bp)) < piece {
+		*bp = make([]byte, piece)
+	}
+	return bp, piece
+}
+
+// PutBuffer returns a buffer of Buffer to the pool.
+func PutBuffer(bp *[]byte) { pieceBufs.Put(bp) }
+
+// Reader reads a disk whose data lies only in its extents, at increasing
+// offsets, counting the bytes it read.
+type Reader struct {
 	r    io.ReaderAt
 	size int64
 	exts []target.Extent // nil: everything below size may be data
@@ -88,10 +115,19 @@ type dataReader struct {
 	read int64           // bytes read from r
 }
 
-// readAt fills b with the disk's bytes at off (zeros past the size and in
+// NewReader returns a Reader of the disk read by r, of size bytes, whose
+// data lies only in exts (in order; nil: anywhere below size).
+func NewReader(r io.ReaderAt, size int64, exts []target.Extent) *Reader {
+	return &Reader{r: r, size: size, exts: exts}
+}
+
+// BytesRead returns how many bytes the Reader read from its disk.
+func (d *Reader) BytesRead() int64 { return d.read }
+
+// ReadAt fills b with the disk's bytes at off (zeros past the size and in
 // holes) and reports whether any of them came from an extent. off never
 // goes down from one call to the next.
-func (d *dataReader) readAt(b []byte, off int64) (data bool, err error) {
+func (d *Reader) ReadAt(b []byte, off int64) (data bool, err error) {
 	end := min(off+int64(len(b)), d.size)
 	pos := off // b is filled up to pos
 	fill := func(from, to int64) error {
@@ -107,7 +143,7 @@ func (d *dataReader) readAt(b []byte, off int64) (data bool, err error) {
 			err = nil
 		}
 		if err != nil {
-			return fmt.Errorf("resync: reading %d bytes at %d: %w", to-from, from, err)
+			return fmt.Errorf("chunksum: reading %d bytes at %d: %w", to-from, from, err)
 		}
 		data, pos = true, to
 		return nil
@@ -143,8 +179,8 @@ func CheckRequest(chunk int64, ranges []target.Extent) error {
 		switch {
 		case rg.Off < next || rg.Len <= 0 || rg.Off%chunk != 0 || rg.Len%chunk != 0:
 			return badRequest("range %d [%d, +%d) is empty, out of order, overlapping or not aligned to chunks of %d", i, rg.Off, rg.Len, chunk)
-		case rg.Off > maxOffset || rg.Len > maxOffset-rg.Off:
-			return badRequest("range %d [%d, +%d) reaches past %d", i, rg.Off, rg.Len, int64(maxOffset))
+		case rg.Off > MaxOffset || rg.Len > MaxOffset-rg.Off:
+			return badRequest("range %d [%d, +%d) reaches past %d", i, rg.Off, rg.Len, int64(MaxOffset))
 		}
 		n += rg.Len / chunk
 		if n > target.MaxSums {
@@ -155,30 +191,16 @@ func CheckRequest(chunk int64, ranges []target.Extent) error {
 	return nil
 }
 
-// maxOffset bounds the offsets of a request (8 EiB would overflow).
-const maxOffset = 1 << 62
+// MaxOffset bounds the offsets of a request (8 EiB would overflow).
+const MaxOffset = 1 << 62
 
 // RequestError is a request that breaks the rules of a Checksums call. It
 // is permanent.
 type RequestError struct{ msg string }
 
-func (e *RequestError) Error() string   { return "resync: bad checksum request: " + e.msg }
+func (e *RequestError) Error() string   { return "bad checksum request: " + e.msg }
 func (e *RequestError) Permanent() bool { return true }
 
 func badRequest(format string, args ...any) error {
 	return &RequestError{msg: fmt.Sprintf(format, args...)}
 }
-
-// allZero reports whether b holds only zeros.
-func allZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeros))
-		if !bytes.Equal(b[:n], zeros[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
-}
-
-var zeros [64 << 10]byte
