@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/shipper"
 )
 
@@ -439,27 +440,13 @@ func absPath(dst *string, key, v string) error {
 	return nil
 }
 
-// parseDuration parses a Go duration, optionally after a number of days
-// ("7d", "1d12h").
+// parseDuration parses a duration (units.ParseDuration: 30s, 7d, 1d12h).
 func parseDuration(dst *time.Duration, key, v string) error {
-	bad := fmt.Errorf("%s %q is not a duration (such as 30s, 5m, 1h30m or 7d)", key, v)
-	var days time.Duration
-	if i := strings.IndexByte(v, 'd'); i >= 0 {
-		n, err := strconv.ParseUint(v[:i], 10, 16)
-		if err != nil {
-			return bad
-		}
-		days = time.Duration(n) * 24 * time.Hour
-		if v = v[i+1:]; v == "" {
-			*dst = days
-			return nil
-		}
+	d, err := units.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("%s %q is not a duration (such as 30s, 5m, 1h30m or 7d)", key, v)
 	}
-	d, err := time.ParseDuration(v)
-	if err != nil || days > 0 && d < 0 {
-		return bad
-	}
-	*dst = days + d
+	*dst = d
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -19,43 +20,14 @@ import (
 // a command-line flag can be of this type.
 type Bandwidth int64
 
-// ParseBandwidth parses a rate in bytes per second: a number, optionally
-// with a fraction, then an optional unit and an optional "/s". Units:
-// B; k, M, G, T and KiB, MiB, GiB, TiB are powers of 1024; kB (or KB), MB,
-// GB and TB are powers of 1000. Units are case-sensitive except k/K. "0"
-// means unlimited.
+// ParseBandwidth parses a rate in bytes per second: a size (units.ParseSize:
+// 50MiB, 1GB, 500k) and an optional "/s". "0" means unlimited.
 func ParseBandwidth(s string) (Bandwidth, error) {
-	in := s
-	s = strings.TrimSpace(s)
-	s = strings.TrimSuffix(s, "/s")
-	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
-	if i < 0 {
-		i = len(s)
+	n, err := units.ParseSize(strings.TrimSuffix(strings.TrimSpace(s), "/s"))
+	if err != nil {
+		return 0, fmt.Errorf("shipper: bandwidth %q: want a number with an optional unit, like 50MiB/s, 1GB/s, 500k or 0 for unlimited: %w", s, err)
 	}
-	num, unit := s[:i], strings.TrimSpace(s[i:])
-	v, err := strconv.ParseFloat(num, 64)
-	if num == "" || err != nil || v < 0 {
-		return 0, fmt.Errorf("shipper: bandwidth %q: want a number with an optional unit, like 50MiB/s, 1GB/s, 500k or 0 for unlimited", in)
-	}
-	const ki = 1024
-	mult := map[string]float64{
-		"": 1, "B": 1,
-		"k": ki, "K": ki, "KiB": ki, "kB": 1e3, "KB": 1e3,
-		"M": ki * ki, "MiB": ki * ki, "MB": 1e6,
-		"G": ki * ki * ki, "GiB": ki * ki * ki, "GB": 1e9,
-		"T": ki * ki * ki * ki, "TiB": ki * ki * ki * ki, "TB": 1e12,
-	}[unit]
-	if mult == 0 {
-		return 0, fmt.Errorf("shipper: bandwidth %q: unknown unit %q (use B, k, KiB, kB, M, MiB, MB, G, GiB, GB, T, TiB or TB)", in, unit)
-	}
-	v *= mult
-	if v >= math.MaxInt64 {
-		return 0, fmt.Errorf("shipper: bandwidth %q is too large", in)
-	}
-	if v > 0 && v < 1 {
-		v = 1
-	}
-	return Bandwidth(v), nil
+	return Bandwidth(n), nil
 }
 
 // UnmarshalText parses text with ParseBandwidth.

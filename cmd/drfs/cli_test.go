@@ -23,6 +23,13 @@ func TestCommandLine(t *testing.T) {
 			t.Errorf("drfs %v: %v, want exit %d and one line pointing to --help:\n%s", args, err, exitUsage, out)
 		}
 	}
+	// Durations on the command line read as in the configuration: 7d.
+	if out, err := drfsRun(t, "mount", "/nonexistent-source", t.TempDir(), "--state", t.TempDir(), "--retention", "7d"); err == nil || !strings.Contains(out, "source /nonexistent-source") {
+		t.Errorf("drfs mount --retention 7d: %v, want the flags read and the missing source named:\n%s", err, out)
+	}
+	if out, err := drfsRun(t, "mount", "/nonexistent-source", t.TempDir(), "--state", t.TempDir(), "--retention", "7x"); err == nil || !strings.Contains(out, `"7x" is not a duration`) {
+		t.Errorf("drfs mount --retention 7x: %v\n%s", err, out)
+	}
 	for shell, want := range map[string]string{"bash": "complete -C", "zsh": "bashcompinit"} {
 		if out, err := drfsRun(t, "completion", shell); err != nil || !strings.Contains(out, want) {
 			t.Errorf("drfs completion %s: %v\n%s", shell, err, out)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/tracker"
 )
 
@@ -108,15 +109,4 @@ func printStatus(w io.Writer, vms []tracker.VMStatus, resync map[string]control.
 }
 
 // bytesString prints n in binary units.
-func bytesString(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func bytesString(n int64) string { return units.Bytes(n) }

@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
+	"time"
 
 	"github.com/alecthomas/kong"
 	"github.com/willabides/kongplete"
+
+	"github.com/drfs-project/drfs/internal/units"
 )
 
 // cli is the whole command line; each command lives in its own file.
@@ -92,6 +96,21 @@ const (
 	exitCrit    = 4 // drfs status --check: a VM's health is Critical
 )
 
+// durationMapper reads every duration flag as the configuration does:
+// Go's durations with whole days in front (7d, 1d12h).
+var durationMapper = kong.MapperFunc(func(ctx *kong.DecodeContext, target reflect.Value) error {
+	var s string
+	if err := ctx.Scan.PopValueInto("duration", &s); err != nil {
+		return err
+	}
+	d, err := units.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	target.SetInt(int64(d))
+	return nil
+})
+
 // exitCode is an error that ends drfs with a given status, printing err if
 // it is not nil.
 type exitCode struct {
@@ -120,6 +139,7 @@ func main() {
 		kong.Name("drfs"),
 		kong.Description("drfs replicates virtual machine disk images, block by block, to a recovery site."),
 		kong.Vars{"version": versionString()},
+		kong.TypeMapper(reflect.TypeFor[time.Duration](), durationMapper),
 	)
 	if err != nil {
 		panic(err) // the command line's declaration is wrong
