@@ -178,3 +178,32 @@ func fmtDuration(d time.Duration) string {
 	}
 	return s
 }
+
+// FormatDuration writes d as the configuration reads it: without zero
+// units, and whole days from two on as days (5m, 1h30m, 7d).
+func FormatDuration(d time.Duration) string { return fmtDuration(d) }
+
+// Changes compares policy next with p setting by setting (interval,
+// retention, max-points), for people: changed holds "interval 30s → 1m"
+// for each setting that differs, same "retention 24h" for each that does
+// not.
+func (p Policy) Changes(next Policy) (changed, same []string) {
+	points := func(n int) string {
+		if n == 0 {
+			return "no limit"
+		}
+		return fmt.Sprint(n)
+	}
+	for _, s := range []struct{ name, was, now string }{
+		{"interval", fmtDuration(p.Interval), fmtDuration(next.Interval)},
+		{"retention", fmtDuration(p.Retention), fmtDuration(next.Retention)},
+		{"max-points", points(p.MaxPoints), points(next.MaxPoints)},
+	} {
+		if s.was == s.now {
+			same = append(same, s.name+" "+s.now)
+		} else {
+			changed = append(changed, fmt.Sprintf("%s %s → %s", s.name, s.was, s.now))
+		}
+	}
+	return changed, same
+}

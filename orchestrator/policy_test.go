@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -150,5 +151,19 @@ func TestTransitionErrorFields(t *testing.T) {
 	}
 	if err := v.Failed(now, nil); err == nil {
 		t.Fatal("Failed(nil) accepted")
+	}
+}
+
+func TestPolicyChanges(t *testing.T) {
+	p := Policy{Interval: 30 * time.Second, Retention: 24 * time.Hour}
+	changed, same := p.Changes(Policy{Interval: time.Minute, Retention: 24 * time.Hour, MaxPoints: 10})
+	if want := []string{"interval 30s → 1m", "max-points no limit → 10"}; !slices.Equal(changed, want) {
+		t.Errorf("changed %q, want %q", changed, want)
+	}
+	if want := []string{"retention 24h"}; !slices.Equal(same, want) {
+		t.Errorf("same %q, want %q", same, want)
+	}
+	if changed, _ := p.Changes(p); len(changed) != 0 {
+		t.Errorf("a policy changed from itself: %q", changed)
 	}
 }

@@ -25,7 +25,7 @@ import (
 // only root can open:
 //
 //	GET  /v1/vms[?vm=NAME]         []vmView: every VM of the source
-//	POST /v1/protect               protectRequest → the enable-protection job
+//	POST /v1/protect               protectRequest → protectAnswer: the enable-protection job, or the settings changed
 //	POST /v1/unprotect?vm=NAME     unprotectResult: what was removed and kept
 //	POST /v1/resume?vm=NAME        a VM stopped by a permanent error runs again
 //	POST /v1/resync?vm=NAME        every disk compared with the replica, now
@@ -42,9 +42,14 @@ import (
 // vmView is one VM as drfs status shows it.
 type vmView struct {
 	orchestrator.Status
-	Describe  string            `json:"state_text"`
-	Target    string            `json:"target,omitempty"`
-	Interval  string            `json:"interval,omitempty"`
+	Describe  string `json:"state_text"`
+	Target    string `json:"target,omitempty"`
+	Interval  string `json:"interval,omitempty"`
+	Retention string `json:"retention,omitempty"`
+	MaxPoints int    `json:"max_points,omitempty"`
+	// AppHook and AppEvery: the application-consistency hook, if any.
+	AppHook   string            `json:"app_consistent_hook,omitempty"`
+	AppEvery  string            `json:"app_consistent_every,omitempty"`
 	RPO       float64           `json:"rpo_seconds"` // age of the newest consistent point; -1 before the first
 	Disks     []string          `json:"disks"`
 	LogBytes  int64             `json:"log_bytes"`
@@ -121,7 +126,11 @@ func (a *agent) views(vm string) []vmView {
 			p.mu.Lock()
 			v.Status = p.mu.vm.Status(now)
 			v.Describe = p.mu.vm.Describe()
-			v.Interval = p.mu.vm.Policy().Interval.String()
+			pol := p.mu.vm.Policy()
+			v.Interval, v.Retention, v.MaxPoints = orchestrator.FormatDuration(pol.Interval), orchestrator.FormatDuration(pol.Retention), pol.MaxPoints
+			if p.mu.over.AppHook != "" {
+				v.AppHook, v.AppEvery = p.mu.over.AppHook, orchestrator.FormatDuration(p.mu.over.AppEvery)
+			}
 			v.AppHookError = p.mu.appErr
 			if p.mu.snap != nil {
 				v.SnapshotBytes = p.mu.snap.Bytes()
@@ -173,12 +182,22 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 			httpError(w, http.StatusBadRequest, err)
 			return
 		}
+		if p := a.protection(req.VM); p != nil {
+			// Protected already: the settings given change in place.
+			msg, err := a.changeSettings(p, req)
+			if err != nil {
+				httpError(w, http.StatusConflict, err)
+				return
+			}
+			writeJSON(w, protectAnswer{Changed: msg})
+			return
+		}
 		job, err := a.protect(req)
 		if err != nil {
 			httpError(w, http.StatusConflict, err)
 			return
 		}
-		writeJSON(w, job)
+		writeJSON(w, protectAnswer{Job: job})
 	})
 	mux.HandleFunc("POST /v1/unprotect", func(w http.ResponseWriter, r *http.Request) {
 		res, err := a.unprotect(r.URL.Query().Get("vm"))
@@ -340,9 +359,9 @@ func (c *agentClient) vms(vm string) ([]vmView, error) {
 	return out, c.call(http.MethodGet, "/v1/vms"+q, nil, &out)
 }
 
-func (c *agentClient) protect(req protectRequest) (orchestrator.Job, error) {
-	var j orchestrator.Job
-	return j, c.call(http.MethodPost, "/v1/protect", req, &j)
+func (c *agentClient) protect(req protectRequest) (protectAnswer, error) {
+	var ans protectAnswer
+	return ans, c.call(http.MethodPost, "/v1/protect", req, &ans)
 }
 
 func (c *agentClient) simple(verb, vm string, out any) error {

@@ -57,8 +57,8 @@ func (a *agent) load() error {
 		}
 		name := r.Status.Name()
 		r.Status.SetPolicy(a.policy(name, r.Policy))
-		p := &protection{name: name, target: r.Target, over: r.Policy, reverse: r.Reverse}
-		p.mu.vm = r.Status
+		p := &protection{name: name, target: r.Target, reverse: r.Reverse}
+		p.mu.vm, p.mu.over = r.Status, r.Policy
 		a.mu.vms[name] = p
 	}
 	a.jobs.Interrupt("the agent stopped while it ran")
@@ -73,9 +73,9 @@ func (a *agent) persist() {
 	st := agentState{Version: agentStateVersion, Jobs: a.jobs}
 	for _, p := range a.protections() {
 		p.mu.Lock()
-		vm, reverse := *p.mu.vm, p.reverse
+		vm, reverse, over := *p.mu.vm, p.reverse, p.mu.over
 		p.mu.Unlock()
-		st.VMs = append(st.VMs, protectionRecord{Target: p.target, Policy: p.over, Status: &vm, Reverse: reverse})
+		st.VMs = append(st.VMs, protectionRecord{Target: p.target, Policy: over, Status: &vm, Reverse: reverse})
 	}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err == nil {

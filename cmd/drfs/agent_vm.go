@@ -56,7 +56,6 @@ type agent struct {
 type protection struct {
 	name   string
 	target string
-	over   overrides
 	store  targets.Store
 	repl   *replication
 	// reverse is the target at this site that the recovery site
@@ -73,7 +72,10 @@ type protection struct {
 
 	mu struct {
 		sync.Mutex
-		vm        *orchestrator.VM
+		vm *orchestrator.VM
+		// over: the settings drfs protect gave, over the configuration's;
+		// a later drfs protect of the VM changes them (changeSettings).
+		over      overrides
 		lastRound time.Time
 		job       uint64 // the job the VM's current stage runs as; 0 if none
 		// lastApp is when the last app-consistent cut was made, appErr why
@@ -280,10 +282,10 @@ func (a *agent) protect(req protectRequest) (orchestrator.Job, error) {
 	a.mu.Lock()
 	if p := a.mu.vms[vm]; p != nil {
 		a.mu.Unlock()
-		return orchestrator.Job{}, fmt.Errorf("%s is protected already (%s, target %s): drfs unprotect %s first to change that", vm, p.state(), p.target, vm)
+		return orchestrator.Job{}, fmt.Errorf("%s is protected already (%s, target %s)", vm, p.state(), p.target)
 	}
-	p := &protection{name: vm, target: url, over: req.Policy}
-	p.mu.vm = orchestrator.NewVM(vm, pol)
+	p := &protection{name: vm, target: url}
+	p.mu.vm, p.mu.over = orchestrator.NewVM(vm, pol), req.Policy
 	now := a.clock.Now()
 	p.mu.vm.Apply(now, orchestrator.Protect{})
 	a.mu.vms[vm] = p // reserved: a second protect is refused, the log is kept
@@ -1276,13 +1278,13 @@ const hookTimeout = 2 * time.Minute
 // appConsistentDue reports whether p has an application-consistency hook
 // whose next run is due.
 func (a *agent) appConsistentDue(p *protection) bool {
-	if p.over.AppHook == "" {
-		return false
-	}
 	now := a.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.mu.lastApp.IsZero() || now.Sub(p.mu.lastApp) >= p.over.AppEvery
+	if p.mu.over.AppHook == "" {
+		return false
+	}
+	return p.mu.lastApp.IsZero() || now.Sub(p.mu.lastApp) >= p.mu.over.AppEvery
 }
 
 // appConsistentCut makes an app-consistent point of p when its hook is due:
@@ -1295,7 +1297,7 @@ func (a *agent) appConsistentCut(ctx context.Context, p *protection) {
 	if !a.appConsistentDue(p) {
 		return
 	}
-	hook := p.over.AppHook
+	hook := p.overrides().AppHook
 	now := a.clock.Now()
 	disks, _ := a.disksOf(p.name)
 	var paths []string

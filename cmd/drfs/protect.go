@@ -9,13 +9,13 @@ import (
 )
 
 type protectCmd struct {
-	VM        string        `arg:"" help:"VM to protect: a folder (or one-disk image) of the agent's source directory."`
+	VM        string        `arg:"" help:"VM to protect: a folder (or one-disk image) of the agent's source directory. For a VM protected already, the settings given change in place."`
 	Target    string        `placeholder:"URL" help:"Target to replicate to (default: the agent's target)."`
 	Interval  time.Duration `help:"Replication interval, 1s to 24h (30s, 5m and 15m are the usual choices; default: the agent's, 5m)."`
 	Retention time.Duration `help:"Keep recovery points this long, from the interval to 30 days (default: the agent's, 24h)."`
 	MaxPoints int           `name:"max-points" help:"Keep at most this many recovery points (default: no limit but the retention)."`
 	AppHook   string        `name:"app-consistent-hook" placeholder:"CMD" help:"Command run with DRFS_PHASE=freeze before a cut and DRFS_PHASE=thaw after it (DRFS_VM, DRFS_DISKS set), e.g. a script around virsh domfsfreeze/domfsthaw: that point is app-consistent."`
-	AppEvery  time.Duration `name:"app-consistent-every" default:"1h" help:"How often the app-consistency hook makes an app-consistent point (at most once per interval)."`
+	AppEvery  time.Duration `name:"app-consistent-every" help:"How often the app-consistency hook makes an app-consistent point (at most once per interval; default 1h)."`
 	Wait      bool          `help:"Wait until the VM is Protected (or its protection fails), showing progress."`
 	JSON      bool          `help:"Print the result as JSON: the job, and with --wait the VM's status at the end (progress goes to stderr)."`
 	socketFlag
@@ -27,6 +27,9 @@ type protectResult struct {
 	VM     string           `json:"vm"`
 	Job    orchestrator.Job `json:"job"`
 	Status *vmView          `json:"status,omitempty"`
+	// Changed: what changed in the settings of a VM protected already
+	// (no job then).
+	Changed string `json:"settings_changed,omitempty"`
 }
 
 func (c *protectCmd) Run() error {
@@ -34,11 +37,20 @@ func (c *protectCmd) Run() error {
 		return fmt.Errorf("--interval, --retention, --max-points and --app-consistent-every cannot be negative")
 	}
 	cl := newAgentClient(c.Socket)
-	job, err := cl.protect(protectRequest{VM: c.VM, Target: c.Target,
+	ans, err := cl.protect(protectRequest{VM: c.VM, Target: c.Target,
 		Policy: overrides{Interval: c.Interval, Retention: c.Retention, MaxPoints: c.MaxPoints, AppHook: c.AppHook, AppEvery: c.AppEvery}})
 	if err != nil {
 		return err
 	}
+	if ans.Changed != "" {
+		// Protected already: its settings changed in place.
+		if c.JSON {
+			return printJSON(protectResult{VM: c.VM, Changed: ans.Changed})
+		}
+		fmt.Println(ans.Changed)
+		return nil
+	}
+	job := ans.Job
 	res := protectResult{VM: c.VM, Job: job}
 	out := os.Stdout
 	if c.JSON {

@@ -156,6 +156,10 @@ type replication struct {
 		appConsistent map[string]map[uint64]bool
 		// consistent: the newest crash-consistent point committed, per VM.
 		consistent map[string]target.Point
+		// retention and maxPoints: how long and how many points are kept
+		// (the flags', until setKeep changes them).
+		retention time.Duration
+		maxPoints int
 	}
 }
 
@@ -196,6 +200,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	r.mu.unverified, r.mu.copiedWhole = map[string]bool{}, map[string]bool{}
 	r.mu.fuzzy, r.mu.now, r.mu.waitLogged = map[string]bool{}, map[string]bool{}, map[string]time.Time{}
 	r.mu.consistent = map[string]target.Point{}
+	r.mu.retention, r.mu.maxPoints = f.Retention, f.MaxPoints
 	known := map[string]bool{}
 	for _, vm := range log.Status() {
 		for _, d := range vm.Disks {
@@ -986,13 +991,29 @@ func (r *replication) shipped(s shipper.VMState) {
 	}
 }
 
+// setKeep changes how long and how many recovery points are kept, from
+// the next expiry on (a protected VM's new settings).
+func (r *replication) setKeep(retention time.Duration, maxPoints int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mu.retention, r.mu.maxPoints = retention, maxPoints
+}
+
+// keep returns how long and how many recovery points are kept.
+func (r *replication) keep() (time.Duration, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mu.retention, r.mu.maxPoints
+}
+
 // expire drops the points of vm older than the retention, and beyond
 // --max-points the oldest ones.
 func (r *replication) expire(vm string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	before := time.Now().Add(-r.flags.Retention)
-	if n := r.flags.MaxPoints; n > 0 {
+	retention, maxPoints := r.keep()
+	before := time.Now().Add(-retention)
+	if n := maxPoints; n > 0 {
 		points, err := r.store.Points(ctx, vm)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "drfs: %s: listing points to expire: %v\n", vm, err)

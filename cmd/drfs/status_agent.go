@@ -65,7 +65,10 @@ func printAgentStatus(w io.Writer, views []vmView) error {
 			detail = "resync: " + v.ResyncReason
 		}
 		if detail == "" && v.Target != "" {
-			detail = "every " + v.Interval + " to " + v.Target
+			detail = "every " + v.Interval + " to " + v.Target + ", points kept " + v.Retention
+			if v.MaxPoints > 0 {
+				detail += fmt.Sprintf(" (at most %d)", v.MaxPoints)
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.VM, v.Describe, v.Health.Level, rpo,
 			bytesString(v.LogBytes), bytesString(int64(v.BytesSent)), retry, detail)

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/drfs-project/drfs/orchestrator"
+)
+
+// protectAnswer is the agent's answer to drfs protect: the
+// enable-protection job of a VM it protects now, or, for a VM protected
+// already, what its new settings changed.
+type protectAnswer struct {
+	orchestrator.Job
+	Changed string `json:"settings_changed,omitempty"`
+}
+
+// overrides returns the settings drfs protect gave p.
+func (p *protection) overrides() overrides {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.over
+}
+
+// given reports whether o sets anything.
+func (o overrides) given() bool { return o != overrides{} }
+
+// merge returns o with the settings that next gives replaced.
+func (o overrides) merge(next overrides) overrides {
+	if next.Interval > 0 {
+		o.Interval = next.Interval
+	}
+	if next.Retention > 0 {
+		o.Retention = next.Retention
+	}
+	if next.MaxPoints > 0 {
+		o.MaxPoints = next.MaxPoints
+	}
+	if next.AppHook != "" {
+		o.AppHook = next.AppHook
+	}
+	if next.AppEvery > 0 {
+		o.AppEvery = next.AppEvery
+	}
+	if o.AppHook != "" && o.AppEvery <= 0 {
+		o.AppEvery = time.Hour
+	}
+	return o
+}
+
+// changeSettings changes the settings of p, a VM protected already, to
+// those req gives over its current ones: its policy (interval, retention,
+// max-points) and its application-consistency hook. Its lifecycle state,
+// change log, jobs and points are kept; the new interval paces the rounds
+// from the next one (which runs now), the new retention and max-points
+// expire points from the next round's ship on. The state file keeps them.
+// A new target is refused: the VM is unprotected and protected again for
+// that. It returns what changed, for people.
+func (a *agent) changeSettings(p *protection, req protectRequest) (string, error) {
+	vm := p.name
+	if req.Target != "" && req.Target != p.target {
+		return "", fmt.Errorf("%s replicates to %s: its target cannot be changed in place; run drfs unprotect %s, then drfs protect %s --target %s "+
+			"(the new target gets an initial copy from a snapshot; the recovery points on %s are kept)", vm, p.target, vm, vm, req.Target, p.target)
+	}
+	if !req.Policy.given() {
+		return "", fmt.Errorf("%s is protected already (%s, target %s): give --interval, --retention, --max-points or --app-consistent-hook/--app-consistent-every to change its settings, or drfs unprotect %s first",
+			vm, p.state(), p.target, vm)
+	}
+	p.mu.Lock()
+	old, oldPol := p.mu.over, p.mu.vm.Policy()
+	p.mu.Unlock()
+	next := old.merge(req.Policy)
+	if next.AppHook == "" && req.Policy.AppEvery > 0 {
+		return "", errors.New("--app-consistent-every needs an application-consistency hook: give --app-consistent-hook CMD too")
+	}
+	pol := a.policy(vm, next)
+	if err := pol.Validate(); err != nil {
+		return "", err
+	}
+	changed, same := oldPol.Changes(pol)
+	if next.AppHook != old.AppHook {
+		changed = append(changed, fmt.Sprintf("app-consistent-hook %s → %q", quotedOrNone(old.AppHook), next.AppHook))
+	}
+	if next.AppEvery != old.AppEvery {
+		changed = append(changed, fmt.Sprintf("app-consistent-every %s → %s", durationOrNone(old.AppEvery), orchestrator.FormatDuration(next.AppEvery)))
+	}
+	if len(changed) == 0 {
+		return fmt.Sprintf("%s: settings unchanged (%s)", vm, strings.Join(same, ", ")), nil
+	}
+	p.mu.Lock()
+	p.mu.over = next
+	p.mu.vm.SetPolicy(pol)
+	p.mu.Unlock()
+	if p.repl != nil {
+		p.repl.setKeep(pol.Retention, pol.MaxPoints)
+	}
+	a.persist()
+	p.poke() // the next round, at once, starts the new interval
+	msg := vm + ": " + strings.Join(changed, "; ")
+	if len(same) > 0 {
+		msg += "; unchanged: " + strings.Join(same, ", ")
+	}
+	fmt.Fprintf(os.Stderr, "drfs: %s\n", msg)
+	return msg, nil
+}
+
+func quotedOrNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+func durationOrNone(d time.Duration) string {
+	if d <= 0 {
+		return "none"
+	}
+	return orchestrator.FormatDuration(d)
+}

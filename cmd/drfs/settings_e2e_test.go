@@ -1,0 +1,123 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/drfs-project/drfs/orchestrator"
+	"github.com/drfs-project/drfs/target"
+)
+
+// pointsOf returns the recovery points of vm on tgt (drfs points --json).
+func pointsOf(t *testing.T, tgt, vm string) []target.Point {
+	t.Helper()
+	out, err := exec.Command(drfsBin, "points", "--target", tgt, vm, "--json").Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("drfs points %s: %v\n%s%s", vm, err, out, stderr)
+	}
+	var all map[string][]target.Point
+	if err := json.Unmarshal(out, &all); err != nil {
+		t.Fatalf("drfs points --json: %v\n%s", err, out)
+	}
+	return all[vm]
+}
+
+// TestProtectSettings: drfs protect of a VM protected already changes its
+// interval, retention and max-points in place, says what changed, keeps
+// its state and points, and the new settings take effect from the next
+// round and survive a restart (kept in the agent's state); a new target is
+// refused with what to do instead.
+func TestProtectSettings(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	tgt := "dir://" + filepath.Join(filepath.Dir(d.state), "target")
+	socket := filepath.Join(filepath.Dir(d.state), "agent.sock")
+	a := startAgent(t, d, socket, "--target", tgt, "--resync-window", "always")
+	if out, err := drfsRun(t, "protect", "vm1", "--interval", "2s", "--wait", "--socket", socket); err != nil {
+		t.Fatalf("drfs protect: %v\n%s\n%s", err, out, a.stderr)
+	}
+	disk := filepath.Join(d.mnt, "vm1", "disk.img")
+	write := func(n int) {
+		f, err := os.OpenFile(disk, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		buf := make([]byte, 4096)
+		for i := range n {
+			buf[0] = byte(i + 1)
+			if _, err := f.WriteAt(buf, int64(i)*1<<20); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(4)
+
+	out, err := drfsRun(t, "protect", "vm1", "--interval", "1s", "--retention", "1h", "--max-points", "2", "--socket", socket)
+	if err != nil {
+		t.Fatalf("drfs protect vm1 --interval 1s (protected already): %v\n%s\n%s", err, out, a.stderr)
+	}
+	for _, want := range []string{"vm1: interval 2s → 1s", "retention 24h → 1h", "max-points no limit → 2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("drfs protect with new settings says %q, want %q", out, want)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		v := vmStatus(t, socket, "vm1")
+		if v.Interval != "1s" || v.Retention != "1h" || v.MaxPoints != 2 || v.Target != tgt {
+			t.Errorf("%s: status shows interval %q, retention %q, max-points %d, target %q; want 1s, 1h, 2, %s",
+				when, v.Interval, v.Retention, v.MaxPoints, v.Target, tgt)
+		}
+		if v.State != orchestrator.Protected {
+			t.Errorf("%s: vm1 is %s, want Protected", when, v.State)
+		}
+	}
+	check("after the change")
+	if out, _ := drfsRun(t, "status", "vm1", "--socket", socket); !strings.Contains(out, "every 1s to "+tgt+", points kept 1h (at most 2)") {
+		t.Errorf("drfs status does not show the new settings:\n%s", out)
+	}
+	if out, err := drfsRun(t, "protect", "vm1", "--retention", "1h", "--socket", socket); err != nil || !strings.Contains(out, "settings unchanged") {
+		t.Errorf("drfs protect with the same settings: %v\n%s", err, out)
+	}
+
+	// The new max-points expires the older points from the next rounds
+	// (counted once the agent let go of the target).
+	for range 4 {
+		write(2)
+		time.Sleep(1500 * time.Millisecond)
+	}
+	a.stop(t)
+	if n := len(pointsOf(t, tgt, "vm1")); n < 1 || n > 2 {
+		t.Errorf("%d points of vm1 on the target with max-points 2\n%s", n, a.stderr)
+	}
+	a = startAgent(t, d, socket, "--target", tgt, "--resync-window", "always")
+	waitState(t, a, "vm1", orchestrator.Protected)
+	check("after a restart")
+
+	// A new target is refused, with what to do instead; so is nothing to
+	// change, and a policy that does not hold.
+	other := "dir://" + filepath.Join(filepath.Dir(d.state), "other")
+	if out, err := drfsRun(t, "protect", "vm1", "--target", other, "--socket", socket); err == nil || !strings.Contains(out, "drfs unprotect vm1, then drfs protect vm1 --target "+other) {
+		t.Errorf("drfs protect with a new target: %v\n%s", err, out)
+	}
+	if out, err := drfsRun(t, "protect", "vm1", "--socket", socket); err == nil || !strings.Contains(out, "protected already") {
+		t.Errorf("drfs protect with no setting: %v\n%s", err, out)
+	}
+	if out, err := drfsRun(t, "protect", "vm1", "--interval", "2h", "--socket", socket); err == nil || !strings.Contains(out, "retention 1h is out of range") {
+		t.Errorf("drfs protect with an interval over the retention: %v\n%s", err, out)
+	}
+	check("after refused changes")
+
+	a.stop(t)
+	verifyInSync(t, tgt, d.src, "vm1")
+}
