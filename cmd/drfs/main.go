@@ -33,7 +33,7 @@ type cli struct {
 	Log       logCmd       `cmd:"" help:"Show the change log of a state directory: generations, blocks, bytes, resync flags."`
 	Status    statusCmd    `cmd:"" help:"Show the protection of the agent VMs (state, health, RPO, log, next retry), or the replication of a running mount."`
 	Rotate    rotateCmd    `cmd:"" help:"Freeze the active generation of a VM on a running mount."`
-	Points    pointsCmd    `cmd:"" help:"List the recovery points of VMs on a target."`
+	Points    pointsCmd    `cmd:"" help:"List the recovery points of VMs on a target (drfs points mount: look into one read-only)."`
 	Restore   restoreCmd   `cmd:"" help:"Write a VM's disks as they were at a recovery point into a directory."`
 	Failover  failoverCmd  `cmd:"" help:"Fail a VM or a recovery plan over to its replica (unplanned, or a test copy); drfs failover cleanup removes a test copy."`
 	Plan      planCmd      `cmd:"" help:"Check a recovery plan file (validate), or let a running plan go on past a manual step (continue)."`

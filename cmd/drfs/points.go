@@ -11,14 +11,21 @@ import (
 	"github.com/drfs-project/drfs/target"
 )
 
+// pointsCmd lists recovery points (the default), or mounts one.
 type pointsCmd struct {
+	List   pointsListCmd   `cmd:"" default:"withargs" help:"List the recovery points of VMs on a target (the default)."`
+	Mount  pointsMountCmd  `cmd:"" help:"Mount a recovery point's disks read-only, served from the target without a copy (file-level restore, a look at an older point)."`
+	Umount pointsUmountCmd `cmd:"" help:"Unmount a point mounted by drfs points mount."`
+}
+
+type pointsListCmd struct {
 	Target string `required:"" env:"DRFS_TARGET" placeholder:"URL" help:"Target: dir:///path or https://host:port."`
 	VM     string `arg:"" optional:"" help:"Only this VM (default: every VM on the target)."`
 	JSON   bool   `help:"Print JSON."`
 	targets.TLS
 }
 
-func (c *pointsCmd) Run() error {
+func (c *pointsListCmd) Run() error {
 	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
 		return err
