@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"os/exec"
@@ -39,8 +40,28 @@ type failoverStartCmd struct {
 	DryRun   bool   `help:"Print what would happen, in order, and change nothing."`
 	StateDir string `default:"/var/lib/drfs/plans" type:"path" placeholder:"DIR" help:"Where a running plan says it waits at a manual step, for drfs plan continue."`
 	StopHook string `name:"stop-hook" placeholder:"CMD" help:"Planned: command (sh -c) that stops the VM first, with DRFS_VM and DRFS_DISKS set, e.g. virsh shutdown --mode acpi."`
+	JSON     bool   `help:"Print the result as JSON: the point chosen, the directory, the disks, the RTO and the hook's result, or each VM and step of a plan (messages and hooks' output go to stderr; the exit status is the same)."`
 	targets.TLS
 	socketFlag
+}
+
+// failoverResult is the JSON of the failover of one VM.
+type failoverResult struct {
+	copyReport
+	Type   orchestrator.FailoverType `json:"type"`
+	Target string                    `json:"target"`
+	DryRun bool                      `json:"dry_run,omitempty"`
+	// RTOSeconds is how long materialising the point took, before the hook.
+	RTOSeconds float64     `json:"rto_seconds"`
+	Hook       *hookResult `json:"hook,omitempty"`
+}
+
+// hookResult is how a hook ran.
+type hookResult struct {
+	Command        string  `json:"command"`
+	ExitCode       int     `json:"exit_code"`
+	ElapsedSeconds float64 `json:"elapsed_seconds"`
+	Error          string  `json:"error,omitempty"`
 }
 
 // markerName is the file a failover leaves in its directory: what it is,
@@ -75,8 +96,14 @@ func (e *hookError) Unwrap() error { return e.err }
 
 func (c *failoverStartCmd) Run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := c.run(ctx)
+	report, err := c.run(ctx)
 	stop()
+	if c.JSON && report != nil {
+		// Also when a hook or a plan's step failed: what was done.
+		if jerr := printJSON(report); jerr != nil && err == nil {
+			err = jerr
+		}
+	}
 	code := 1
 	var he *hookError
 	if errors.As(err, &he) && he.code > 0 {
@@ -94,54 +121,76 @@ func (c *failoverStartCmd) Run() error {
 	return err
 }
 
-func (c *failoverStartCmd) run(ctx context.Context) error {
+// run does the failover and returns its report for --json (nil when it
+// did nothing worth one).
+func (c *failoverStartCmd) run(ctx context.Context) (any, error) {
 	typ, err := orchestrator.ParseFailoverType(c.Type)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if typ == orchestrator.Planned {
 		return c.runPlanned(ctx)
 	}
 	if c.Target == "" {
-		return errors.New("give the target with --target URL (the recovery site's replicas)")
+		return nil, errors.New("give the target with --target URL (the recovery site's replicas)")
 	}
 	if c.To == "" {
-		return errors.New("give the directory to write the disks into with --to DIR")
+		return nil, errors.New("give the directory to write the disks into with --to DIR")
 	}
 	if (c.VM == "") == (c.Plan == "") {
-		return errors.New("name one VM, or a recovery plan with --plan FILE")
+		return nil, errors.New("name one VM, or a recovery plan with --plan FILE")
 	}
 	if err := checkEmptyDir(c.To); err != nil {
-		return err
+		return nil, err
 	}
 	if err := c.checkIsolated(); err != nil {
-		return err
+		return nil, err
 	}
 	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer store.Close()
 	if c.Plan != "" {
-		return c.runPlan(ctx, store, typ)
+		res, err := c.runPlan(ctx, store, typ)
+		if res == nil {
+			return nil, err
+		}
+		return res, err
 	}
 	j, err := c.prepare(ctx, store, typ, c.VM, c.To)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if c.DryRun {
-		fmt.Println(j.describe())
-		return nil
+		if !c.JSON {
+			fmt.Println(j.describe())
+		}
+		res := j.report()
+		res.DryRun = true
+		return res, nil
 	}
 	created, err := makeDir(c.To)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	_, err = j.run(ctx)
 	if err != nil && created && j.m.Disks == nil {
 		os.RemoveAll(c.To)
 	}
-	return err
+	if j.res == nil {
+		return nil, err
+	}
+	return j.res, err
+}
+
+// hookOutput is where hooks write their standard output: stderr with
+// --json, whose standard output is the JSON alone.
+func (c *failoverStartCmd) hookOutput() io.Writer {
+	if c.JSON {
+		return os.Stderr
+	}
+	return os.Stdout
 }
 
 // checkIsolated refuses a directory inside a directory target: a failover
@@ -167,7 +216,10 @@ type vmFailover struct {
 	replicas  string // where to clone from, or ""
 	dir       string
 	hook      string
+	hookOut   io.Writer // the hook's standard output
 	m         materialized
+	res       *failoverResult // once materialised
+	err       error           // of run
 }
 
 // prepare checks everything about the failover of vm into dir that can be
@@ -185,7 +237,13 @@ func (c *failoverStartCmd) prepare(ctx context.Context, store target.Store, typ 
 		return nil, fmt.Errorf("%s point %s is a fuzzy copy (%s), not a consistent state: choose a later point, or add --force", vm, p.ID(), p.Kind)
 	}
 	return &vmFailover{typ: typ, targetURL: c.Target, store: store, vm: vm, point: p,
-		replicas: reflinkSource(c.Target, vm, points, p), dir: dir, hook: c.Hook}, nil
+		replicas: reflinkSource(c.Target, vm, points, p), dir: dir, hook: c.Hook, hookOut: c.hookOutput()}, nil
+}
+
+// report is what the failover did so far (before run, what it will do).
+func (j *vmFailover) report() failoverResult {
+	return failoverResult{copyReport: newCopyReport(j.vm, j.point, j.dir, j.m), Type: j.typ,
+		Target: redactURL(j.targetURL), RTOSeconds: j.m.Took.Seconds()}
 }
 
 func (j *vmFailover) describe() string {
@@ -218,6 +276,8 @@ func (j *vmFailover) run(ctx context.Context) (string, error) {
 	if err := writeMarker(j.dir, mk); err != nil {
 		return "", err
 	}
+	res := j.report()
+	j.res = &res
 	done := fmt.Sprintf("%s failed over (%s) at point %s into %s: %d disk(s), materialised in %v (RTO), %s written, %s",
 		j.vm, j.typ, p.ID(), j.dir, len(p.Disks), m.Took.Round(time.Millisecond), bytesString(m.Written), m.method())
 	if m.Cloned > 0 {
@@ -235,7 +295,13 @@ func (j *vmFailover) run(ctx context.Context) (string, error) {
 		"DRFS_DISKS=" + strings.Join(m.Disks, " "),
 	}
 	fmt.Fprintf(os.Stderr, "drfs: %s: running hook: %s\n", j.vm, j.hook)
-	if err := runHook(ctx, j.hook, env); err != nil {
+	out := j.hookOut
+	if out == nil {
+		out = os.Stdout
+	}
+	hr, err := runHookTo(ctx, j.hook, env, out)
+	res.Hook = &hr
+	if err != nil {
 		return done, fmt.Errorf("%s: %w (the materialised disks stay in %s)", j.vm, err, j.dir)
 	}
 	return done + "; hook ran", nil
@@ -243,21 +309,30 @@ func (j *vmFailover) run(ctx context.Context) (string, error) {
 
 // runHook runs cmd with sh -c, its output shown, env added to drfs's.
 func runHook(ctx context.Context, cmd string, env []string) error {
+	_, err := runHookTo(ctx, cmd, env, os.Stdout)
+	return err
+}
+
+// runHookTo runs cmd as runHook does, its standard output to out, and
+// says how it ran.
+func runHookTo(ctx context.Context, cmd string, env []string, out io.Writer) (hookResult, error) {
 	c := exec.CommandContext(ctx, "sh", "-c", cmd)
-	c.Stdout, c.Stderr = os.Stdout, os.Stderr
+	c.Stdout, c.Stderr = out, os.Stderr
 	c.Env = append(os.Environ(), env...)
 	start := time.Now()
 	err := c.Run()
+	hr := hookResult{Command: cmd, ElapsedSeconds: time.Since(start).Seconds()}
 	if err == nil {
 		fmt.Fprintf(os.Stderr, "drfs: hook %q done in %v\n", cmd, time.Since(start).Round(time.Millisecond))
-		return nil
+		return hr, nil
 	}
 	code := 1
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() > 0 {
 		code = ee.ExitCode()
 	}
-	return &hookError{cmd: cmd, code: code, err: err}
+	hr.ExitCode, hr.Error = code, err.Error()
+	return hr, &hookError{cmd: cmd, code: code, err: err}
 }
 
 func writeMarker(dir string, mk failoverMarker) error {
@@ -293,28 +368,65 @@ func redactURL(s string) string {
 }
 
 type failoverCleanupCmd struct {
-	Dir string `arg:"" type:"path" help:"Directory a test failover (of a VM or a plan) materialised into."`
+	Dir  string `arg:"" type:"path" help:"Directory a test failover (of a VM or a plan) materialised into."`
+	JSON bool   `help:"Print what was removed and what was kept as JSON."`
+}
+
+// cleanupResult is what drfs failover cleanup removed and kept.
+type cleanupResult struct {
+	Dir  string   `json:"dir"`
+	VM   string   `json:"vm,omitempty"`
+	Plan string   `json:"plan,omitempty"`
+	VMs  []string `json:"vms,omitempty"` // of the plan
+	// Removed are the disks, markers and directories removed; Kept what
+	// drfs did not write, left in place.
+	Removed    []string `json:"removed"`
+	Kept       []string `json:"kept"`
+	DirRemoved bool     `json:"dir_removed"`
 }
 
 // Run removes what the test failover wrote in Dir (its disks and marker),
 // then Dir if nothing else is left; files drfs did not write stay, and are
 // named.
 func (c *failoverCleanupCmd) Run() error {
-	mk, err := readMarker(c.Dir)
+	res, err := cleanup(c.Dir)
 	if err != nil {
 		return err
 	}
+	what := "VM " + res.VM
+	if res.Plan != "" {
+		what = "plan " + res.Plan
+	}
+	if len(res.Kept) > 0 {
+		fmt.Fprintf(os.Stderr, "drfs: removed the test failover of %s; kept what drfs did not write: %s\n", what, strings.Join(res.Kept, " "))
+	} else {
+		fmt.Fprintf(os.Stderr, "drfs: removed the test failover of %s (%s)\n", what, c.Dir)
+	}
+	if c.JSON {
+		return printJSON(res)
+	}
+	return nil
+}
+
+// cleanup removes the test failover in dir.
+func cleanup(dir string) (cleanupResult, error) {
+	res := cleanupResult{Dir: dir, Removed: []string{}, Kept: []string{}}
+	mk, err := readMarker(dir)
+	if err != nil {
+		return res, err
+	}
+	res.VM, res.Plan, res.VMs = mk.VM, mk.Plan, mk.VMs
 	if mk.Type != orchestrator.Test {
 		what := "VM " + mk.VM
 		if mk.Plan != "" {
 			what = "plan " + mk.Plan
 		}
-		return fmt.Errorf("%s holds the %s failover of %s: those are the VM's disks now, not a test copy; drfs failover cleanup removes only test failovers", c.Dir, mk.Type, what)
+		return res, fmt.Errorf("%s holds the %s failover of %s: those are the VM's disks now, not a test copy; drfs failover cleanup removes only test failovers", dir, mk.Type, what)
 	}
-	var left []string
+	var left, removed []string
 	if mk.Plan != "" {
 		for _, vm := range mk.VMs {
-			sub := filepath.Join(c.Dir, vm)
+			sub := filepath.Join(dir, vm)
 			if _, err := os.Stat(sub); errors.Is(err, os.ErrNotExist) {
 				continue // the plan stopped before it
 			}
@@ -323,33 +435,36 @@ func (c *failoverCleanupCmd) Run() error {
 				err = fmt.Errorf("%s: its marker does not name a test failover of %s: not removing it", sub, vm)
 			}
 			if err != nil {
-				return err
+				return res, err
 			}
-			l, err := cleanupVM(sub, vmk)
+			r, l, err := cleanupVM(sub, vmk)
+			removed = append(removed, r...)
 			if err != nil {
-				return err
+				return res, err
 			}
 			left = append(left, l...)
 		}
-	} else if left, err = cleanupVM(c.Dir, mk); err != nil {
-		return err
+	} else if removed, left, err = cleanupVM(dir, mk); err != nil {
+		return res, err
 	}
-	if err := os.Remove(filepath.Join(c.Dir, markerName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	res.Removed = append(res.Removed, removed...)
+	marker := filepath.Join(dir, markerName)
+	if err := os.Remove(marker); err == nil {
+		res.Removed = append(res.Removed, marker)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return res, err
 	}
-	if err := os.Remove(c.Dir); err != nil {
-		left = append(left, leftIn(c.Dir, left)...)
+	switch err := os.Remove(dir); {
+	case err == nil:
+		res.Removed = append(res.Removed, dir)
+		res.DirRemoved = true
+	case errors.Is(err, os.ErrNotExist):
+		res.DirRemoved = true // with its VM's disks
+	default:
+		left = append(left, leftIn(dir, left)...)
 	}
-	what := "VM " + mk.VM
-	if mk.Plan != "" {
-		what = "plan " + mk.Plan
-	}
-	if len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "drfs: removed the test failover of %s; kept what drfs did not write: %s\n", what, strings.Join(left, " "))
-		return nil
-	}
-	fmt.Fprintf(os.Stderr, "drfs: removed the test failover of %s (%s)\n", what, c.Dir)
-	return nil
+	res.Kept = append(res.Kept, left...)
+	return res, nil
 }
 
 // leftIn returns what is in dir and not named in listed already: neither
@@ -369,38 +484,44 @@ func leftIn(dir string, listed []string) []string {
 }
 
 // cleanupVM removes the disks and marker of one VM's test failover in dir,
-// and dir if it is then empty; it returns what was left.
-func cleanupVM(dir string, mk failoverMarker) ([]string, error) {
+// and dir if it is then empty; it returns what it removed and what was
+// left.
+func cleanupVM(dir string, mk failoverMarker) (removed, left []string, err error) {
 	for _, d := range mk.Disks {
 		if !filepath.IsLocal(filepath.FromSlash(d)) {
-			return nil, fmt.Errorf("%s: %s names disk %q outside the directory: not removing anything", dir, markerName, d)
+			return nil, nil, fmt.Errorf("%s: %s names disk %q outside the directory: not removing anything", dir, markerName, d)
 		}
 	}
 	for _, d := range mk.Disks {
 		path := filepath.Join(dir, filepath.FromSlash(d))
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, err
+		if err := os.Remove(path); err == nil {
+			removed = append(removed, path)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return removed, nil, err
 		}
 		// Directories of disk names (a/b.img), when empty.
 		for p := filepath.Dir(path); p != dir && strings.HasPrefix(p, dir); p = filepath.Dir(p) {
 			if os.Remove(p) != nil {
 				break
 			}
+			removed = append(removed, p)
 		}
 	}
-	if err := os.Remove(filepath.Join(dir, markerName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+	marker := filepath.Join(dir, markerName)
+	if err := os.Remove(marker); err == nil {
+		removed = append(removed, marker)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return removed, nil, err
 	}
 	if os.Remove(dir) == nil {
-		return nil, nil
+		return append(removed, dir), nil, nil
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, err
+		return removed, nil, err
 	}
-	var left []string
 	for _, e := range entries {
 		left = append(left, filepath.Join(dir, e.Name()))
 	}
-	return left, nil
+	return removed, left, nil
 }

@@ -20,33 +20,100 @@ import (
 	"github.com/drfs-project/drfs/target"
 )
 
+// planFailoverResult is the JSON of drfs failover --plan: each step, and
+// each VM with what became of it.
+type planFailoverResult struct {
+	Plan   string                    `json:"plan"`
+	Type   orchestrator.FailoverType `json:"type"`
+	Target string                    `json:"target"`
+	Dir    string                    `json:"dir"`
+	DryRun bool                      `json:"dry_run,omitempty"`
+	// Completed: every step ran; otherwise Error says which failed and why.
+	Completed      bool           `json:"completed"`
+	Error          string         `json:"error,omitempty"`
+	ElapsedSeconds float64        `json:"elapsed_seconds"`
+	Steps          []planStepJSON `json:"steps"`
+	VMs            []planVMResult `json:"vms"`
+}
+
+// planVMResult is one VM of a plan's failover.
+type planVMResult struct {
+	// Status is failed_over, failed or not_run (planned, in a dry run).
+	Status string `json:"status"`
+	Error  string `json:"error,omitempty"`
+	failoverResult
+}
+
+// planReport says what the run of plan did: the steps before failed done,
+// failed (its number; 0 for none) with err, the rest not run.
+func planReport(c *failoverStartCmd, plan *orchestrator.Plan, typ orchestrator.FailoverType, jobs map[string]*vmFailover, failed int, err error, took time.Duration) *planFailoverResult {
+	res := &planFailoverResult{Plan: plan.Name, Type: typ, Target: redactURL(c.Target), Dir: c.To, DryRun: c.DryRun,
+		Completed: !c.DryRun && failed == 0, ElapsedSeconds: took.Seconds(), VMs: []planVMResult{}}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	for _, s := range plan.Steps() {
+		st := planStep(plan, s)
+		switch {
+		case c.DryRun:
+		case failed == 0 || s.N < failed:
+			st.Status = "done"
+		case s.N == failed:
+			st.Status, st.Error = "failed", res.Error
+		default:
+			st.Status = "not_run"
+		}
+		res.Steps = append(res.Steps, st)
+	}
+	for _, vm := range plan.VMs() {
+		j := jobs[vm]
+		r := planVMResult{Status: "not_run", failoverResult: j.report()}
+		if j.res != nil {
+			r.failoverResult = *j.res
+		}
+		r.DryRun = c.DryRun
+		switch {
+		case j.err != nil:
+			r.Status, r.Error = "failed", j.err.Error()
+		case j.res != nil:
+			r.Status = "failed_over"
+		}
+		res.VMs = append(res.VMs, r)
+	}
+	return res
+}
+
 // runPlan fails the VMs of a recovery plan over, group after group. Every
 // VM's point is chosen before anything is written, so that bad input
-// changes nothing; a failed step stops the plan with what was done.
-func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ orchestrator.FailoverType) error {
+// changes nothing; a failed step stops the plan with what was done. The
+// report is nil where the plan did not start.
+func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ orchestrator.FailoverType) (*planFailoverResult, error) {
 	plan, err := loadPlan(c.Plan)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := strconv.ParseUint(c.Point, 10, 64); err == nil {
-		return fmt.Errorf("--point %s: a point number is one VM's; for a plan give latest, latest-processed or a time", c.Point)
+		return nil, fmt.Errorf("--point %s: a point number is one VM's; for a plan give latest, latest-processed or a time", c.Point)
 	}
 	known, err := store.VMs(ctx)
 	if err != nil {
-		return fmt.Errorf("VMs on %s: %w", c.Target, err)
+		return nil, fmt.Errorf("VMs on %s: %w", c.Target, err)
 	}
 	if err := plan.CheckVMs(known); err != nil {
-		return err
+		return nil, err
 	}
 	jobs := map[string]*vmFailover{}
 	for _, vm := range plan.VMs() {
 		j, err := c.prepare(ctx, store, typ, vm, filepath.Join(c.To, vm))
 		if err != nil {
-			return fmt.Errorf("plan %s: %w", plan.Name, err)
+			return nil, fmt.Errorf("plan %s: %w", plan.Name, err)
 		}
 		jobs[vm] = j
 	}
 	steps := plan.Steps()
+	if c.DryRun && c.JSON {
+		return planReport(c, plan, typ, jobs, 0, nil, 0), nil
+	}
 	if c.DryRun {
 		fmt.Printf("plan %s: %s failover into %s, %d steps (dry run: nothing is changed)\n", plan.Name, typ, c.To, len(steps))
 		for _, s := range steps {
@@ -58,23 +125,23 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 				fmt.Printf("   waits for: drfs plan continue %s\n", plan.Name)
 			}
 		}
-		return nil
+		return nil, nil
 	}
 
 	lock, err := lockPlan(c.StateDir, plan.Name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer lock.Close()
 	created, err := makeDir(c.To)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := writeMarker(c.To, failoverMarker{Type: typ, Target: redactURL(c.Target), Time: time.Now().UTC(), Plan: plan.Name, VMs: plan.VMs()}); err != nil {
 		if created {
 			os.RemoveAll(c.To)
 		}
-		return err
+		return nil, err
 	}
 	start := time.Now()
 	run := orchestrator.NewPlanRun(plan)
@@ -88,13 +155,13 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 		var err error
 		switch s.Kind {
 		case orchestrator.StepHook:
-			err = runHook(ctx, s.Command, []string{
+			_, err = runHookTo(ctx, s.Command, []string{
 				"DRFS_PLAN=" + plan.Name,
 				"DRFS_GROUP=" + g.Name,
 				"DRFS_FAILOVER_TYPE=" + string(typ),
 				"DRFS_DIR=" + c.To,
 				"DRFS_VMS=" + strings.Join(g.VMs, " "),
-			})
+			}, c.hookOutput())
 			if err == nil {
 				run.Record(fmt.Sprintf("%s %s hook ran: %s", g.Name, s.Phase, s.Command))
 			}
@@ -107,12 +174,12 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 			err = failoverGroup(ctx, s.VMs, jobs, run)
 		}
 		if err != nil {
-			return run.Fail(err)
+			return planReport(c, plan, typ, jobs, s.N, err, time.Since(start)), run.Fail(err)
 		}
 		run.Done()
 	}
 	fmt.Fprintf(os.Stderr, "drfs: plan %s done in %v: %d steps, VMs %s in %s\n", plan.Name, time.Since(start).Round(time.Millisecond), run.Len(), strings.Join(plan.VMs(), " "), c.To)
-	return nil
+	return planReport(c, plan, typ, jobs, 0, nil, time.Since(start)), nil
 }
 
 // failoverGroup fails the VMs of a group over in parallel, each into its
@@ -126,9 +193,10 @@ func failoverGroup(ctx context.Context, vms []string, jobs map[string]*vmFailove
 			j := jobs[vm]
 			if err := os.Mkdir(j.dir, 0o755); err != nil {
 				errs[i] = err
-				return
+			} else {
+				done[i], errs[i] = j.run(ctx)
 			}
-			done[i], errs[i] = j.run(ctx)
+			j.err = errs[i]
 		})
 	}
 	wg.Wait()
@@ -142,25 +210,43 @@ func failoverGroup(ctx context.Context, vms []string, jobs map[string]*vmFailove
 
 // loadPlan reads and checks a plan file, printing each mistake.
 func loadPlan(file string) (*orchestrator.Plan, error) {
-	data, err := os.ReadFile(file)
+	plan, mistakes, err := parsePlanFile(file)
 	if err != nil {
 		return nil, err
+	}
+	return plan, reportMistakes(file, mistakes)
+}
+
+// parsePlanFile reads and checks a plan file: the plan, or the mistakes
+// found in it; err is a file that cannot be read.
+func parsePlanFile(file string) (*orchestrator.Plan, []error, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, nil, err
 	}
 	plan, err := orchestrator.ParsePlan(file, data)
 	if err != nil {
-		var errs []error
 		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			errs = j.Unwrap()
+			return nil, j.Unwrap(), nil
 		}
-		if len(errs) > 1 {
-			for _, e := range errs {
-				fmt.Fprintln(os.Stderr, e)
-			}
-			return nil, fmt.Errorf("%s: %d mistakes (above)", file, len(errs))
-		}
-		return nil, err
+		return nil, []error{err}, nil
 	}
-	return plan, nil
+	return plan, nil, nil
+}
+
+// reportMistakes is the error of a plan file's mistakes, each printed on
+// stderr when there are several; nil for none.
+func reportMistakes(file string, mistakes []error) error {
+	switch len(mistakes) {
+	case 0:
+		return nil
+	case 1:
+		return mistakes[0]
+	}
+	for _, e := range mistakes {
+		fmt.Fprintln(os.Stderr, e)
+	}
+	return fmt.Errorf("%s: %d mistakes (above)", file, len(mistakes))
 }
 
 // The rendezvous of a manual step, in the state directory:

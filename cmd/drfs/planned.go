@@ -10,18 +10,32 @@ import (
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
+// plannedResult is the JSON of a planned failover: the agent's job, whose
+// message says what it did.
+type plannedResult struct {
+	VM     string                    `json:"vm"`
+	Type   orchestrator.FailoverType `json:"type"`
+	Dir    string                    `json:"dir,omitempty"`
+	DryRun bool                      `json:"dry_run,omitempty"`
+	Job    *orchestrator.Job         `json:"job,omitempty"`
+}
+
 // runPlanned asks the source's agent for a planned failover of c.VM: its
 // writes held, its last generation shipped and checked against the disks,
 // the replica materialised in c.To. The agent does it all: it holds the
 // target open.
-func (c *failoverStartCmd) runPlanned(ctx context.Context) error {
+func (c *failoverStartCmd) runPlanned(ctx context.Context) (any, error) {
 	if c.VM == "" || c.Plan != "" {
-		return errors.New("a planned failover names one VM (the agent protecting it runs it)")
+		return nil, errors.New("a planned failover names one VM (the agent protecting it runs it)")
+	}
+	res := plannedResult{VM: c.VM, Type: orchestrator.Planned, Dir: c.To, DryRun: c.DryRun}
+	if c.DryRun && c.JSON {
+		return res, nil
 	}
 	if c.DryRun {
 		fmt.Printf("planned failover of %s: hold its writes%s, ship its last generation, check it against the disks chunk by chunk, materialise it in %s%s\n",
 			c.VM, map[bool]string{true: " (after the stop hook)", false: ""}[c.StopHook != ""], c.To, map[bool]string{true: ", run the hook", false: ""}[c.Hook != ""])
-		return nil
+		return nil, nil
 	}
 	cl := newAgentClient(c.Socket)
 	cl.http.Timeout = 0 // the job takes as long as shipping and checking take
@@ -46,10 +60,13 @@ func (c *failoverStartCmd) runPlanned(ctx context.Context) error {
 	job, err := cl.failover(failoverRequest{VM: c.VM, To: c.To, Hook: c.Hook, StopHook: c.StopHook})
 	close(done)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	fmt.Printf("%s: %s\n", c.VM, job.Message)
-	return nil
+	if !c.JSON {
+		fmt.Printf("%s: %s\n", c.VM, job.Message)
+	}
+	res.Job = &job
+	return res, nil
 }
 
 // activeJob returns vm's unfinished job of kind.

@@ -24,7 +24,58 @@ type restoreCmd struct {
 	Point  string `default:"latest" placeholder:"ID|latest|latest-processed|TIME" help:"Recovery point: its number (drfs points), latest for the newest crash-consistent one, latest-processed for the newest of any kind, or a time (RFC 3339, or relative as -1h) for the newest consistent one cut at or before it."`
 	To     string `required:"" placeholder:"DIR" type:"path" help:"Directory to write the VM's disks into; it must not exist or be empty."`
 	Force  bool   `help:"Restore a point that is only a fuzzy copy (initial replication or resync)."`
+	JSON   bool   `help:"Print what was restored as JSON (progress goes to stderr)."`
 	targets.TLS
+}
+
+// pointRef is a recovery point in the JSON of the commands that choose
+// one.
+type pointRef struct {
+	Generation    uint64           `json:"generation"`
+	Cut           time.Time        `json:"cut"`
+	Kind          target.PointKind `json:"kind"`
+	AppConsistent bool             `json:"app_consistent"`
+}
+
+func refOf(p target.Point) pointRef {
+	return pointRef{Generation: p.Generation, Cut: p.Frozen, Kind: p.Kind, AppConsistent: p.AppConsistent}
+}
+
+// diskCopy is a disk written from a recovery point.
+type diskCopy struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+}
+
+// copyReport is what materialising a point into a directory did, in the
+// JSON of drfs restore and drfs failover.
+type copyReport struct {
+	VM             string     `json:"vm"`
+	Point          pointRef   `json:"point"`
+	Dir            string     `json:"dir"`
+	Disks          []diskCopy `json:"disks"`
+	BytesWritten   int64      `json:"bytes_written"`
+	BytesShared    int64      `json:"bytes_shared"` // with the replica, by reflink
+	DisksReflinked int        `json:"disks_reflinked"`
+	DisksCopied    int        `json:"disks_copied"`
+}
+
+// newCopyReport says what materialising point p of vm into dir did (m is
+// zero for a dry run).
+func newCopyReport(vm string, p target.Point, dir string, m materialized) copyReport {
+	r := copyReport{VM: vm, Point: refOf(p), Dir: dir, Disks: []diskCopy{}, BytesWritten: m.Written,
+		BytesShared: m.Cloned, DisksReflinked: m.Reflinks, DisksCopied: m.Copies}
+	for _, d := range p.Disks {
+		r.Disks = append(r.Disks, diskCopy{Name: d.Name, Path: filepath.Join(dir, filepath.FromSlash(d.Name)), Size: d.Size})
+	}
+	return r
+}
+
+// restoreResult is the JSON of drfs restore.
+type restoreResult struct {
+	copyReport
+	ElapsedSeconds float64 `json:"elapsed_seconds"`
 }
 
 func (c *restoreCmd) Run() error {
@@ -61,6 +112,9 @@ func (c *restoreCmd) Run() error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "drfs: %s restored: %d disk(s) in %s (%s)\n", c.VM, len(p.Disks), c.To, m.method())
+	if c.JSON {
+		return printJSON(restoreResult{copyReport: newCopyReport(c.VM, p, c.To, m), ElapsedSeconds: m.Took.Seconds()})
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"time"
@@ -19,8 +20,43 @@ type verifyCmd struct {
 	Source string `required:"" placeholder:"DIR" type:"existingdir" help:"Source directory of disk images (as given to drfs mount)."`
 	VM     string `arg:"" help:"VM to verify."`
 	Point  string `default:"latest" placeholder:"ID|latest" help:"Recovery point to compare with."`
+	JSON   bool   `help:"Print the comparison as JSON (the exit status is the same: 1 when the VM diverges)."`
 	targets.TLS
 	socketFlag // an agent there that protects the VM gets its own repair hint
+}
+
+// verifyResult is what drfs verify found.
+type verifyResult struct {
+	VM             string             `json:"vm"`
+	Source         string             `json:"source"`
+	Target         string             `json:"target"`
+	Point          pointRef           `json:"point"`
+	InSync         bool               `json:"in_sync"`
+	Disks          []verifyDiskResult `json:"disks"`
+	ChunksCompared int64              `json:"chunks_compared"`
+	ChecksumBytes  int64              `json:"checksum_bytes"` // exchanged with the store
+	Repair         string             `json:"repair,omitempty"`
+}
+
+// verifyDiskResult is one disk of a verifyResult: of the point, of the
+// source, or of both.
+type verifyDiskResult struct {
+	Name   string `json:"name"`
+	InSync bool   `json:"in_sync"`
+	// Missing is "source" for a disk of the point that the source lacks,
+	// "point" for a disk of the source that the point lacks.
+	Missing        string       `json:"missing,omitempty"`
+	Size           int64        `json:"size"`       // on the source
+	PointSize      int64        `json:"point_size"` // in the point
+	BytesDiffering int64        `json:"bytes_differing"`
+	ChunksCompared int64        `json:"chunks_compared"`
+	Ranges         []rangeBytes `json:"ranges"` // of the source that differ from the point
+}
+
+// rangeBytes is a byte range of a disk.
+type rangeBytes struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
 }
 
 // Run compares every disk of the VM with the point, chunk by chunk, where
@@ -28,67 +64,106 @@ type verifyCmd struct {
 // nothing. The source must not change meanwhile: run it on a stopped or
 // idle VM, after a final shipment (drfs unmount ships the last generation).
 func (c *verifyCmd) Run() error {
-	store, err := targets.OpenExisting(c.Target, c.TLS)
+	res, err := c.verify()
 	if err != nil {
 		return err
+	}
+	if c.JSON {
+		err = printJSON(res)
+	} else {
+		printVerify(res)
+	}
+	if err == nil && !res.InSync {
+		err = fmt.Errorf("%s diverges from point %d on %s; %s", c.VM, res.Point.Generation, c.Target, res.Repair)
+	}
+	return err
+}
+
+// verify compares the VM's disks with the point.
+func (c *verifyCmd) verify() (verifyResult, error) {
+	res := verifyResult{VM: c.VM, Source: c.Source, Target: redactURL(c.Target), InSync: true, Disks: []verifyDiskResult{}}
+	store, err := targets.OpenExisting(c.Target, c.TLS)
+	if err != nil {
+		return res, err
 	}
 	defer store.Close()
 	ctx := context.Background()
 	points, err := store.Points(ctx, c.VM)
 	if err != nil {
-		return fmt.Errorf("points of %s on %s: %w", c.VM, c.Target, err)
+		return res, fmt.Errorf("points of %s on %s: %w", c.VM, c.Target, err)
 	}
 	p, err := choosePoint(points, c.Point)
 	if err != nil {
-		return fmt.Errorf("%s: %w", c.VM, err)
+		return res, fmt.Errorf("%s: %w", c.VM, err)
 	}
+	res.Point = refOf(p)
 	disks := map[string]string{}
-	walkVM(c.Source, c.VM, func(_, disk, path string, _ int64) error {
-		disks[disk] = path
+	sizes := map[string]int64{}
+	walkVM(c.Source, c.VM, func(_, disk, path string, size int64) error {
+		disks[disk], sizes[disk] = path, size
 		return nil
 	})
-	diverged := false
-	var compared, sumBytes int64
 	for _, d := range p.Disks {
 		path, ok := disks[d.Name]
 		if !ok {
-			fmt.Printf("%s/%s: on the target but not in %s\n", c.VM, d.Name, c.Source)
-			diverged = true
+			res.Disks = append(res.Disks, verifyDiskResult{Name: d.Name, Missing: "source", PointSize: d.Size, Ranges: []rangeBytes{}})
 			continue
 		}
 		delete(disks, d.Name)
-		res, err := verifyDisk(ctx, store, c.VM, p.Generation, d.Name, path)
+		r, err := verifyDisk(ctx, store, c.VM, p.Generation, d.Name, path)
 		if err != nil && !errors.Is(err, resync.ErrDiverged) {
-			return err
+			return res, err
 		}
-		compared += res.Compared()
-		sumBytes += res.SumBytesUp + res.SumBytesDown
-		if !res.InSync() {
-			diverged = true
-			fmt.Printf("%s/%s: DIFFERS from point %s: %d range(s), %s", c.VM, d.Name, p.ID(), len(res.Ranges), bytesString(res.SendBytes()))
-			if res.Size != res.TargetSize {
-				fmt.Printf("; size %d on the source, %d on the target", res.Size, res.TargetSize)
+		vd := verifyDiskResult{Name: d.Name, InSync: r.InSync(), Size: r.Size, PointSize: r.TargetSize,
+			BytesDiffering: r.SendBytes(), ChunksCompared: r.Compared(), Ranges: []rangeBytes{}}
+		for _, e := range r.Ranges {
+			vd.Ranges = append(vd.Ranges, rangeBytes{Offset: e.Off, Length: e.Len})
+		}
+		res.Disks = append(res.Disks, vd)
+		res.ChunksCompared += r.Compared()
+		res.ChecksumBytes += r.SumBytesUp + r.SumBytesDown
+	}
+	extra := slices.Sorted(maps.Keys(disks))
+	for _, name := range extra {
+		res.Disks = append(res.Disks, verifyDiskResult{Name: name, Missing: "point", Size: sizes[name], Ranges: []rangeBytes{}})
+	}
+	for _, d := range res.Disks {
+		res.InSync = res.InSync && d.InSync
+	}
+	if !res.InSync {
+		res.Repair = repairHint(c.VM, c.Target, c.Socket)
+	}
+	return res, nil
+}
+
+// printVerify prints res as text.
+func printVerify(res verifyResult) {
+	id := fmt.Sprint(res.Point.Generation)
+	for _, d := range res.Disks {
+		switch {
+		case d.Missing == "source":
+			fmt.Printf("%s/%s: on the target but not in %s\n", res.VM, d.Name, res.Source)
+		case d.Missing == "point":
+			fmt.Printf("%s/%s: in %s but not in point %s\n", res.VM, d.Name, res.Source, id)
+		case !d.InSync:
+			fmt.Printf("%s/%s: DIFFERS from point %s: %d range(s), %s", res.VM, d.Name, id, len(d.Ranges), bytesString(d.BytesDiffering))
+			if d.Size != d.PointSize {
+				fmt.Printf("; size %d on the source, %d on the target", d.Size, d.PointSize)
 			}
 			fmt.Println()
-			for i, r := range res.Ranges {
+			for i, r := range d.Ranges {
 				if i == 20 {
-					fmt.Printf("  ... %d more\n", len(res.Ranges)-i)
+					fmt.Printf("  ... %d more\n", len(d.Ranges)-i)
 					break
 				}
-				fmt.Printf("  offset %d, %d bytes\n", r.Off, r.Len)
+				fmt.Printf("  offset %d, %d bytes\n", r.Offset, r.Length)
 			}
 		}
 	}
-	for name := range disks {
-		fmt.Printf("%s/%s: in %s but not in point %s\n", c.VM, name, c.Source, p.ID())
-		diverged = true
+	if res.InSync {
+		fmt.Printf("%s: in sync with point %s: %d disk(s), %d chunks compared, %s of checksums exchanged\n",
+			res.VM, id, len(res.Disks), res.ChunksCompared, bytesString(res.ChecksumBytes))
 	}
-	if diverged {
-		return fmt.Errorf("%s diverges from point %s on %s; %s", c.VM, p.ID(), c.Target, repairHint(c.VM, c.Target, c.Socket))
-	}
-	fmt.Printf("%s: in sync with point %s: %d disk(s), %d chunks compared, %s of checksums exchanged\n",
-		c.VM, p.ID(), len(p.Disks), compared, bytesString(sumBytes))
-	return nil
 }
 
 func verifyDisk(ctx context.Context, store target.Store, vm string, gen uint64, disk, path string) (resync.Result, error) {
