@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -192,30 +191,7 @@ func serveTarget(t *testing.T) (string, []string) {
 	srvCert, srvKey := pki.Server.WriteFiles(t, certs, "server")
 	aCert, aKey := pki.ClientA.WriteFiles(t, certs, "a")
 	ca := pki.CA.WriteFile(t, certs, "ca")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	srv := exec.Command(drfsBin, "target", "serve", "--dir", t.TempDir(), "--listen", addr, "--cert", srvCert, "--key", srvKey, "--client-ca", ca)
-	srvLog := &syncBuffer{}
-	srv.Stderr = srvLog
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	for i := 0; ; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if i > 100 {
-			t.Fatalf("target serve not listening:\n%s", srvLog.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return "https://" + addr, []string{"--tls-cert", aCert, "--tls-key", aKey, "--tls-ca", ca}
+	return startServe(t, srvCert, srvKey, ca), []string{"--tls-cert", aCert, "--tls-key", aKey, "--tls-ca", ca}
 }
 
 // TestFailoverTestWhileReplicating: a test failover through drfs target

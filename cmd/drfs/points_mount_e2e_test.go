@@ -13,9 +13,10 @@ import (
 )
 
 // TestPointsMount: an ext4 disk whose files change between two points;
-// drfs points mount serves each point read-only from the target, and a
-// read-only loop mount of its disk holds the files as they were at that
-// cut. Writes are refused; drfs points umount ends the command.
+// drfs points mount serves each point read-only from the target (a
+// directory, and a drfs target serve over TLS), and a read-only loop mount
+// of its disk holds the files as they were at that cut. Writes are
+// refused; drfs points umount ends the command.
 func TestPointsMount(t *testing.T) {
 	needFUSE(t)
 	for _, tool := range []string{"losetup", "mkfs.ext4"} {
@@ -23,9 +24,18 @@ func TestPointsMount(t *testing.T) {
 			t.Skipf("needs %s", tool)
 		}
 	}
-	d := newDirs(t)
-	tgt := "dir://" + filepath.Join(filepath.Dir(d.src), "target")
-	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
+	t.Run("dir", func(t *testing.T) {
+		d := newDirs(t)
+		testPointsMount(t, d, "dir://"+filepath.Join(filepath.Dir(d.src), "target"))
+	})
+	t.Run("https", func(t *testing.T) {
+		tgt, tls := serveTarget(t)
+		testPointsMount(t, newDirs(t), tgt, tls...)
+	})
+}
+
+func testPointsMount(t *testing.T, d dirs, tgt string, tls ...string) {
+	m := startMount(t, d.src, d.mnt, d.state, append([]string{"--target", tgt, "--interval", "1s"}, tls...)...)
 	rng := rand.New(rand.NewPCG(seed(t), 22))
 	first := ext4Files(rng, 12, 3)
 	disk := filepath.Join(d.mnt, "vm1", "disk.img")
@@ -49,7 +59,7 @@ func TestPointsMount(t *testing.T) {
 		files map[string][]byte
 	}{{fmt.Sprint(genA), first}, {"latest", second}} {
 		mnt := filepath.Join(t.TempDir(), "point")
-		cmd := exec.Command(drfsBin, "points", "mount", "--target", tgt, "vm1", mnt, "--point", c.point)
+		cmd := exec.Command(drfsBin, append([]string{"points", "mount", "--target", tgt, "vm1", mnt, "--point", c.point}, tls...)...)
 		stderr := &syncBuffer{}
 		cmd.Stderr = stderr
 		if err := cmd.Start(); err != nil {
