@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math/bits"
 	"time"
+
+	"github.com/drfs-project/drfs/internal/units"
 )
 
 // Policy is how one VM is replicated. The agent's configuration gives every
@@ -148,36 +150,8 @@ func RetryDelay(failures int) time.Duration {
 	return retryEvery
 }
 
-// fmtDuration writes d without zero units, and whole days from two on
-// as days: 5m, 1h30m, 90s → 1m30s, 24h, 36h, 7d.
-func fmtDuration(d time.Duration) string {
-	if d < time.Second || d%time.Second != 0 {
-		return d.String()
-	}
-	neg := d < 0
-	if neg {
-		d = -d
-	}
-	s := ""
-	if day := 24 * time.Hour; d >= 2*day && d%day == 0 {
-		s, d = fmt.Sprintf("%dd", d/day), 0
-	}
-	if h := d / time.Hour; h > 0 {
-		s += fmt.Sprintf("%dh", h)
-		d -= h * time.Hour
-	}
-	if m := d / time.Minute; m > 0 {
-		s += fmt.Sprintf("%dm", m)
-		d -= m * time.Minute
-	}
-	if d > 0 {
-		s += fmt.Sprintf("%ds", d/time.Second)
-	}
-	if neg {
-		s = "-" + s
-	}
-	return s
-}
+// fmtDuration writes d as the configuration reads it: 5m, 1h30m, 7d.
+func fmtDuration(d time.Duration) string { return units.FormatDuration(d) }
 
 // FormatDuration writes d as the configuration reads it: without zero
 // units, and whole days from two on as days (5m, 1h30m, 7d).

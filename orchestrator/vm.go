@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/drfs-project/drfs/internal/units"
 )
 
 // VM is the protection state of one VM: where it is in its lifecycle, how
@@ -502,15 +504,4 @@ func (s Status) cause() string {
 }
 
 // fmtBytes writes n in binary units: 512 B, 5.0 GiB.
-func fmtBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func fmtBytes(n int64) string { return units.Bytes(n) }
