@@ -55,6 +55,24 @@ func (d pkiDir) writeCert(name string, c *pki.Cert) error {
 	return nil
 }
 
+// issue has the directory's CA issue a certificate valid for v with fn,
+// and writes it as name.crt and name.key.
+func (d pkiDir) issue(name string, v validity, fn func(ca *pki.CA, from, to time.Time) (*pki.Cert, error)) error {
+	from, to, err := v.span()
+	if err != nil {
+		return err
+	}
+	ca, err := d.loadCA()
+	if err != nil {
+		return err
+	}
+	cert, err := fn(ca, from, to)
+	if err != nil {
+		return err
+	}
+	return d.writeCert(name, cert)
+}
+
 // validity is how long a certificate is valid, from an hour ago (clocks
 // differ between sites).
 type validity struct {
@@ -128,19 +146,9 @@ func (c *pkiServerCmd) Run() error {
 	if len(c.DNS) == 0 && len(ips) == 0 {
 		return errors.New("give the names source hosts connect to the target by: --dns NAME and/or --ip ADDR (a certificate without them is refused by every client)")
 	}
-	from, to, err := c.span()
-	if err != nil {
-		return err
-	}
-	ca, err := c.loadCA()
-	if err != nil {
-		return err
-	}
-	cert, err := ca.Server(c.DNS, ips, from, to)
-	if err != nil {
-		return err
-	}
-	return c.writeCert(c.Name, cert)
+	return c.issue(c.Name, c.validity, func(ca *pki.CA, from, to time.Time) (*pki.Cert, error) {
+		return ca.Server(c.DNS, ips, from, to)
+	})
 }
 
 type pkiHostCmd struct {
@@ -153,17 +161,7 @@ func (c *pkiHostCmd) Run() error {
 	if err := remote.CheckIdentity(c.Name); err != nil {
 		return err
 	}
-	from, to, err := c.span()
-	if err != nil {
-		return err
-	}
-	ca, err := c.loadCA()
-	if err != nil {
-		return err
-	}
-	cert, err := ca.Host(c.Name, from, to)
-	if err != nil {
-		return err
-	}
-	return c.writeCert(c.Name, cert)
+	return c.issue(c.Name, c.validity, func(ca *pki.CA, from, to time.Time) (*pki.Cert, error) {
+		return ca.Host(c.Name, from, to)
+	})
 }
