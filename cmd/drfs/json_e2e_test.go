@@ -314,6 +314,11 @@ func TestJSONProtectUnprotect(t *testing.T) {
 		pr.Status == nil || pr.Status.State != "Protected" || pr.Status.RPO < 0 {
 		t.Fatalf("protect --wait --json: exit %d, %+v %+v\n%s", code, pr, pr.Status, stderr)
 	}
+	// Protected already: its settings change, and no job starts.
+	var again map[string]any
+	if code, stderr = drfsJSON(t, &again, "protect", "vm1", "--interval", "2h", "--json", "--socket", socket); code != 0 || again["settings_changed"] == nil || again["job"] != nil {
+		t.Errorf("protect --json of a protected VM: exit %d, %v\n%s", code, again, stderr)
+	}
 	writeRandom(t, rand.New(rand.NewPCG(seed(t), 22)), filepath.Join(d.mnt, "vm1", "disk.img"), 64<<20, 5)
 
 	var ur struct {

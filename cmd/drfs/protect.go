@@ -24,9 +24,9 @@ type protectCmd struct {
 // protectResult is what drfs protect did: the enable-protection job it
 // started and, with --wait, the VM as drfs status shows it once Protected.
 type protectResult struct {
-	VM     string           `json:"vm"`
-	Job    orchestrator.Job `json:"job"`
-	Status *vmView          `json:"status,omitempty"`
+	VM     string            `json:"vm"`
+	Job    *orchestrator.Job `json:"job,omitempty"` // none for a change of settings
+	Status *vmView           `json:"status,omitempty"`
 	// Changed: what changed in the settings of a VM protected already
 	// (no job then).
 	Changed string `json:"settings_changed,omitempty"`
@@ -51,7 +51,7 @@ func (c *protectCmd) Run() error {
 		return nil
 	}
 	job := ans.Job
-	res := protectResult{VM: c.VM, Job: job}
+	res := protectResult{VM: c.VM, Job: &job}
 	out := os.Stdout
 	if c.JSON {
 		out = os.Stderr
