@@ -14,7 +14,7 @@ import (
 
 // TestPointsMount: an ext4 disk whose files change between two points;
 // drfs points mount serves each point read-only from the target (a
-// directory, and a drfs target serve over TLS), and a read-only loop mount
+// directory, a drfs target serve over TLS, and Azure Blob on Azurite), and a read-only loop mount
 // of its disk holds the files as they were at that cut. Writes are
 // refused; drfs points umount ends the command.
 func TestPointsMount(t *testing.T) {
@@ -31,6 +31,9 @@ func TestPointsMount(t *testing.T) {
 	t.Run("https", func(t *testing.T) {
 		tgt, tls := serveTarget(t)
 		testPointsMount(t, newDirs(t), tgt, tls...)
+	})
+	t.Run("azblob", func(t *testing.T) {
+		testPointsMount(t, newDirs(t), azuriteTarget(t))
 	})
 }
 

@@ -484,19 +484,28 @@ func TestVerifyResync(t *testing.T) {
 
 // TestReplicateAzblob: the same replicate → points → restore path with an
 // Azure Blob target on Azurite.
-func TestReplicateAzblob(t *testing.T) {
-	needFUSE(t)
+// azuriteKey is Azurite's well-known development key, not a secret.
+const azuriteKey = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+// azuriteTarget returns the URL of a new container on the Azurite that
+// make ci starts, with its key in the environment; it skips t if none
+// runs.
+func azuriteTarget(t *testing.T) string {
+	t.Helper()
 	const account = "devstoreaccount1"
-	// Azurite's well-known development key, not a secret.
-	const key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 	c, err := net.DialTimeout("tcp", "127.0.0.1:10000", time.Second)
 	if err != nil {
 		t.Skip("azurite not running on 127.0.0.1:10000: start it with scripts/azurite.sh start")
 	}
 	c.Close()
-	t.Setenv("AZURE_STORAGE_KEY", key)
+	t.Setenv("AZURE_STORAGE_KEY", azuriteKey)
 	container := fmt.Sprintf("e2e-%d", time.Now().UnixNano())
-	tgt := "azblob://" + account + "/" + container + "?endpoint=http://127.0.0.1:10000/" + account + "&create=true"
+	return "azblob://" + account + "/" + container + "?endpoint=http://127.0.0.1:10000/" + account + "&create=true"
+}
+
+func TestReplicateAzblob(t *testing.T) {
+	needFUSE(t)
+	tgt := azuriteTarget(t)
 	d := newDirs(t)
 	m := startMount(t, d.src, d.mnt, d.state, "--target", tgt, "--interval", "1s")
 	rng := rand.New(rand.NewPCG(16, 17))
@@ -510,7 +519,7 @@ func TestReplicateAzblob(t *testing.T) {
 	if out, err := drfsRun(t, "verify", "--target", tgt, "--source", d.src, "vm1"); err != nil || !strings.Contains(out, "in sync") {
 		t.Fatalf("verify against the azblob target: %v\n%s", err, out)
 	}
-	if strings.Contains(m.stderr.String(), key) {
+	if strings.Contains(m.stderr.String(), azuriteKey) {
 		t.Errorf("the account key appears in the mount's output")
 	}
 }
