@@ -59,6 +59,15 @@ func (d *disk) begin(ctx context.Context) syscall.Errno {
 // end ends what begin started.
 func (d *disk) end() { d.gate.leave() }
 
+// touched tells the recorder, if it wants to know, that the file's
+// metadata changed through the mount (MetadataRecorder). Call it after the
+// change.
+func (d *disk) touched() {
+	if m, ok := d.rec.(MetadataRecorder); ok {
+		m.Touched()
+	}
+}
+
 // preserve saves the before-image of the blocks of [off, off+n) for the
 // snapshot of the disk, if it has one and they are not saved yet. The
 // caller holds the block lock of the range (or the whole file) and has not

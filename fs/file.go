@@ -140,8 +140,12 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 }
 
 // Setattr changes mode, owner, size and times through the descriptor. A
-// size change is a truncate, reported as Resized (see truncate).
+// size change is a truncate, reported as Resized (see truncate); the other
+// changes are reported as Touched (MetadataRecorder).
 func (f *file) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if f.disk != nil {
+		defer f.disk.touched()
+	}
 	if mode, ok := in.GetMode(); ok {
 		if err := unix.Fchmod(f.fd, mode); err != nil {
 			return gofs.ToErrno(err)

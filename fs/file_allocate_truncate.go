@@ -31,6 +31,9 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	const zeroing = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_WRITE_ZEROES
 	keepSize := mode&unix.FALLOC_FL_KEEP_SIZE != 0
 
+	// Whatever the mode, the file's ctime moves (and its mtime, on most
+	// file systems), also where no byte or size changes.
+	defer d.touched()
 	if mode == unix.FALLOC_FL_KEEP_SIZE {
 		// Reserves space; neither contents nor size change.
 		return gofs.ToErrno(fallocate(f.fd, mode, o, n))
@@ -172,8 +175,11 @@ func (f *file) truncateOnOpen(ctx context.Context, n *node, rel string, flags ui
 	if err != nil {
 		return gofs.ToErrno(err)
 	}
-	if f.disk != nil && before != 0 {
+	switch {
+	case f.disk != nil && before != 0:
 		f.disk.rec.Resized(0, &f.src)
+	case f.disk != nil:
+		f.disk.touched() // no byte changed, but the times did
 	}
 	return 0
 }
@@ -190,7 +196,11 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		return f.Setattr(ctx, in, out)
 	}
 	if _, ok := in.GetSize(); !ok || n.m.rec == nil || !n.isRegular() {
-		return n.LoopbackNode.Setattr(ctx, fh, in, out)
+		errno := n.LoopbackNode.Setattr(ctx, fh, in, out)
+		if errno == 0 {
+			n.metadataChanged()
+		}
+		return errno
 	}
 	rel, errno := n.rel()
 	if errno != 0 {

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
 )
 
 // node is an inode of the mount: go-fuse's loopback node, plus the disk
@@ -155,4 +156,61 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		}
 	}
 	return 0
+}
+
+// metadataChanged tells the disk of the inode, if it is one, that its
+// metadata changed through the mount (MetadataRecorder), after the change.
+// A disk not opened through the mount yet is opened, as a truncate by path
+// opens it.
+func (n *node) metadataChanged() {
+	if n.m.rec == nil || !n.isRegular() {
+		return
+	}
+	rel, errno := n.rel()
+	if errno != 0 {
+		return
+	}
+	n.mu.Lock()
+	asked, d := n.mu.asked, n.mu.disk
+	n.mu.Unlock()
+	if !asked {
+		fd, err := n.m.openat(rel, unix.O_PATH, 0)
+		if err != nil {
+			return
+		}
+		var st syscall.Stat_t
+		err = syscall.Fstat(fd, &st)
+		unix.Close(fd)
+		if err != nil {
+			return
+		}
+		d, _ = n.diskFor(rel, &st)
+	}
+	if d != nil {
+		d.touched()
+	}
+}
+
+var _ = (gofs.NodeSetxattrer)((*node)(nil))
+
+// Setxattr sets an extended attribute (a security label, say) and reports
+// it as a metadata change.
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	errno := n.LoopbackNode.Setxattr(ctx, attr, data, flags)
+	if errno == 0 {
+		n.metadataChanged()
+	}
+	return errno
+}
+
+var _ = (gofs.NodeRemovexattrer)((*node)(nil))
+
+// Removexattr removes an extended attribute and reports it as a metadata
+// change.
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	errno := n.LoopbackNode.Removexattr(ctx, attr)
+	if errno == 0 {
+		n.metadataChanged()
+	}
+	return errno
 }

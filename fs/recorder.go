@@ -71,3 +71,14 @@ type DiskRecorder interface {
 	// forgotten or the mount is closing).
 	Release()
 }
+
+// MetadataRecorder is a DiskRecorder that also hears of the changes of a
+// disk's file that move its ctime but no byte of it: mode, owner, times,
+// extended attributes, and fallocate's reservations. fs calls Touched after
+// such a change made through the mount, when the recorder has the method.
+// A recorder that compares the file's ctime with the mount's own changes,
+// to notice a change made behind the mount's back, needs it.
+type MetadataRecorder interface {
+	DiskRecorder
+	Touched()
+}

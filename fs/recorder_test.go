@@ -210,9 +210,17 @@ type shadowDisk struct {
 	busyAll     bool           // a Resized is in progress
 	inflight    int
 	maxInflight int
+	touched     int // Touched calls
 }
 
 func (d *shadowDisk) BlockSize() int { return int(d.bs) }
+
+// Touched counts the metadata changes reported (MetadataRecorder).
+func (d *shadowDisk) Touched() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.touched++
+}
 
 // enter checks the locking contract at the start of a change call and
 // marks its blocks (or the whole file) busy.

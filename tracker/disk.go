@@ -30,6 +30,9 @@ type Disk struct {
 	// logBytes is the data held for this disk by the generations not yet
 	// dropped: data blocks × block size.
 	logBytes atomic.Int64
+	// changedAt is when the mount last changed the disk's file (unix
+	// nanoseconds, see touch); 0 if it has not since the log was opened.
+	changedAt atomic.Int64
 
 	mu struct {
 		sync.Mutex
@@ -42,6 +45,8 @@ type Disk struct {
 	// Guarded by Log.mu.
 	meta diskMeta
 	refs int
+	// watch: the file as the last CheckOutside found it.
+	watch fileWatch
 }
 
 // identity is what Close records of a disk's file to notice at the next
@@ -156,6 +161,7 @@ func (d *Disk) Written(off int64, data []byte, src io.ReaderAt) {
 		return
 	}
 	defer d.v.rw.RUnlock()
+	d.touch()
 	o := d.l.getOp()
 	defer d.l.ops.Put(o)
 	bs := d.l.bs
@@ -201,6 +207,7 @@ func (d *Disk) Zeroed(off, n int64, src io.ReaderAt) {
 		return
 	}
 	defer d.v.rw.RUnlock()
+	d.touch()
 	o := d.l.getOp()
 	defer d.l.ops.Put(o)
 	bs := d.l.bs
@@ -246,6 +253,7 @@ func (d *Disk) Changed(off, n int64, src io.ReaderAt) {
 		return
 	}
 	defer d.v.rw.RUnlock()
+	d.touch()
 	o := d.l.getOp()
 	defer d.l.ops.Put(o)
 	bs := d.l.bs
@@ -284,6 +292,7 @@ func (d *Disk) Resized(size int64, src io.ReaderAt) {
 		return
 	}
 	defer d.v.rw.RUnlock()
+	d.touch()
 	d.mu.Lock()
 	cur := d.mu.size
 	d.mu.Unlock()

@@ -5,6 +5,8 @@ package tracker
 import (
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // statIdentity returns the size, mtime and inode of the file at path.
@@ -18,4 +20,18 @@ func statIdentity(path string) (identity, bool) {
 		id.inode = uint64(st.Ino)
 	}
 	return id, true
+}
+
+// statFile returns the size, mtime, ctime and inode of the file at path.
+func statFile(path string) (fileState, bool) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fileState{}, false
+	}
+	return fileState{
+		size:  st.Size,
+		mtime: st.Mtim.Nano(),
+		ctime: st.Ctim.Nano(),
+		inode: uint64(st.Ino),
+	}, true
 }

@@ -394,6 +394,14 @@ func (l *Log) load() error {
 			}
 		}
 	}
+	// The base of the checks for changes behind the mount's back.
+	l.mu.Lock()
+	for _, d := range disks {
+		if !d.meta.removed {
+			l.watchLocked(d)
+		}
+	}
+	l.mu.Unlock()
 	if !l.opts.ReadOnly {
 		// From here on a crash must be noticed at the next Open.
 		if err := l.db.Delete([]byte{keyClean}, pebble.Sync); err != nil {

@@ -123,6 +123,7 @@ func (l *Log) newDiskLocked(v *vm, rel string, size int64) (*Disk, error) {
 	l.mu.nextDisk++
 	l.mu.disks[d.id] = d
 	l.mu.byRel[rel] = d
+	l.watchLocked(d)
 	return d, nil
 }
 

@@ -753,7 +753,7 @@ func (a *agent) cutWhileShipping(ctx context.Context, p *protection) (stop func(
 			case <-t.C():
 			}
 			if a.generationFull(p) {
-				if _, err := a.log.Rotate(p.name); err != nil {
+				if _, err := p.repl.rotate(p.name); err != nil {
 					fmt.Fprintf(os.Stderr, "drfs: %s: cutting a full generation: %v\n", p.name, err)
 				}
 			}
@@ -975,7 +975,9 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 	for _, name := range names {
 		a.log.ClearResync(vm, name)
 	}
-	gen, snap, err := cutWithSnapshot(ctx, a.srv, a.log, vm, rels, a.snapshotDir(vm))
+	// The copy covers whatever changed the disks behind the mount's back.
+	all := func(string) bool { return true }
+	gen, snap, _, err := cutWithSnapshot(ctx, a.srv, a.log, vm, rels, a.snapshotDir(vm), all)
 	if err != nil {
 		return roundResult{err: err}
 	}
@@ -1320,7 +1322,7 @@ func (a *agent) appConsistentCut(ctx context.Context, p *protection) {
 	var gen uint64
 	if ferr == nil {
 		var rerr error
-		if gen, rerr = a.log.Rotate(p.name); rerr != nil {
+		if gen, rerr = p.repl.rotate(p.name); rerr != nil {
 			ferr = fmt.Errorf("rotating while frozen: %w", rerr)
 		}
 	}

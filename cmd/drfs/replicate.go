@@ -18,6 +18,7 @@ import (
 	drfsfs "github.com/drfs-project/drfs/fs"
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/internal/tracked"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/shipper"
@@ -244,7 +245,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	if f.wrapCopies != nil {
 		copies = f.wrapCopies(copies)
 	}
-	r.loop = shipper.NewLoop(sh, log, shipper.LoopOptions{
+	r.loop = shipper.NewLoop(sh, checkingRotator{r}, shipper.LoopOptions{
 		Interval: f.Interval,
 		VMs:      f.vms,
 		Copies:   copies,
@@ -328,10 +329,17 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 	none := func() {}
 	switch {
 	case r.srv == nil:
-		gen, err := r.log.Rotate(vm)
+		gen, err := r.rotate(vm)
 		return gen, disks, kind, none, err
-	case r.srv.Stopped():
-		gen, err := r.log.Rotate(vm)
+	}
+	copied := func(disk string) bool { _, ok := disks[disk]; return ok }
+	if r.srv.Stopped() {
+		gen, behind, err := r.rotateChecked(vm, copied)
+		if len(behind) > 0 {
+			// A disk the copy does not cover changed behind the back:
+			// the point holds its log, which misses that change.
+			return gen, disks, target.KindResync, none, err
+		}
 		return gen, disks, target.KindSnapshot, none, err
 	}
 	rels := make([]string, 0, len(disks))
@@ -340,7 +348,13 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 	}
 	slices.Sort(rels)
 	dir := filepath.Join(r.state, "snapshots", url.PathEscape(vm)+".cut")
-	gen, snap, err := cutWithSnapshot(ctx, r.srv, r.log, vm, rels, dir)
+	gen, snap, behind, err := cutWithSnapshot(ctx, r.srv, r.log, vm, rels, dir, copied)
+	r.reportOutside(vm, behind)
+	if len(behind) > 0 {
+		// A disk the copy does not cover changed behind the back: the
+		// point holds its log, which misses that change.
+		kind = target.KindResync
+	}
 	switch {
 	case err != nil && gen != 0 && !errors.Is(err, drfsfs.ErrClosed):
 		// Cut, but no snapshot (a disk the mount does not track, say):
@@ -372,7 +386,10 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 		d.View = view
 		out[name] = d
 	}
-	return gen, out, target.KindSnapshot, release, nil
+	if kind != target.KindResync {
+		kind = target.KindSnapshot
+	}
+	return gen, out, kind, release, nil
 }
 
 // cutWithSnapshot freezes the active generation of vm and starts a
@@ -382,26 +399,79 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 // mount) are removed first. The caller deletes the snapshot. When the
 // generation was cut but the snapshot failed, it returns the generation
 // with the error.
-func cutWithSnapshot(ctx context.Context, srv *drfsfs.Server, log *tracker.Log, vm string, rels []string, dir string) (uint64, *drfsfs.Snapshot, error) {
+//
+// Under the same hold it checks the VM's disks for changes made behind
+// the mount's back (tracker.Log.CheckOutside), except those copied says
+// the copy from this snapshot covers, and returns those it flagged.
+func cutWithSnapshot(ctx context.Context, srv *drfsfs.Server, log *tracker.Log, vm string, rels []string, dir string, copied func(disk string) bool) (uint64, *drfsfs.Snapshot, []tracker.OutsideChange, error) {
 	os.RemoveAll(dir)
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	release, err := srv.QuiescePaths(qctx, rels)
-	cancel()
 	if err != nil {
-		return 0, nil, fmt.Errorf("holding the writes of %s for its snapshot: %w", vm, err)
+		return 0, nil, nil, fmt.Errorf("holding the writes of %s for its snapshot: %w", vm, err)
 	}
 	gen, err := log.Rotate(vm)
 	if err != nil {
 		release()
-		return 0, nil, fmt.Errorf("cutting the generation of %s for its snapshot: %w", vm, err)
+		return 0, nil, nil, fmt.Errorf("cutting the generation of %s for its snapshot: %w", vm, err)
+	}
+	// The other disks of the VM are not held: hold them too for the
+	// check (holds nest).
+	var behind []tracker.OutsideChange
+	if others, err := tracked.CheckOutside(qctx, srv, log, vm, copied); err == nil {
+		behind = others
 	}
 	snap, err := srv.Snapshot(rels, dir)
 	release()
 	if err != nil {
 		os.RemoveAll(dir)
-		return gen, nil, fmt.Errorf("snapshot of %s: %w", vm, err)
+		return gen, nil, behind, fmt.Errorf("snapshot of %s: %w", vm, err)
 	}
-	return gen, snap, nil
+	return gen, snap, behind, nil
+}
+
+// checkingRotator is the log as the loop rotates it: each cut is checked
+// for changes made behind the mount's back (replication.rotate).
+type checkingRotator struct{ r *replication }
+
+func (c checkingRotator) VMs() []string                    { return c.r.log.VMs() }
+func (c checkingRotator) Rotate(vm string) (uint64, error) { return c.r.rotate(vm) }
+
+// rotate cuts vm's generation and then checks its disks for changes made
+// behind the mount's back since the last cut (tracked.CheckOutside), before
+// anything ships the generation: a disk changed so is flagged for
+// resynchronization, and the points from this one are fuzzy until its
+// resync commits. Every cut of a replicated VM goes through it.
+func (r *replication) rotate(vm string) (uint64, error) {
+	gen, _, err := r.rotateChecked(vm, nil)
+	return gen, err
+}
+
+// rotateChecked is rotate with the disks that covered names (see
+// tracker.Log.CheckOutside) only looked at again; it returns the disks it
+// flagged.
+func (r *replication) rotateChecked(vm string, covered func(disk string) bool) (uint64, []tracker.OutsideChange, error) {
+	gen, err := r.log.Rotate(vm)
+	if err != nil {
+		return gen, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	behind, err := tracked.CheckOutside(ctx, r.srv, r.log, vm, covered)
+	if err != nil && !errors.Is(err, drfsfs.ErrClosed) {
+		fmt.Fprintf(os.Stderr, "drfs: %s: %v\n", vm, err)
+	}
+	r.reportOutside(vm, behind)
+	return gen, behind, nil
+}
+
+// reportOutside says which disks of vm a check found changed behind the
+// mount's back.
+func (r *replication) reportOutside(vm string, behind []tracker.OutsideChange) {
+	for _, c := range behind {
+		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resynchronization required: %s\n", vm, c.Disk, c.Reason)
+	}
 }
 
 // copies says which disks of vm must be sent from their files: all of them

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,6 +119,64 @@ func TestProtectSettings(t *testing.T) {
 	}
 	check("after refused changes")
 
+	a.stop(t)
+	verifyInSync(t, tgt, d.src, "vm1")
+}
+
+// TestChangedBehindMount: a process that writes a protected VM's disk in
+// the source directory itself, not through the mount, is noticed at the
+// next cut: the VM is flagged with why and resynchronizes (window
+// always), and the replica is then the disk again. The mount's own writes
+// are never taken for such a change.
+func TestChangedBehindMount(t *testing.T) {
+	needFUSE(t)
+	d := newDirs(t)
+	tgt := "dir://" + filepath.Join(filepath.Dir(d.state), "target")
+	socket := filepath.Join(filepath.Dir(d.state), "agent.sock")
+	a := startAgent(t, d, socket, "--target", tgt, "--resync-window", "always")
+	if out, err := drfsRun(t, "protect", "vm1", "--interval", "1s", "--wait", "--socket", socket); err != nil {
+		t.Fatalf("drfs protect: %v\n%s\n%s", err, out, a.stderr)
+	}
+	rng := rand.New(rand.NewPCG(seed(t), 3))
+	const size = 64 << 20
+
+	// Writes through the mount, a chmod and a touch: the mount's own.
+	mounted := filepath.Join(d.mnt, "vm1", "disk.img")
+	behindBack(t, rng, mounted, size, 16)
+	os.Chmod(mounted, 0o600)
+	os.Chtimes(mounted, time.Now(), time.Now())
+	time.Sleep(4 * time.Second)
+	if v := vmStatus(t, socket, "vm1"); v.State != orchestrator.Protected || strings.Contains(a.stderr.String(), "changed outside the mount") {
+		t.Fatalf("after writes through the mount vm1 is %s (%s)\n%s", v.State, v.ResyncReason, a.stderr)
+	}
+
+	// A few blocks written into the source file itself.
+	behindBack(t, rng, filepath.Join(d.src, "vm1", "disk.img"), size, 4)
+	// (The resync, at the round after the flag, may end before a look at
+	// the status: the agent's log says it too.)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v := vmStatus(t, socket, "vm1")
+		if v.State == orchestrator.Resynchronizing || strings.Contains(v.ResyncReason, "changed outside the mount while mounted") {
+			t.Logf("vm1: %s, health %s: %s", v.State, v.Health.Level, v.ResyncReason)
+			break
+		}
+		if strings.Contains(a.stderr.String(), "vm1: Protected → Resynchronizing") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("vm1 is %s (health %s) 30s after its disk was written behind the mount's back\n%s", v.State, v.Health.Level, a.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(a.stderr.String(), "vm1/disk.img: resynchronization required: changed outside the mount while mounted: ") {
+		t.Errorf("the agent did not say why vm1 resynchronizes\n%s", a.stderr)
+	}
+	// The resync (window always) repairs the replica.
+	waitState(t, a, "vm1", orchestrator.Protected)
+	if out, err := drfsRun(t, "jobs", "--all", "--vm", "vm1", "--socket", socket); err != nil || !strings.Contains(out, "resync") {
+		t.Errorf("no resync job of vm1: %v\n%s", err, out)
+	}
 	a.stop(t)
 	verifyInSync(t, tgt, d.src, "vm1")
 }
