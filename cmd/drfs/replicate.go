@@ -327,8 +327,7 @@ func (r *replication) newestConsistent(vm string) (target.Point, bool) {
 // state directory until the copy ends.
 func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipper.CopyDisk, kind target.PointKind) (uint64, map[string]shipper.CopyDisk, target.PointKind, func(), error) {
 	none := func() {}
-	switch {
-	case r.srv == nil:
+	if r.srv == nil {
 		gen, err := r.rotate(vm)
 		return gen, disks, kind, none, err
 	}
@@ -350,10 +349,12 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 	dir := filepath.Join(r.state, "snapshots", url.PathEscape(vm)+".cut")
 	gen, snap, behind, err := cutWithSnapshot(ctx, r.srv, r.log, vm, rels, dir, copied)
 	r.reportOutside(vm, behind)
+	// The copy read from the snapshot makes a consistent point, unless a
+	// disk it does not cover changed behind the back: the point holds
+	// that disk's log, which misses the change.
+	consistent := target.KindSnapshot
 	if len(behind) > 0 {
-		// A disk the copy does not cover changed behind the back: the
-		// point holds its log, which misses that change.
-		kind = target.KindResync
+		consistent = target.KindResync
 	}
 	switch {
 	case err != nil && gen != 0 && !errors.Is(err, drfsfs.ErrClosed):
@@ -386,10 +387,7 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 		d.View = view
 		out[name] = d
 	}
-	if kind != target.KindResync {
-		kind = target.KindSnapshot
-	}
-	return gen, out, kind, release, nil
+	return gen, out, consistent, release, nil
 }
 
 // cutWithSnapshot freezes the active generation of vm and starts a

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -179,4 +180,11 @@ func TestChangedBehindMount(t *testing.T) {
 	}
 	a.stop(t)
 	verifyInSync(t, tgt, d.src, "vm1")
+	// The point cut when the change was noticed is fuzzy; the resync's,
+	// read from a snapshot, is consistent again.
+	pts := pointsOf(t, tgt, "vm1")
+	fuzzy := slices.IndexFunc(pts, func(p target.Point) bool { return p.Kind == target.KindResync })
+	if fuzzy < 0 || !slices.ContainsFunc(pts[fuzzy:], func(p target.Point) bool { return p.Kind == target.KindSnapshot }) {
+		t.Errorf("want a fuzzy point, then the resync's consistent one; points: %+v", pts)
+	}
 }
