@@ -167,8 +167,8 @@ func TestHeavyWriterAgent(t *testing.T) {
 	pts := points(t, tgt, "vm1", tls...)
 	newest := newestConsistent(t, pts)
 	if age := killed.Sub(newest.Frozen); age > 2*time.Second+10*time.Second {
-		t.Errorf("at the kill, the newest consistent point (%s, %s) was %v old, want at most the interval and 10s",
-			newest.ID(), newest.Kind, age.Round(time.Millisecond))
+		t.Errorf("at the kill, the newest consistent point (%s, %s) was %v old, want at most the interval and 10s\nagent:\n%s",
+			newest.ID(), newest.Kind, age.Round(time.Millisecond), a.stderr)
 	}
 	t.Logf("%d points, newest consistent %s (%s) %v before the kill", len(pts), newest.ID(), newest.Kind, killed.Sub(newest.Frozen).Round(time.Millisecond))
 	checkConsistentPoints(t, tgt, w, base, tls...)
