@@ -153,10 +153,6 @@ func RetryDelay(failures int) time.Duration {
 // fmtDuration writes d as the configuration reads it: 5m, 1h30m, 7d.
 func fmtDuration(d time.Duration) string { return units.FormatDuration(d) }
 
-// FormatDuration writes d as the configuration reads it: without zero
-// units, and whole days from two on as days (5m, 1h30m, 7d).
-func FormatDuration(d time.Duration) string { return fmtDuration(d) }
-
 // Changes compares policy next with p setting by setting (interval,
 // retention, max-points), for people: changed holds "interval 30s → 1m"
 // for each setting that differs, same "retention 24h" for each that does

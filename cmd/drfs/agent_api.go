@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -127,9 +128,9 @@ func (a *agent) views(vm string) []vmView {
 			v.Status = p.mu.vm.Status(now)
 			v.Describe = p.mu.vm.Describe()
 			pol := p.mu.vm.Policy()
-			v.Interval, v.Retention, v.MaxPoints = orchestrator.FormatDuration(pol.Interval), orchestrator.FormatDuration(pol.Retention), pol.MaxPoints
+			v.Interval, v.Retention, v.MaxPoints = units.FormatDuration(pol.Interval), units.FormatDuration(pol.Retention), pol.MaxPoints
 			if p.mu.over.AppHook != "" {
-				v.AppHook, v.AppEvery = p.mu.over.AppHook, orchestrator.FormatDuration(p.mu.over.AppEvery)
+				v.AppHook, v.AppEvery = p.mu.over.AppHook, units.FormatDuration(p.mu.over.AppEvery)
 			}
 			v.AppHookError = p.mu.appErr
 			if p.mu.snap != nil {

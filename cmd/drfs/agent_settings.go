@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -85,7 +86,7 @@ func (a *agent) changeSettings(p *protection, req protectRequest) (string, error
 		changed = append(changed, fmt.Sprintf("app-consistent-hook %s → %q", quotedOrNone(old.AppHook), next.AppHook))
 	}
 	if next.AppEvery != old.AppEvery {
-		changed = append(changed, fmt.Sprintf("app-consistent-every %s → %s", durationOrNone(old.AppEvery), orchestrator.FormatDuration(next.AppEvery)))
+		changed = append(changed, fmt.Sprintf("app-consistent-every %s → %s", durationOrNone(old.AppEvery), units.FormatDuration(next.AppEvery)))
 	}
 	if len(changed) == 0 {
 		return fmt.Sprintf("%s: settings unchanged (%s)", vm, strings.Join(same, ", ")), nil
@@ -118,5 +119,5 @@ func durationOrNone(d time.Duration) string {
 	if d <= 0 {
 		return "none"
 	}
-	return orchestrator.FormatDuration(d)
+	return units.FormatDuration(d)
 }
