@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -57,6 +58,7 @@ type agentCmd struct {
 	targets.TLS
 
 	socketFlag
+	logFlags
 	MetricsListen string `name:"metrics-listen" placeholder:"ADDR" help:"Serve Prometheus metrics on this address, e.g. 127.0.0.1:9477."`
 	BlockSize     int    `default:"4096" help:"Tracking block size in bytes (fixed when the state directory is created)."`
 }
@@ -149,6 +151,7 @@ var flagLinePrefix = regexp.MustCompile(`(?m)^flags:(\d+: )?`)
 const agentMemoryLimit = 160 << 20
 
 func (c *agentCmd) Run(kctx *kong.Context) error {
+	c.startLog()
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(agentMemoryLimit)
 	}
@@ -224,8 +227,8 @@ func (c *agentCmd) Run(kctx *kong.Context) error {
 	}
 	a.srv = srv
 	a.start()
-	fmt.Fprintf(os.Stderr, "drfs: agent: %s mounted at %s, state in %s, control socket %s; Ctrl-C or SIGTERM stops\n",
-		cfg.Source, cfg.Mountpoint, cfg.State, c.Socket)
+	slog.Info(fmt.Sprintf("agent: %s mounted at %s, state in %s, control socket %s; Ctrl-C or SIGTERM stops",
+		cfg.Source, cfg.Mountpoint, cfg.State, c.Socket))
 	notifySystemd(daemon.SdNotifyReady, fmt.Sprintf("%s mounted at %s; %d VM(s) protected", cfg.Source, cfg.Mountpoint, len(a.protections())))
 
 	signalled := waitUnmount(srv, cfg.Mountpoint, sig, a.releaseHolds)
@@ -239,7 +242,7 @@ func (c *agentCmd) Run(kctx *kong.Context) error {
 	if err := log.Close(); err != nil {
 		return fmt.Errorf("closing the change log in %s: %w", cfg.State, err)
 	}
-	fmt.Fprintln(os.Stderr, "drfs: agent stopped; change log closed cleanly")
+	slog.Info("agent stopped; change log closed cleanly")
 	if !signalled {
 		return removedOutside(cfg.Mountpoint, cfg.Source)
 	}
@@ -288,12 +291,12 @@ func waitUnmount(srv *drfsfs.Server, mountpoint string, sig <-chan os.Signal, be
 		case <-done:
 			return false
 		case s := <-sig:
-			fmt.Fprintf(os.Stderr, "drfs: %v: unmounting %s\n", s, mountpoint)
+			slog.Info(fmt.Sprintf("%v: unmounting %s", s, mountpoint))
 			if beforeUnmount != nil {
 				beforeUnmount()
 			}
 			if err := srv.Unmount(); err != nil {
-				fmt.Fprintf(os.Stderr, "drfs: cannot unmount %s: %v (close the files open on it, then signal again)\n", mountpoint, err)
+				slog.Warn(fmt.Sprintf("cannot unmount %s: %v (close the files open on it, then signal again)", mountpoint, err))
 				continue
 			}
 			select {
@@ -320,7 +323,7 @@ func removedOutside(mountpoint, source string) error {
 func lockSource(source string) (*drfsfs.SourceLock, error) {
 	lock, err := drfsfs.LockSource(source)
 	if errors.Is(err, drfsfs.ErrLockUnsupported) {
-		fmt.Fprintf(os.Stderr, "drfs: warning: %v: make sure that no other drfs serves it\n", err)
+		slog.Warn(fmt.Sprintf("%v: make sure that no other drfs serves it", err))
 		return nil, nil
 	}
 	return lock, err
@@ -337,7 +340,7 @@ func (a *agent) serveMetrics(addr string) (*http.Server, error) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go s.Serve(ln)
-	fmt.Fprintf(os.Stderr, "drfs: agent: metrics on http://%s/metrics\n", ln.Addr())
+	slog.Info(fmt.Sprintf("agent: metrics on http://%s/metrics", ln.Addr()))
 	return s, nil
 }
 

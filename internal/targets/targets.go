@@ -61,9 +61,10 @@ type Store interface {
 }
 
 // OpenExisting opens the store at rawURL for commands that read a
-// recovery site (points, restore, verify, failover): a directory target
-// must exist already, so that a mistyped path is an error rather than a
-// new, empty store.
+// recovery site (points, restore, verify, failover, points mount): a
+// directory target must exist already, so that a mistyped path is an error
+// rather than a new, empty store, and is opened read-only, so that these
+// commands work while a mount or agent replicates to it.
 func OpenExisting(rawURL string, tlsFiles TLS) (Store, error) {
 	if u, err := url.Parse(rawURL); err == nil && u.Scheme == "dir" && u.Host == "" && filepath.IsAbs(u.Path) {
 		fi, err := os.Stat(u.Path)
@@ -75,6 +76,11 @@ func OpenExisting(rawURL string, tlsFiles TLS) (Store, error) {
 		case !fi.IsDir():
 			return nil, fmt.Errorf("target %s: %s is not a directory", rawURL, u.Path)
 		}
+		s, err := dirstore.OpenReadOnly(u.Path, dirstore.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", rawURL, err)
+		}
+		return s, nil
 	}
 	return Open(rawURL, tlsFiles)
 }
@@ -161,7 +167,7 @@ func Open(rawURL string, tlsFiles TLS) (Store, error) {
 		}
 		s, err := dirstore.Open(path, dirstore.Options{})
 		if err != nil {
-			return nil, fmt.Errorf("target %s: %w (a directory target is used by one drfs process at a time: to reach it while a mount replicates to it, serve it with drfs target serve)", rawURL, err)
+			return nil, fmt.Errorf("target %s: %w", rawURL, err)
 		}
 		return s, nil
 	case "https":

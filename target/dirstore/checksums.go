@@ -51,7 +51,7 @@ func (s *Store) newestSums(ctx context.Context, vm string, gen uint64, disk stri
 	if err != nil {
 		return nil, true, err
 	}
-	defer v.mu.RUnlock()
+	defer s.runlock(v)
 	if len(v.points) == 0 {
 		return nil, true, notFoundVM(vm)
 	}

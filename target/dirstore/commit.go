@@ -32,6 +32,9 @@ import (
 // error; the staging stays, so a retry needs no new Stage. The context is
 // honoured until step 2.
 func (s *Store) Commit(ctx context.Context, vm string, gen uint64, c target.Commit) error {
+	if s.readOnly {
+		return errReadOnly
+	}
 	if err := checkVM(vm); err != nil {
 		return err
 	}
@@ -56,7 +59,7 @@ func (s *Store) Commit(ctx context.Context, vm string, gen uint64, c target.Comm
 	if err != nil {
 		return err
 	}
-	defer v.mu.Unlock()
+	defer s.wunlock(v)
 	if v.owner != "" && v.owner != c.Source {
 		return fmt.Errorf("dirstore: commit %s: %w: the VM is replicated from %q, not %q", vm, target.ErrWrongSource, v.owner, c.Source)
 	}

@@ -18,6 +18,11 @@
 // and moved into place under it); Commit and Expire take the VM exclusively.
 // A DiskReader keeps reading its point while later generations are
 // committed, and Expire does not drop a point while a reader of it is open.
+//
+// Processes: one Store (Open) writes to a directory at a time; any number
+// of read-only Stores (OpenReadOnly), in other processes or on other hosts
+// sharing the directory, read it meanwhile and see only committed points
+// (shared.go).
 package dirstore
 
 import (
@@ -33,6 +38,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/drfs-project/drfs/target"
@@ -46,9 +52,10 @@ type Options struct {
 
 // Store is a directory store. Create it with Open and release it with Close.
 type Store struct {
-	root  *os.Root
-	lockf *os.File
-	now   func() time.Time
+	root     *os.Root
+	lockf    *os.File // nil if readOnly
+	readOnly bool
+	now      func() time.Time
 
 	mu  sync.Mutex          // guards vms
 	vms map[string]*vmState // created on first use, never removed
@@ -83,14 +90,57 @@ type vmState struct {
 
 	pinMu sync.Mutex
 	pins  map[uint64]int // open DiskReaders per point: Expire keeps these points
+
+	xlMu sync.Mutex
+	xl   *vmLock // the lock across processes; nil until first used
+
+	// A read-only Store's view of the manifest: the lock epoch it last
+	// checked it in and the lock's version then. Guarded by mu.
+	epoch   uint64
+	version uint64
 }
 
-// Open opens (creating it if needed) the store in dir and finishes or forgets
-// any commit a crash interrupted. Only one Store may have a directory open at
-// a time, across processes.
+// Open opens (creating it if needed) the store in dir for writing and
+// finishes or forgets any commit a crash interrupted. Only one writing Store
+// may have a directory open at a time, across processes; the error of a
+// second one names the holder.
 func Open(dir string, opts Options) (*Store, error) {
 	return open(dir, opts, nil)
 }
+
+// OpenReadOnly opens the existing store in dir for reading while another
+// process may write to it: Points, VMs, Open and Checksums see its committed
+// points, and Stage, Commit and Expire fail. If no writer has the directory
+// open, it first finishes any commit a crash interrupted, as Open would.
+func OpenReadOnly(dir string, opts Options) (*Store, error) {
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("dirstore: %w", err)
+	}
+	w, err := open(dir, opts, nil)
+	switch {
+	case err == nil:
+		w.Close()
+	case !errors.Is(err, errWouldBlock) && !errors.Is(err, fs.ErrPermission) && !errors.Is(err, syscall.EROFS):
+		return nil, err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("dirstore: %w", err)
+	}
+	s := &Store{root: root, readOnly: true, now: opts.Now, vms: map[string]*vmState{}}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// errReadOnly is the error of a change asked of a read-only Store.
+var errReadOnly = permanentError{errors.New("dirstore: the store is open read-only (another process writes to it)")}
+
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error   { return e.error }
+func (e permanentError) Permanent() bool { return true }
 
 // open is Open with a step hook for crash tests, set before recovery runs.
 func open(dir string, opts Options, stepHook func(string)) (*Store, error) {
@@ -103,7 +153,15 @@ func open(dir string, opts Options, stepHook func(string)) (*Store, error) {
 	}
 	lockf, err := root.OpenFile(lockName, os.O_RDWR|os.O_CREATE, filePerm)
 	if err == nil {
-		if err = lockFile(lockf); err != nil {
+		if err = flock(lockf, lockExclusive, true); errors.Is(err, errWouldBlock) {
+			err = heldBy(lockf)
+		} else if err == nil {
+			// Who holds it, for the error of a second writer.
+			if lockf.Truncate(0) == nil {
+				lockf.WriteAt([]byte(holder()+"\n"), 0)
+			}
+		}
+		if err != nil {
 			lockf.Close()
 		}
 	}
@@ -135,9 +193,25 @@ func (s *Store) recoverAll() error {
 	return nil
 }
 
-// Close releases the directory. Open DiskReaders keep working.
+// Close releases the directory. Open DiskReaders keep working (those of a
+// read-only Store keep its VMs' lock files open for that).
 func (s *Store) Close() error {
-	err := s.lockf.Close()
+	var err error
+	if s.lockf != nil {
+		s.mu.Lock()
+		for _, v := range s.vms {
+			v.xlMu.Lock()
+			if v.xl != nil {
+				v.xl.lock.Close()
+				v.xl.queue.Close()
+				v.xl = nil
+			}
+			v.xlMu.Unlock()
+		}
+		s.mu.Unlock()
+		s.lockf.Truncate(0)
+		err = s.lockf.Close()
+	}
 	if rerr := s.root.Close(); err == nil {
 		err = rerr
 	}
@@ -213,7 +287,8 @@ func (s *Store) state(vm string) *vmState {
 	return v
 }
 
-// load loads vm if it is not loaded and returns its state.
+// load loads vm if it is not loaded and returns its state (a writing
+// Store).
 func (s *Store) load(vm string) (*vmState, error) {
 	v := s.state(vm)
 	if v.loaded.Load() {
@@ -222,39 +297,161 @@ func (s *Store) load(vm string) (*vmState, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if !v.loaded.Load() {
-		if err := s.loadLocked(v); err != nil {
+		if err := s.loadExclusive(v); err != nil {
 			return nil, err
 		}
 	}
 	return v, nil
 }
 
-// rlock returns vm's state, loaded, with its lock held shared.
+// loadExclusive is loadLocked under the VM's lock across processes.
+func (s *Store) loadExclusive(v *vmState) error {
+	l, err := s.vmLockOf(v)
+	if err != nil {
+		return err
+	}
+	if l != nil {
+		if err := l.exclusive(); err != nil {
+			return err
+		}
+		defer l.unlockExclusive()
+	}
+	return s.loadLocked(v)
+}
+
+// rlock returns vm's state, loaded, with its lock held shared; runlock
+// releases it.
 func (s *Store) rlock(vm string) (*vmState, error) {
+	v := s.state(vm)
+	if err := s.rlockState(v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (s *Store) rlockState(v *vmState) error {
+	if s.readOnly {
+		return s.rlockShared(v)
+	}
 	for {
-		v, err := s.load(vm)
-		if err != nil {
-			return nil, err
+		if _, err := s.load(v.name); err != nil {
+			return err
 		}
 		v.mu.RLock()
 		if v.loaded.Load() {
-			return v, nil
+			return nil
 		}
 		v.mu.RUnlock() // a failed commit unloaded it: load again
 	}
 }
 
-// wlock returns vm's state, loaded, with its lock held exclusively.
+func (s *Store) runlock(v *vmState) {
+	v.mu.RUnlock()
+	if s.readOnly {
+		v.xl.release()
+	}
+}
+
+// rlockShared is rlock for a read-only Store: the VM's lock across
+// processes shared, then its manifest read again if the writer replaced it.
+func (s *Store) rlockShared(v *vmState) error {
+	l, err := s.vmLockOf(v)
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		return notFoundVM(v.name)
+	}
+	epoch, err := l.shared()
+	if err != nil {
+		return fmt.Errorf("dirstore: VM %s: lock: %w", v.name, err)
+	}
+	v.mu.Lock()
+	if v.epoch != epoch || !v.loaded.Load() {
+		err = s.refreshManifestLocked(v)
+		if err == nil {
+			v.epoch = epoch
+		}
+	}
+	v.mu.Unlock()
+	if err != nil {
+		l.release()
+		return err
+	}
+	v.mu.RLock()
+	return nil
+}
+
+// refreshManifestLocked reads v's owner and manifest if they are not
+// loaded or the writer held the VM since they were. The writer is not changing the VM:
+// the caller holds its lock shared, so an applying marker is a commit that
+// failed or a writer that crashed (the writer, or the next Store to open
+// the directory when none is running, finishes it).
+func (s *Store) refreshManifestLocked(v *vmState) error {
+	vm := v.name
+	version, err := v.xl.version()
+	if err != nil {
+		return fmt.Errorf("dirstore: VM %s: lock: %w", vm, err)
+	}
+	if v.loaded.Load() && version == v.version {
+		return nil // no writer held the VM since
+	}
+	if ok, err := s.exists(markerPath(vm)); err != nil || ok {
+		v.loaded.Store(false)
+		if err == nil {
+			err = errors.New("a commit was interrupted; the process that writes to the target finishes it (or the next one to open the target when none runs): retry")
+		}
+		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
+	}
+	owner, err := s.readFile(ownerPath(vm))
+	if err != nil {
+		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
+	}
+	var man manifest
+	if b, err := s.readFile(manifestPath(vm)); err != nil {
+		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
+	} else if b != nil {
+		if err := json.Unmarshal(b, &man); err != nil || man.Format != formatVersion {
+			return brokenError{fmt.Errorf("dirstore: VM %s: manifest (format %d): %v", vm, man.Format, err)}
+		}
+	}
+	v.owner = strings.TrimSuffix(string(owner), "\n")
+	v.setPoints(man.Points)
+	v.version = version
+	v.loaded.Store(true)
+	return nil
+}
+
+// wlock returns vm's state, loaded, with its lock held exclusively, in
+// this process and across processes; wunlock releases it.
 func (s *Store) wlock(vm string) (*vmState, error) {
+	if s.readOnly {
+		return nil, errReadOnly
+	}
 	v := s.state(vm)
 	v.mu.Lock()
+	l, err := s.vmLockOf(v)
+	if err == nil && l != nil {
+		err = l.exclusive()
+	}
+	if err != nil {
+		v.mu.Unlock()
+		return nil, err
+	}
 	if !v.loaded.Load() {
 		if err := s.loadLocked(v); err != nil {
-			v.mu.Unlock()
+			s.wunlock(v)
 			return nil, err
 		}
 	}
 	return v, nil
+}
+
+func (s *Store) wunlock(v *vmState) {
+	if v.xl != nil {
+		v.xl.unlockExclusive()
+	}
+	v.mu.Unlock()
 }
 
 // loadLocked reads the owner, manifest and marker of v, finishes or forgets
@@ -329,6 +526,7 @@ func (s *Store) cleanLocked(v *vmState) {
 		}
 	}
 	s.removeOrphansLocked(v)
+	s.removeStalePins(v)
 }
 
 // removeUnstagedBlocks removes the blocks files of generation gen that no
@@ -481,7 +679,7 @@ func (s *Store) VMs(ctx context.Context) ([]string, error) {
 		if len(v.points) > 0 {
 			out = append(out, vm)
 		}
-		v.mu.RUnlock()
+		s.runlock(v)
 	}
 	return out, nil
 }
@@ -495,7 +693,7 @@ func (s *Store) Points(ctx context.Context, vm string) ([]target.Point, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer v.mu.RUnlock()
+	defer s.runlock(v)
 	if len(v.points) == 0 {
 		return nil, notFoundVM(vm)
 	}

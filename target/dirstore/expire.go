@@ -11,12 +11,16 @@ import (
 // Expire drops the oldest points of vm whose time (Frozen, or Applied if
 // Frozen is unset) is before before, keeping at least keep points and
 // always the newest. Points are dropped oldest first: it stops at the first
-// point that is not old enough, or that an open DiskReader holds.
+// point that is not old enough, or that an open DiskReader holds (of this
+// Store or of a read-only one in another process).
 //
 // Dropping points P1..Pk deletes the undo data of P2..Pk+1, which only
 // served to go back from them: Pk+1 becomes the oldest point, and disks no
 // remaining point holds lose their replica.
 func (s *Store) Expire(ctx context.Context, vm string, before time.Time, keep int) error {
+	if s.readOnly {
+		return errReadOnly
+	}
 	if err := checkVM(vm); err != nil {
 		return err
 	}
@@ -24,14 +28,15 @@ func (s *Store) Expire(ctx context.Context, vm string, before time.Time, keep in
 	if err != nil {
 		return err
 	}
-	defer v.mu.Unlock()
+	defer s.wunlock(v)
 	if len(v.points) == 0 {
 		return notFoundVM(vm)
 	}
 	maxDrop := len(v.points) - max(keep, 1)
 	drop := 0
 	v.pinMu.Lock()
-	for drop < maxDrop && pointTime(&v.points[drop]).Before(before) && v.pins[v.points[drop].Generation] == 0 {
+	for drop < maxDrop && pointTime(&v.points[drop]).Before(before) && v.pins[v.points[drop].Generation] == 0 &&
+		!s.pinnedElsewhere(vm, v.points[drop].Generation) {
 		drop++
 	}
 	v.pinMu.Unlock()
@@ -50,6 +55,7 @@ func (s *Store) Expire(ctx context.Context, vm string, before time.Time, keep in
 		s.step("expire undo")
 	}
 	s.removeOrphansLocked(v)
+	s.removeStalePins(v)
 	return nil
 }
 

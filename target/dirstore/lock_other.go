@@ -2,7 +2,19 @@
 
 package dirstore
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
-// lockFile does nothing where flock is not available.
-func lockFile(*os.File) error { return nil }
+const (
+	lockShared = iota
+	lockExclusive
+	lockRelease
+)
+
+var errWouldBlock = errors.New("locked by another process or Store")
+
+// flock does nothing where flock(2) is not available: one process at a
+// time must use a directory there.
+func flock(*os.File, int, bool) error { return nil }

@@ -28,7 +28,7 @@ func (s *Store) Open(ctx context.Context, vm string, gen uint64, disk string) (t
 	if err != nil {
 		return nil, err
 	}
-	defer v.mu.RUnlock()
+	defer s.runlock(v)
 	if len(v.points) == 0 {
 		return nil, notFoundVM(vm)
 	}
@@ -66,6 +66,9 @@ func (s *Store) Open(ctx context.Context, vm string, gen uint64, disk string) (t
 	v.pinMu.Lock()
 	v.pins[gen]++
 	v.pinMu.Unlock()
+	if s.readOnly {
+		r.pin = s.pin(vm, gen)
+	}
 	return r, nil
 }
 
@@ -78,6 +81,7 @@ type diskReader struct {
 	gen  uint64
 	size int64
 	rep  *os.File
+	pin  *os.File // a read-only Store's hold on the point (Store.pin); may be nil
 
 	mu     sync.Mutex // guards the fields below
 	closed bool
@@ -121,7 +125,13 @@ func (r *diskReader) refreshLocked() error {
 // lock takes the VM's lock (shared) and the reader's, bringing the layers
 // up to date.
 func (r *diskReader) lock() error {
-	r.v.mu.RLock()
+	if r.s.readOnly {
+		if err := r.s.rlockShared(r.v); err != nil {
+			return err
+		}
+	} else {
+		r.v.mu.RLock()
+	}
 	r.mu.Lock()
 	var err error
 	switch {
@@ -129,6 +139,9 @@ func (r *diskReader) lock() error {
 		err = fmt.Errorf("dirstore: %s/%s: %w", r.v.name, r.disk, os.ErrClosed)
 	case !r.v.loaded.Load():
 		err = fmt.Errorf("dirstore: VM %s is being recovered after a failed commit; retry", r.v.name)
+	case r.v.find(r.gen) == nil:
+		// Only a reader without a pin file: the point expired under it.
+		err = fmt.Errorf("dirstore: VM %s point %d expired while it was read: %w", r.v.name, r.gen, target.ErrNotFound)
 	default:
 		err = r.refreshLocked()
 	}
@@ -140,7 +153,7 @@ func (r *diskReader) lock() error {
 
 func (r *diskReader) unlock() {
 	r.mu.Unlock()
-	r.v.mu.RUnlock()
+	r.s.runlock(r.v)
 }
 
 func (r *diskReader) Size() int64 { return r.size }
@@ -322,6 +335,9 @@ func (r *diskReader) Close() error {
 
 func (r *diskReader) closeFiles() {
 	r.rep.Close()
+	if r.pin != nil {
+		r.pin.Close()
+	}
 	for _, u := range r.layers {
 		u.f.Close()
 	}

@@ -30,6 +30,9 @@ import (
 // Stage never touches a replica: readers and Checksums of every point see
 // nothing of it until Commit.
 func (s *Store) Stage(ctx context.Context, vm string, gen uint64, disk string, stream io.Reader) (err error) {
+	if s.readOnly {
+		return errReadOnly
+	}
 	if err := checkVM(vm); err != nil {
 		return err
 	}
@@ -114,7 +117,7 @@ func (s *Store) stageCheck(vm string, gen uint64, locked bool) (done bool, err e
 			return false, err
 		}
 		points = v.points
-		v.mu.RUnlock()
+		s.runlock(v)
 	}
 	if findIn(points, gen) != nil {
 		return true, nil
@@ -150,7 +153,7 @@ func (s *Store) stageInstall(vm string, gen uint64, disk, tmp, blocks string) (e
 	if err != nil {
 		return err
 	}
-	defer v.mu.Unlock()
+	defer s.wunlock(v)
 	done, err := s.stageCheck(vm, gen, true)
 	if done || err != nil {
 		s.root.Remove(tmp)
