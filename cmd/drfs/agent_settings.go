@@ -3,7 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -104,7 +104,7 @@ func (a *agent) changeSettings(p *protection, req protectRequest) (string, error
 	if len(same) > 0 {
 		msg += "; unchanged: " + strings.Join(same, ", ")
 	}
-	fmt.Fprintf(os.Stderr, "drfs: %s\n", msg)
+	slog.Info(msg)
 	return msg, nil
 }
 

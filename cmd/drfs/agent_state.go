@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -82,7 +83,7 @@ func (a *agent) persist() {
 		err = writeFileSynced(a.file, data)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "drfs: agent: cannot save its state in %s: %v\n", a.file, err)
+		slog.Error(fmt.Sprintf("agent: cannot save its state in %s: %v", a.file, err))
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -165,7 +166,7 @@ func (a *agent) stop(timeout time.Duration) {
 	for _, p := range a.protections() {
 		a.deleteSnapshot(p) // the next start takes a new one
 		if p.state() == orchestrator.Protected && p.repl != nil {
-			fmt.Fprintf(os.Stderr, "drfs: %s: shipping the last generation\n", p.name)
+			slog.Info(p.name + ": shipping the last generation")
 			p.repl.loop.Round(ctx)
 			a.afterRound(p, 0, loopResult(p))
 		}
@@ -754,7 +755,7 @@ func (a *agent) cutWhileShipping(ctx context.Context, p *protection) (stop func(
 			}
 			if a.generationFull(p) {
 				if _, err := p.repl.rotate(p.name); err != nil {
-					fmt.Fprintf(os.Stderr, "drfs: %s: cutting a full generation: %v\n", p.name, err)
+					slog.Warn(fmt.Sprintf("%s: cutting a full generation: %v", p.name, err))
 				}
 			}
 		}
@@ -827,7 +828,7 @@ func (a *agent) reenable(ctx context.Context, p *protection) bool {
 		if id != 0 {
 			a.jobs.Fail(id, err)
 		}
-		fmt.Fprintf(os.Stderr, "drfs: %s: %v\n", p.name, err)
+		slog.Error(fmt.Sprintf("%s: %v", p.name, err))
 		p.mu.Lock()
 		p.mu.vm.Failed(a.clock.Now(), err)
 		p.mu.Unlock()
@@ -1008,8 +1009,8 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 	}
 	p.copied.Store(0)
 	p.toCopy.Store(total)
-	fmt.Fprintf(os.Stderr, "drfs: %s: initial replication of %d disk(s) (%s allocated) from a snapshot at generation %d to %s\n",
-		vm, len(names), bytesString(total), gen, p.target)
+	slog.Info(fmt.Sprintf("%s: initial replication of %d disk(s) (%s allocated) from a snapshot at generation %d to %s",
+		vm, len(names), bytesString(total), gen, p.target))
 	st, err := p.repl.sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindSnapshot)
 	p.toCopy.Store(0)
 	// What the copy sent counts in the VM's totals (drfs status, the
@@ -1019,8 +1020,8 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 		a.deleteSnapshot(p)
 		return roundResult{err: err}
 	}
-	fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: the disks at the snapshot, %s sent in %v\n",
-		vm, gen, bytesString(int64(st.WireBytes)), st.Duration.Round(time.Millisecond))
+	slog.Info(fmt.Sprintf("%s: recovery point %d on target: the disks at the snapshot, %s sent in %v",
+		vm, gen, bytesString(int64(st.WireBytes)), st.Duration.Round(time.Millisecond)))
 	return roundResult{gen: gen, raw: st.RawBytes, wire: st.WireBytes}
 }
 
@@ -1038,7 +1039,7 @@ func (a *agent) deleteSnapshot(p *protection) {
 		return
 	}
 	if err := snap.Delete(); err != nil {
-		fmt.Fprintf(os.Stderr, "drfs: %s: deleting its snapshot: %v\n", p.name, err)
+		slog.Warn(fmt.Sprintf("%s: deleting its snapshot: %v", p.name, err))
 	}
 	os.RemoveAll(a.snapshotDir(p.name))
 }
@@ -1148,7 +1149,7 @@ func (a *agent) afterRound(p *protection, id uint64, res roundResult) {
 		}
 	}
 	if after != before {
-		fmt.Fprintf(os.Stderr, "drfs: %s: %s → %s\n", p.name, before, desc)
+		slog.Info(fmt.Sprintf("%s: %s → %s", p.name, before, desc))
 	}
 	a.persist()
 }
@@ -1344,7 +1345,10 @@ func (a *agent) appConsistentCut(ctx context.Context, p *protection) {
 	if ferr == nil {
 		p.repl.markAppConsistent(p.name, gen)
 	}
-	if appErr != "" {
-		fmt.Fprintf(os.Stderr, "drfs: %s: %s\n", p.name, appErr)
+	switch {
+	case ferr == nil && terr != nil:
+		slog.Error(p.name + ": " + appErr) // the VM may still be frozen
+	case appErr != "":
+		slog.Warn(p.name + ": " + appErr)
 	}
 }

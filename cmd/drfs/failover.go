@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -259,9 +260,9 @@ func (j *vmFailover) describe() string {
 // the marker, and runs the hook. It returns a line that says what it did.
 func (j *vmFailover) run(ctx context.Context) (string, error) {
 	p := j.point
-	fmt.Fprintf(os.Stderr, "drfs: %s\n", j.describe())
+	say(slog.LevelInfo, j.describe())
 	if !p.Kind.Consistent() {
-		fmt.Fprintf(os.Stderr, "drfs: warning: point %s of %s is a fuzzy copy (%s): its disks may not be consistent with each other or in themselves; check them (fsck) before use\n", p.ID(), j.vm, p.Kind)
+		say(slog.LevelWarn, fmt.Sprintf("point %s of %s is a fuzzy copy (%s): its disks may not be consistent with each other or in themselves; check them (fsck) before use", p.ID(), j.vm, p.Kind))
 	}
 	m, err := materialize(ctx, j.store, j.vm, p, j.dir, j.replicas)
 	j.m = m
@@ -283,7 +284,7 @@ func (j *vmFailover) run(ctx context.Context) (string, error) {
 	if m.Cloned > 0 {
 		done += fmt.Sprintf(" (%s shared with the replica)", bytesString(m.Cloned))
 	}
-	fmt.Fprintf(os.Stderr, "drfs: %s\n", done)
+	say(slog.LevelInfo, done)
 	if j.hook == "" {
 		return done, nil
 	}
@@ -294,7 +295,7 @@ func (j *vmFailover) run(ctx context.Context) (string, error) {
 		"DRFS_DIR=" + j.dir,
 		"DRFS_DISKS=" + strings.Join(m.Disks, " "),
 	}
-	fmt.Fprintf(os.Stderr, "drfs: %s: running hook: %s\n", j.vm, j.hook)
+	say(slog.LevelInfo, fmt.Sprintf("%s: running hook: %s", j.vm, j.hook))
 	out := j.hookOut
 	if out == nil {
 		out = os.Stdout
@@ -323,7 +324,7 @@ func runHookTo(ctx context.Context, cmd string, env []string, out io.Writer) (ho
 	err := c.Run()
 	hr := hookResult{Command: cmd, ElapsedSeconds: time.Since(start).Seconds()}
 	if err == nil {
-		fmt.Fprintf(os.Stderr, "drfs: hook %q done in %v\n", cmd, time.Since(start).Round(time.Millisecond))
+		say(slog.LevelInfo, fmt.Sprintf("hook %q done in %v", cmd, time.Since(start).Round(time.Millisecond)))
 		return hr, nil
 	}
 	code := 1

@@ -158,11 +158,11 @@ func main() {
 	switch {
 	case errors.As(err, &code):
 		if code.err != nil {
-			fmt.Fprintln(os.Stderr, "drfs:", code.err)
+			printError(code.err)
 		}
 		os.Exit(code.code)
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "drfs:", err)
+		printError(err)
 		os.Exit(exitError)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -24,9 +25,11 @@ type mountCmd struct {
 	Debug      bool   `help:"Log every FUSE request (slow)."`
 	AllowOther bool   `name:"allow-other" help:"Let users other than root open the disks on the mount, as their file modes allow (libvirt runs QEMU as its own user: docs/libvirt.md)."`
 	replicationFlags
+	logFlags
 }
 
 func (c *mountCmd) Run() error {
+	c.startLog()
 	sig := notifyStop()
 	defer signal.Stop(sig)
 	if err := checkMountArgs(c.Source, c.Mountpoint, c.State); err != nil {
@@ -81,12 +84,12 @@ func (c *mountCmd) Run() error {
 	replDone := make(chan struct{})
 	if repl != nil {
 		go func() { repl.run(replCtx); close(replDone) }()
-		fmt.Fprintf(os.Stderr, "drfs: replicating every %v to %s; resync window %s (local time), resync threshold %d%%\n",
-			c.Interval, c.Target, repl.window(), c.ResyncThreshold)
+		slog.Info(fmt.Sprintf("replicating every %v to %s; resync window %s (local time), resync threshold %d%%",
+			c.Interval, c.Target, repl.window(), c.ResyncThreshold))
 	} else {
 		close(replDone)
 	}
-	fmt.Fprintf(os.Stderr, "drfs: %s mounted at %s, change log in %s; Ctrl-C or SIGTERM unmounts\n", c.Source, c.Mountpoint, c.State)
+	slog.Info(fmt.Sprintf("%s mounted at %s, change log in %s; Ctrl-C or SIGTERM unmounts", c.Source, c.Mountpoint, c.State))
 
 	signalled := waitUnmount(srv, c.Mountpoint, sig, nil)
 	signal.Stop(sig) // a second signal while the last generation ships ends the process
@@ -98,13 +101,13 @@ func (c *mountCmd) Run() error {
 	if repl != nil {
 		// The mount is gone, so no write can land any more: one last
 		// rotation gives the target the source's final state.
-		fmt.Fprintln(os.Stderr, "drfs: shipping the last generation")
+		slog.Info("shipping the last generation")
 		repl.final(2 * time.Minute)
 	}
 	if err := log.Close(); err != nil {
 		return fmt.Errorf("closing the change log in %s: %w", c.State, err)
 	}
-	fmt.Fprintln(os.Stderr, "drfs: unmounted; change log closed cleanly")
+	slog.Info("unmounted; change log closed cleanly")
 	if !signalled {
 		return removedOutside(c.Mountpoint, c.Source)
 	}

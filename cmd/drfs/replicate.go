@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"maps"
 	"net/url"
 	"os"
@@ -189,7 +190,7 @@ func openTarget(f *replicationFlags) (targets.Store, error) {
 			store.Close()
 			return nil, fmt.Errorf("target %s: %w", f.Target, err)
 		}
-		fmt.Fprintf(os.Stderr, "drfs: warning: target %s is not reachable now (%v); changes are kept in the log and shipped when it is\n", f.Target, err)
+		slog.Warn(fmt.Sprintf("target %s is not reachable now (%v); changes are kept in the log and shipped when it is", f.Target, err))
 	}
 	return store, nil
 }
@@ -362,14 +363,14 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 		// the copy reads the live disks, and its point says it is fuzzy.
 		// (A mount being unmounted fails the round instead: the next
 		// one, after it stopped, reads disks nothing writes to.)
-		fmt.Fprintf(os.Stderr, "drfs: %s: %v: copying from the live disks instead (the point will be a fuzzy copy)\n", vm, err)
+		slog.Warn(fmt.Sprintf("%s: %v: copying from the live disks instead (the point will be a fuzzy copy)", vm, err))
 		return gen, disks, kind, none, nil
 	case err != nil:
 		return 0, nil, "", nil, err
 	}
 	release := func() {
 		if err := snap.Delete(); err != nil {
-			fmt.Fprintf(os.Stderr, "drfs: %s: deleting the snapshot of its copy: %v\n", vm, err)
+			slog.Warn(fmt.Sprintf("%s: deleting the snapshot of its copy: %v", vm, err))
 		}
 		os.RemoveAll(dir)
 	}
@@ -458,7 +459,7 @@ func (r *replication) rotateChecked(vm string, covered func(disk string) bool) (
 	defer cancel()
 	behind, err := tracked.CheckOutside(ctx, r.srv, r.log, vm, covered)
 	if err != nil && !errors.Is(err, drfsfs.ErrClosed) {
-		fmt.Fprintf(os.Stderr, "drfs: %s: %v\n", vm, err)
+		slog.Warn(fmt.Sprintf("%s: %v", vm, err))
 	}
 	r.reportOutside(vm, behind)
 	return gen, behind, nil
@@ -468,7 +469,7 @@ func (r *replication) rotateChecked(vm string, covered func(disk string) bool) (
 // mount's back.
 func (r *replication) reportOutside(vm string, behind []tracker.OutsideChange) {
 	for _, c := range behind {
-		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resynchronization required: %s\n", vm, c.Disk, c.Reason)
+		slog.Warn(fmt.Sprintf("%s/%s: resynchronization required: %s", vm, c.Disk, c.Reason))
 	}
 }
 
@@ -491,7 +492,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 	defer cancel()
 	points, err := r.store.Points(ctx, vm)
 	if errors.Is(err, target.ErrNotFound) || err == nil && len(points) == 0 {
-		fmt.Fprintf(os.Stderr, "drfs: %s: initial replication of %d disk(s) to %s\n", vm, len(disks), r.flags.Target)
+		slog.Info(fmt.Sprintf("%s: initial replication of %d disk(s) to %s", vm, len(disks), r.flags.Target))
 		r.mu.Lock()
 		r.mu.copiedWhole[vm] = true
 		r.mu.Unlock()
@@ -504,7 +505,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		// would make points of changes without their base.
 		for _, gen := range r.log.Frozen(vm) {
 			if err := r.log.Drop(vm, gen); err != nil {
-				fmt.Fprintf(os.Stderr, "drfs: %s: dropping generation %d before the initial copy: %v\n", vm, gen, err)
+				slog.Warn(fmt.Sprintf("%s: dropping generation %d before the initial copy: %v", vm, gen, err))
 			}
 		}
 		// A whole copy repairs any flagged disk too.
@@ -575,7 +576,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 			}
 		}
 		why := fmt.Sprintf("its change log was dropped (%d generation(s)) when the log of %s", len(gens), over)
-		fmt.Fprintf(os.Stderr, "drfs: %s: %s: every disk is compared with the target instead\n", vm, why)
+		slog.Warn(fmt.Sprintf("%s: %s: every disk is compared with the target instead", vm, why))
 		for disk := range disks {
 			if was, ok := reasons[disk]; onTarget[disk] && (!ok || !lostTracking(was)) {
 				reasons[disk] = why
@@ -597,7 +598,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 	if started {
 		verb = "resumed resync"
 	}
-	fmt.Fprintf(os.Stderr, "drfs: %s: %s of %v to %s\n", vm, verb, names, r.flags.Target)
+	slog.Info(fmt.Sprintf("%s: %s of %v to %s", vm, verb, names, r.flags.Target))
 	r.mu.Lock()
 	delete(r.mu.now, vm)
 	delete(r.mu.waitLogged, vm)
@@ -702,7 +703,7 @@ func (r *replication) checkThreshold(vm string) {
 				continue
 			}
 			why := fmt.Sprintf("%s%d%% of the disk (%s of %s)", thresholdReason, p.Threshold(), bytesString(d.LogBytes), bytesString(p.ThresholdBase(d.Size)))
-			fmt.Fprintf(os.Stderr, "drfs: %s/%s: resynchronization required: %s\n", vm, d.Name, why)
+			slog.Warn(fmt.Sprintf("%s/%s: resynchronization required: %s", vm, d.Name, why))
 			r.log.MarkResync(vm, d.Name, why)
 		}
 	}
@@ -732,11 +733,11 @@ func (r *replication) logWaiting(vm string, reasons map[string]string, now time.
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	msg := fmt.Sprintf("drfs: %s: resync of %v waits for the resync window %s (%s; drfs resync --now runs it at once)", vm, names, r.window(), opensString(opens))
+	msg := fmt.Sprintf("%s: resync of %v waits for the resync window %s (%s; drfs resync --now runs it at once)", vm, names, r.window(), opensString(opens))
 	if fuzzy {
 		msg += "; until it commits, the VM's points are not crash-consistent (kind resync)"
 	}
-	fmt.Fprintln(os.Stderr, msg)
+	slog.Info(msg)
 }
 
 // opensString says when a window opens.
@@ -960,7 +961,7 @@ func (r *replication) diff(ctx context.Context, vm, disk string, d shipper.CopyD
 			// write since the comparison began (the precondition of any
 			// resume); their blocks are sent again from the file anyway.
 			if c.VM == vm && c.Disk == disk && c.Gen < gen {
-				fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync cursor of point %d carried to point %d (the points between came from the log)\n", vm, disk, c.Gen, gen)
+				slog.Info(fmt.Sprintf("%s/%s: resync cursor of point %d carried to point %d (the points between came from the log)", vm, disk, c.Gen, gen))
 				c.Gen = gen
 			}
 			opts.Resume = &c
@@ -975,23 +976,23 @@ func (r *replication) diff(ctx context.Context, vm, disk string, d shipper.CopyD
 		}
 		saved = time.Now()
 		writeFileAtomic(cpath, p.Cursor.Marshal())
-		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync compared %s of %s, %s differ, ETA %v\n", vm, disk,
-			bytesString(p.Offset), bytesString(p.Size), bytesString(p.SendBytes), p.ETA.Round(time.Second))
+		slog.Info(fmt.Sprintf("%s/%s: resync compared %s of %s, %s differ, ETA %v", vm, disk,
+			bytesString(p.Offset), bytesString(p.Size), bytesString(p.SendBytes), p.ETA.Round(time.Second)))
 	}
 	res, err := resync.Diff(ctx, src, size, r.store, vm, gen, disk, opts)
 	switch {
 	case opts.Resume != nil && res.Restarted != "":
-		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync started over: its cursor was not usable (%s)\n", vm, disk, res.Restarted)
+		slog.Warn(fmt.Sprintf("%s/%s: resync started over: its cursor was not usable (%s)", vm, disk, res.Restarted))
 	case opts.Resume != nil:
-		fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync resumed from its cursor at %s of %s\n", vm, disk, bytesString(res.ResumedAt), bytesString(size))
+		slog.Info(fmt.Sprintf("%s/%s: resync resumed from its cursor at %s of %s", vm, disk, bytesString(res.ResumedAt), bytesString(size)))
 	}
 	if err != nil {
 		writeFileAtomic(cpath, res.Cursor.Marshal())
 		return res, fmt.Errorf("resync of %s/%s (resumes from %s next time): %w", vm, disk, bytesString(res.Cursor.Offset), err)
 	}
-	fmt.Fprintf(os.Stderr, "drfs: %s/%s: resync against point %d: %d chunks compared, %d differ: sending %s (checksums %s up, %s down) in %v\n",
+	slog.Info(fmt.Sprintf("%s/%s: resync against point %d: %d chunks compared, %d differ: sending %s (checksums %s up, %s down) in %v",
 		vm, disk, gen, res.Compared(), res.Differing(), bytesString(res.SendBytes()),
-		bytesString(res.SumBytesUp), bytesString(res.SumBytesDown), res.Duration.Round(time.Millisecond))
+		bytesString(res.SumBytesUp), bytesString(res.SumBytesDown), res.Duration.Round(time.Millisecond)))
 	return res, nil
 }
 
@@ -1034,9 +1035,9 @@ func (r *replication) shipped(s shipper.VMState) {
 	r.mu.Unlock()
 	switch {
 	case s.LastError != nil && s.Stopped:
-		fmt.Fprintf(os.Stderr, "drfs: %s: replication STOPPED: %v\n", s.VM, s.LastError)
+		slog.Error(fmt.Sprintf("%s: replication STOPPED: %v", s.VM, s.LastError))
 	case s.LastError != nil:
-		fmt.Fprintf(os.Stderr, "drfs: %s: shipping failed (%d in a row, retried next interval): %v\n", s.VM, s.Failures, s.LastError)
+		slog.Warn(fmt.Sprintf("%s: shipping failed (%d in a row, retried next interval): %v", s.VM, s.Failures, s.LastError))
 	case s.Last.Generations > 0 && s.Last.DataBlocks+s.Last.ZeroBlocks > 0:
 		// (A ship cut short by a stop committed nothing: no point to
 		// report.) The LZ4 ratio only of data that went compressed: a
@@ -1049,9 +1050,9 @@ func (r *replication) shipped(s shipper.VMState) {
 		default:
 			how = " (uncompressed)"
 		}
-		fmt.Fprintf(os.Stderr, "drfs: %s: recovery point %d on target: %d block(s), %s raw, %s sent%s in %v\n",
+		slog.Info(fmt.Sprintf("%s: recovery point %d on target: %d block(s), %s raw, %s sent%s in %v",
 			s.VM, s.LastGeneration, s.Last.DataBlocks, bytesString(int64(s.Last.RawBytes)), bytesString(int64(s.Last.WireBytes)),
-			how, s.Last.Duration.Round(time.Millisecond))
+			how, s.Last.Duration.Round(time.Millisecond)))
 	}
 	// Even a point with no change moves the RPO on, and ages the others.
 	if s.LastError == nil && s.Last.Generations > 0 {
@@ -1084,7 +1085,7 @@ func (r *replication) expire(vm string) {
 	if n := maxPoints; n > 0 {
 		points, err := r.store.Points(ctx, vm)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "drfs: %s: listing points to expire: %v\n", vm, err)
+			slog.Warn(fmt.Sprintf("%s: listing points to expire: %v", vm, err))
 			return
 		}
 		if len(points) > n {
@@ -1095,7 +1096,7 @@ func (r *replication) expire(vm string) {
 		}
 	}
 	if err := r.store.Expire(ctx, vm, before, 1); err != nil {
-		fmt.Fprintf(os.Stderr, "drfs: %s: expiring old points: %v\n", vm, err)
+		slog.Warn(fmt.Sprintf("%s: expiring old points: %v", vm, err))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -435,7 +436,8 @@ type progress struct {
 
 func newProgress(name string, total int64) *progress {
 	_, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS)
-	return &progress{tty: err == nil, name: name, total: total, start: time.Now()}
+	// In the agent (a planned failover), no progress between its log lines.
+	return &progress{tty: err == nil && !daemonLog.Load(), name: name, total: total, start: time.Now()}
 }
 
 func (p *progress) update(done int64) {
@@ -452,6 +454,10 @@ func (p *progress) update(done int64) {
 }
 
 func (p *progress) finish() {
+	if daemonLog.Load() {
+		say(slog.LevelInfo, fmt.Sprintf("%s: %s of data in %v", p.name, bytesString(p.total), time.Since(p.start).Round(time.Millisecond)))
+		return
+	}
 	clearLine := ""
 	if p.tty {
 		clearLine = "\r\033[K"

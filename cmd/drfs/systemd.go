@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -18,7 +19,7 @@ func notifySystemd(state, status string) {
 		msg += "\nSTATUS=" + status
 	}
 	if _, err := daemon.SdNotify(false, msg); err != nil {
-		fmt.Fprintf(os.Stderr, "drfs: telling systemd %q: %v\n", state, err)
+		slog.Warn(fmt.Sprintf("telling systemd %q: %v", state, err))
 	}
 }
 
@@ -32,6 +33,6 @@ func makeMountpoint(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating the mountpoint %s: %w", dir, err)
 	}
-	fmt.Fprintf(os.Stderr, "drfs: agent: created the mountpoint %s\n", dir)
+	slog.Info("agent: created the mountpoint " + dir)
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -30,9 +29,11 @@ type targetServeCmd struct {
 	Key      string        `required:"" placeholder:"FILE" type:"path" help:"Private key (PEM) of the server certificate."`
 	ClientCA string        `name:"client-ca" required:"" placeholder:"FILE" type:"path" help:"CA certificates (PEM) that sign the source hosts' client certificates; nobody else gets in."`
 	Shutdown time.Duration `default:"30s" help:"On SIGINT or SIGTERM, how long calls in progress may take to finish before they are cut."`
+	logFlags
 }
 
 func (c *targetServeCmd) Run() error {
+	log := c.startLog()
 	if st, err := os.Stat(c.Dir); err != nil {
 		return fmt.Errorf("replica directory %s: %v (create it first)", c.Dir, errors.Unwrap(err))
 	} else if !st.IsDir() {
@@ -46,7 +47,6 @@ func (c *targetServeCmd) Run() error {
 	if err != nil {
 		return fmt.Errorf("client %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	srv, err := remote.NewServer(remote.ServerOptions{
 		Certificates: []tls.Certificate{cert},
 		ClientCAs:    clientCAs,
