@@ -317,3 +317,22 @@ func TestStaleApplierFenced(t *testing.T) {
 	must(t, seven.Apply(bg, s2))
 	m.CheckPoints(t, s2)
 }
+
+// TestReaderOfExpiredPoint: a reader in another process than the writer
+// (here another Store) whose point expires under it gets an error that
+// says so, never the bytes of another point.
+func TestReaderOfExpiredPoint(t *testing.T) {
+	st := newTestStore(t, Options{})
+	m := replicate(t, st, 5, 4)
+	other := reopen(t, st)
+	old := m.Points[0]
+	r, err := other.Open(bg, "vm", old.Gen, "d")
+	must(t, err)
+	defer r.Close()
+	must(t, st.Expire(bg, "vm", m.Newest().Frozen, 1))
+	buf := make([]byte, r.Size())
+	_, err = r.ReadAt(buf, 0)
+	if !errors.Is(err, target.ErrNotFound) || !strings.Contains(err.Error(), fmt.Sprintf("point %d expired while it was read", old.Gen)) {
+		t.Fatalf("reading a point that expired: %v", err)
+	}
+}

@@ -174,7 +174,18 @@ func (r *diskReader) download(b []byte, off int64) error {
 	_, err := r.pb.DownloadBuffer(context.Background(), b, &blob.DownloadBufferOptions{
 		Range: blob.HTTPRange{Offset: off, Count: int64(len(b))}, Concurrency: 4, BlockSize: readWindow,
 	})
-	return r.s.fail(fmt.Sprintf("read [%d, +%d) of point %d of", off, len(b), r.gen), r.name, err)
+	return r.fail(fmt.Sprintf("read [%d, +%d) of point %d of", off, len(b), r.gen), err)
+}
+
+// fail is Store.fail for the reader's snapshot, which is gone when the
+// point expired: another process's Expire does not see this one's pins.
+// Snapshots never change, so a reader returns its point's bytes or this
+// error, never another point's.
+func (r *diskReader) fail(op string, err error) error {
+	if isNotFound(err) {
+		return fmt.Errorf("azblob: VM %s point %d expired while it was read (its snapshot of %s is gone): %w", r.vm, r.gen, r.name, target.ErrNotFound)
+	}
+	return r.s.fail(op, r.name, err)
 }
 
 func overlaps(exts []target.Extent, from, to int64) bool {
@@ -198,7 +209,7 @@ func (r *diskReader) Extents() ([]target.Extent, error) {
 	for r.size > 0 && pager.More() {
 		page, err := pager.NextPage(context.Background())
 		if err != nil {
-			return nil, r.s.fail(fmt.Sprintf("page ranges of point %d of", r.gen), r.name, err)
+			return nil, r.fail(fmt.Sprintf("page ranges of point %d of", r.gen), err)
 		}
 		for _, pr := range page.PageRange {
 			if pr.Start == nil || pr.End == nil {
