@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -12,11 +14,12 @@ import (
 	"time"
 )
 
-// TestPointsMount: an ext4 disk whose files change between two points;
+// TestPointsMount: an ext4 disk whose files change between ten points;
 // drfs points mount serves each point read-only from the target (a
-// directory, a drfs target serve over TLS, and Azure Blob on Azurite), and a read-only loop mount
-// of its disk holds the files as they were at that cut. Writes are
-// refused; drfs points umount ends the command.
+// directory, a drfs target serve over TLS, and Azure Blob on Azurite), all
+// ten mounted at once, and a read-only loop mount of each point's disk
+// holds the files as they were at that cut (and not those written after
+// it). Writes are refused; drfs points umount ends each command.
 func TestPointsMount(t *testing.T) {
 	needFUSE(t)
 	for _, tool := range []string{"losetup", "mkfs.ext4"} {
@@ -38,75 +41,63 @@ func TestPointsMount(t *testing.T) {
 }
 
 func testPointsMount(t *testing.T, d dirs, tgt string, tls ...string) {
+	const generations = 10
 	m := startMount(t, d.src, d.mnt, d.state, append([]string{"--target", tgt, "--interval", "1s"}, tls...)...)
 	rng := rand.New(rand.NewPCG(seed(t), 22))
-	first := ext4Files(rng, 12, 3)
 	disk := filepath.Join(d.mnt, "vm1", "disk.img")
-	withLoopExt4(t, disk, true, func(root string) { writeFiles(t, root, first) })
-	genA := waitCut(t, d.state, "vm1", time.Now())
-	second := map[string][]byte{}
-	for name, data := range first {
-		second[name] = data
+	files := ext4Files(rng, 12, 3)
+	type state struct {
+		point  string
+		files  map[string][]byte
+		absent []string // files written after the point
 	}
-	changed := ext4Files(rng, 6, 3) // the same names as six of the first, new content
-	for name, data := range changed {
-		second[name] = data
+	var states []state
+	for i := range generations {
+		if i > 0 {
+			next := maps.Clone(files)
+			for name, data := range ext4Files(rng, 3, 3) { // new content for three of the first names
+				next[name] = data
+			}
+			next[fmt.Sprintf("new/%d", i)] = []byte(fmt.Sprintf("written before point %d", i))
+			files = next
+		}
+		withLoopExt4(t, disk, i == 0, func(root string) { writeFiles(t, root, files) })
+		gen := waitCut(t, d.state, "vm1", time.Now())
+		states = append(states, state{point: fmt.Sprint(gen), files: files})
 	}
-	second["new/file"] = []byte("written after the first point")
-	withLoopExt4(t, disk, false, func(root string) { writeFiles(t, root, second) })
-	waitCut(t, d.state, "vm1", time.Now())
+	for i := range states {
+		for j := i + 1; j < len(states); j++ {
+			states[i].absent = append(states[i].absent, fmt.Sprintf("new/%d", j))
+		}
+	}
 	m.stop(t)
+	states[len(states)-1].point = "latest"
 
-	for _, c := range []struct {
-		point string
-		files map[string][]byte
-	}{{fmt.Sprint(genA), first}, {"latest", second}} {
-		mnt := filepath.Join(t.TempDir(), "point")
-		cmd := exec.Command(drfsBin, append([]string{"points", "mount", "--target", tgt, "vm1", mnt, "--point", c.point}, tls...)...)
-		stderr := &syncBuffer{}
-		cmd.Stderr = stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		for deadline := time.Now().Add(20 * time.Second); !isMounted(mnt); time.Sleep(50 * time.Millisecond) {
-			select {
-			case err := <-done:
-				t.Fatalf("drfs points mount --point %s exited: %v\n%s", c.point, err, stderr)
-			default:
-			}
-			if time.Now().After(deadline) {
-				cmd.Process.Kill()
-				t.Fatalf("point %s not mounted after 20s\n%s", c.point, stderr)
+	mounts := make([]*pointsMount, len(states))
+	for i, s := range states {
+		mounts[i] = startPointsMount(t, tgt, "vm1", s.point, tls...)
+		defer mounts[i].stop(t)
+	}
+	for i, s := range states {
+		img := filepath.Join(mounts[i].dir, "disk.img")
+		if i == 0 {
+			if f, err := os.OpenFile(img, os.O_RDWR, 0); !errors.Is(err, syscall.EROFS) {
+				if f != nil {
+					f.Close()
+				}
+				t.Errorf("opening the point's disk for writing: %v, want EROFS", err)
 			}
 		}
-		img := filepath.Join(mnt, "disk.img")
-		if f, err := os.OpenFile(img, os.O_RDWR, 0); !errors.Is(err, syscall.EROFS) {
-			if f != nil {
-				f.Close()
-			}
-			t.Errorf("opening the point's disk for writing: %v, want EROFS", err)
-		}
-		checkExt4ReadOnly(t, img, c.files)
-		if out, err := drfsRun(t, "points", "umount", mnt); err != nil {
-			t.Errorf("drfs points umount: %v\n%s", err, out)
-		}
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("drfs points mount after umount: %v\n%s", err, stderr)
-			}
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			t.Fatalf("drfs points mount still running after umount\n%s", stderr)
-		}
+		checkExt4ReadOnly(t, img, s.files, s.absent...)
+	}
+	for _, pm := range mounts {
+		pm.stop(t)
 	}
 }
 
 // checkExt4ReadOnly loop-mounts the ext4 image img read-only (noload: no
 // journal replay, so nothing is written) and checks that it holds files.
-func checkExt4ReadOnly(t *testing.T, img string, files map[string][]byte) {
+func checkExt4ReadOnly(t *testing.T, img string, files map[string][]byte, absent ...string) {
 	t.Helper()
 	root := t.TempDir()
 	if out, err := exec.Command("mount", "-o", "ro,loop,noload", img, root).CombinedOutput(); err != nil {
@@ -121,6 +112,11 @@ func checkExt4ReadOnly(t *testing.T, img string, files map[string][]byte) {
 		got, err := os.ReadFile(filepath.Join(root, name))
 		if err != nil || string(got) != string(data) {
 			t.Errorf("%s in %s: %v (%d bytes, want %d)", name, img, err, len(got), len(data))
+		}
+	}
+	for _, name := range absent {
+		if _, err := os.Stat(filepath.Join(root, name)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s in %s, written after its point: %v", name, img, err)
 		}
 	}
 }
