@@ -91,52 +91,16 @@ func RunFailover(ctx context.Context, opts FailoverOptions) (*FailoverReport, er
 		}
 	}
 	rep := &FailoverReport{Size: opts.Size, Churn: opts.Churn, Generations: opts.Generations, Machine: describeMachine(work)}
-	rng := rand.New(rand.NewPCG(opts.Seed, 7))
-	src := filepath.Join(work, "source.img")
 	storeDir := filepath.Join(work, "target")
 	start := time.Now()
-	if err := writeImage(src, opts.Size, rng); err != nil {
-		return nil, err
-	}
-	store, err := dirstore.Open(storeDir, dirstore.Options{})
+	rng := rand.New(rand.NewPCG(opts.Seed, 7))
+	sums, last, err := buildPoints(ctx, storeDir, filepath.Join(work, "source.img"), opts.Size, opts.Churn, opts.Generations, rng, logf)
 	if err != nil {
 		return nil, err
 	}
-	logf("initial copy of %d MiB", opts.Size>>20)
-	if err := commitFile(ctx, store, src, opts.Size, nil, 1); err != nil {
-		store.Close()
-		return nil, err
-	}
-	// The source's hash at every point, to check the failed-over disks.
-	sums := map[uint64]xxh3.Uint128{}
-	if sums[1], err = hashFile(src); err != nil {
-		store.Close()
-		return nil, err
-	}
+	rep.BuildTime = time.Since(start)
 	blocks := opts.Size / 4096
 	changed := max(1, int64(float64(blocks)*opts.Churn))
-	last := uint64(1 + opts.Generations)
-	for gen := uint64(2); gen <= last; gen++ {
-		ranges, err := churn(src, rng, blocks, changed)
-		if err != nil {
-			store.Close()
-			return nil, err
-		}
-		if err := commitFile(ctx, store, src, opts.Size, ranges, gen); err != nil {
-			store.Close()
-			return nil, err
-		}
-		if gen == last || gen == last-uint64(opts.Generations) {
-			if sums[gen], err = hashFile(src); err != nil {
-				store.Close()
-				return nil, err
-			}
-		}
-		logf("generation %d: %d blocks changed", gen, changed)
-	}
-	store.Close() // the failover opens the store itself
-	exec.Command("sync").Run()
-	rep.BuildTime = time.Since(start)
 
 	older := last - uint64(opts.Generations)
 	for _, c := range []struct {
@@ -177,6 +141,50 @@ func RunFailover(ctx context.Context, opts FailoverOptions) (*FailoverReport, er
 		os.RemoveAll(dir)
 	}
 	return rep, nil
+}
+
+// buildPoints builds a directory store in storeDir holding a VM "vm" of
+// one disk "disk" of size (random data in 3/4, a hole after, written first
+// to src), then generations generations each changing churn of its 4 KiB
+// blocks at random. It returns the source's hash at the newest point (last)
+// and at the oldest (last-generations), for checking what is read back.
+func buildPoints(ctx context.Context, storeDir, src string, size int64, churnFrac float64, generations int, rng *rand.Rand, logf func(string, ...any)) (map[uint64]xxh3.Uint128, uint64, error) {
+	if err := writeImage(src, size, rng); err != nil {
+		return nil, 0, err
+	}
+	store, err := dirstore.Open(storeDir, dirstore.Options{})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer store.Close() // the commands measured open the store themselves
+	logf("initial copy of %d MiB", size>>20)
+	if err := commitFile(ctx, store, src, size, nil, 1); err != nil {
+		return nil, 0, err
+	}
+	sums := map[uint64]xxh3.Uint128{}
+	if sums[1], err = hashFile(src); err != nil {
+		return nil, 0, err
+	}
+	blocks := size / 4096
+	changed := max(1, int64(float64(blocks)*churnFrac))
+	last := uint64(1 + generations)
+	for gen := uint64(2); gen <= last; gen++ {
+		ranges, err := churn(src, rng, blocks, changed)
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := commitFile(ctx, store, src, size, ranges, gen); err != nil {
+			return nil, 0, err
+		}
+		if gen == last || gen == last-uint64(generations) {
+			if sums[gen], err = hashFile(src); err != nil {
+				return nil, 0, err
+			}
+		}
+		logf("generation %d: %d blocks changed", gen, changed)
+	}
+	exec.Command("sync").Run()
+	return sums, last, nil
 }
 
 // failback changes n random blocks of the failed-over disk at path (the VM

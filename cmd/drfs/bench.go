@@ -20,6 +20,7 @@ type benchCmd struct {
 	Ship     benchShipCmd     `cmd:"" help:"Time draining one generation of the change log: read from the log, copied with cp, written at its places in a sparse file (the floor of a disk image), shipped to a directory store and to drfs target serve over loopback mutual TLS; MB/s, LZ4 ratio, CPU and peak memory of both processes."`
 	Failover benchFailoverCmd `cmd:"" help:"RTO of an unplanned failover to the latest point and to one 10 generations back, of a VM with 1% of its blocks changed per generation; the filesystem and whether reflinks were used."`
 	RPO      benchRPOCmd      `cmd:"" name:"rpo" help:"Protect a VM through the agent shipping to drfs target serve over loopback TLS, write at steady rates, and report the RPO (p50/p99/max), CPU and memory."`
+	Points   benchPointsCmd   `cmd:"" name:"points-mount" help:"Time drfs points mount of the latest point and of one 10 generations back, from the command to a readable disk, and compare its sequential and random reads with those of the same point materialised by drfs restore, from a cold page cache. Needs root and /dev/fuse."`
 }
 
 type benchMountCmd struct {
