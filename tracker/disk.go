@@ -27,6 +27,11 @@ type Disk struct {
 	forward atomic.Pointer[Disk]
 	// flagged mirrors meta.resync for lock-free reads.
 	flagged atomic.Bool
+	// unlogged: the disk's changes are no longer logged until its resync
+	// clears the flag, because writing its records failed (or the state
+	// directory is full): the resync compares the whole disk anyway, and
+	// the records would only fill the state directory.
+	unlogged atomic.Bool
 	// logBytes is the data held for this disk by the generations not yet
 	// dropped: data blocks × block size.
 	logBytes atomic.Int64
@@ -408,6 +413,16 @@ func (d *Disk) apply(o *op) {
 		o.zeroTo = uint64((gd.maxSize + bs - 1) / bs)
 	}
 	maxSize := max(gd.maxSize, size, o.touch)
+	if d.unlogged.Load() || l.full.Load() {
+		// Not logged: only the size is kept, which the records of the
+		// changes after the resync carry.
+		d.mu.size = size
+		d.mu.Unlock()
+		if !d.unlogged.Load() {
+			l.markLost(d, reasonFull)
+		}
+		return
+	}
 	hdr := recHeader{disk: d.id, size: size, maxSize: maxSize}
 
 	added := 0
@@ -467,7 +482,8 @@ func (d *Disk) apply(o *op) {
 	seg.done.Add(1)
 	if err != nil {
 		g.broken.Store(true)
-		l.markResync(d, fmt.Sprintf("%s: %v", reasonWrite, err))
+		l.checkSpace(err)
+		l.markLost(d, fmt.Sprintf("%s: %v", reasonWrite, err))
 	}
 }
 

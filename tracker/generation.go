@@ -99,6 +99,7 @@ func (l *Log) Rotate(vmName string) (uint64, error) {
 		}
 	}
 
+	l.restoreReserve()
 	next, err := l.newGeneration(v, cur.n+1)
 	if err != nil {
 		return 0, fmt.Errorf("tracker: rotating %s: %w", vmName, err)
@@ -167,7 +168,7 @@ func (l *Log) freeze(v *vm, gi *genInfo) error {
 	if err := b.Set(genKey(v.id, g.n), rec.encode(), nil); err != nil {
 		return err
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(pebble.Sync); l.checkSpace(err) != nil {
 		reason := fmt.Sprintf("%s %d: %v", reasonFreeze, g.n, err)
 		l.markGenerationResync(g, reason)
 		return fmt.Errorf("storing the index of generation %d: %w", g.n, err)
@@ -413,7 +414,7 @@ func (l *Log) Drop(vmName string, gen uint64) error {
 	if err := b.Delete(genKey(v.id, gen), nil); err != nil {
 		return err
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(pebble.Sync); l.checkSpace(err) != nil {
 		return fmt.Errorf("tracker: dropping generation %d of %s: %w", gen, vmName, err)
 	}
 	v.mu.Lock()
@@ -431,6 +432,8 @@ func (l *Log) Drop(vmName string, gen uint64) error {
 	if err := l.fs.Remove(segmentPath(l.fs, l.opts.Dir, v.id, gen)); err != nil {
 		return fmt.Errorf("tracker: removing the segment of generation %d of %s: %w", gen, vmName, err)
 	}
+	// The space given back may make room for the reserve again.
+	l.restoreReserve()
 	return nil
 }
 

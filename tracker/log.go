@@ -7,6 +7,7 @@ import (
 	"io"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,10 @@ type Options struct {
 	ReadOnly bool
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Reserve is the size of the reserve file kept in the state directory
+	// (see SpaceStatus): 0 for min(64 MiB, a tenth of its file system),
+	// negative for none.
+	Reserve int64
 }
 
 // Errors of Open and of the Log's methods. The errors returned wrap them:
@@ -93,6 +98,17 @@ type Log struct {
 
 	// dirty: the state directory was not closed cleanly before this Open.
 	dirty bool
+
+	// full: the state directory ran out of space (see reserve.go); space
+	// holds the reserve's state and why it is full.
+	full  atomic.Bool
+	space struct {
+		sync.Mutex
+		size  int64
+		held  bool
+		since time.Time
+		err   string
+	}
 
 	ops  sync.Pool // *op
 	bufs sync.Pool // *[]byte of readChunk bytes, for ReadGeneration
@@ -205,8 +221,20 @@ func Open(opts Options) (*Log, error) {
 		return nil, &openError{ErrBusy, fmt.Sprintf(
 			"tracker: state directory %s is in use by another drfs process (%v): stop that process first, or give this one another state directory", opts.Dir, err)}
 	}
+	// A write of the index that runs out of space releases the reserve
+	// and is retried once (see reserve.go), rather than failing, which
+	// Pebble cannot survive for its WAL.
+	var full atomic.Pointer[Log]
+	indexFS := fs
+	if !opts.ReadOnly {
+		indexFS = vfs.OnDiskFull(fs, func() {
+			if l := full.Load(); l != nil {
+				l.noteFull(errIndexFull)
+			}
+		})
+	}
 	db, err := pebble.Open(fs.PathJoin(opts.Dir, "index"), &pebble.Options{
-		FS:       fs,
+		FS:       indexFS,
 		ReadOnly: opts.ReadOnly,
 		Logger:   quietLogger{},
 	})
@@ -228,6 +256,7 @@ func Open(opts Options) (*Log, error) {
 		}
 	}
 	l := &Log{opts: opts, fs: fs, bs: int64(opts.BlockSize), db: db, lock: lock, readAhead: prefetchWindow}
+	full.Store(l)
 	l.mu.vms = make(map[string]*vm)
 	l.mu.vmByID = make(map[uint32]*vm)
 	l.mu.disks = make(map[uint32]*Disk)
@@ -243,6 +272,9 @@ func Open(opts Options) (*Log, error) {
 		db.Close()
 		lock.Close()
 		return nil, err
+	}
+	if !opts.ReadOnly {
+		l.openReserve()
 	}
 	return l, nil
 }
@@ -454,6 +486,9 @@ func (l *Log) loadMeta() error {
 		}
 		d := l.newDiskObject(v, be32(k[5:]), r.rel)
 		d.setMeta(r)
+		if d.meta.resync && strings.HasPrefix(d.meta.reason, reasonWrite) {
+			d.unlogged.Store(true)
+		}
 		l.mu.disks[d.id] = d
 		if !d.meta.removed {
 			l.mu.byRel[r.rel] = d
@@ -637,11 +672,11 @@ func (l *Log) removeOrphanSegments() {
 func (l *Log) newGeneration(v *vm, n uint64) (*genInfo, error) {
 	created := l.now()
 	seg, err := createSegment(l.fs, l.opts.Dir, int(l.bs), v.id, n, unixNano(created))
-	if err != nil {
+	if l.checkSpace(err) != nil {
 		return nil, fmt.Errorf("creating the segment of generation %d: %w", n, err)
 	}
 	rec := genRecord{state: genActive, created: unixNano(created)}
-	if err := l.db.Set(genKey(v.id, n), rec.encode(), pebble.Sync); err != nil {
+	if err := l.db.Set(genKey(v.id, n), rec.encode(), pebble.Sync); l.checkSpace(err) != nil {
 		seg.close()
 		return nil, fmt.Errorf("recording generation %d: %w", n, err)
 	}

@@ -384,6 +384,7 @@ func (l *Log) ClearResync(vmName, disk string) {
 	}
 	d.meta.resync, d.meta.reason, d.meta.since = false, "", time.Time{}
 	d.flagged.Store(false)
+	d.unlogged.Store(false)
 	if !l.opts.ReadOnly {
 		l.persistDiskLocked(d)
 	}
@@ -417,6 +418,23 @@ func (l *Log) markResync(d *Disk, reason string) {
 	}
 }
 
+// markLost marks d for resynchronization because its changes are no longer
+// logged (a write of its records failed), and stops logging them. A mark
+// set before for another reason (a log over the threshold, whose tracking
+// is intact) takes this reason, which says the tracking is lost.
+func (l *Log) markLost(d *Disk, reason string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed.Load() || d.unlogged.Load() {
+		return
+	}
+	d.unlogged.Store(true)
+	if !d.flagLocked(reason) {
+		d.meta.reason = reason
+	}
+	l.persistDiskLocked(d)
+}
+
 // flagLocked sets the resync mark in memory and reports whether it was not
 // set before. Log.mu must be held.
 func (d *Disk) flagLocked(reason string) bool {
@@ -434,7 +452,7 @@ func (l *Log) persistDiskLocked(d *Disk) error {
 	if l.opts.ReadOnly {
 		return nil
 	}
-	err := l.db.Set(diskKey(d.v.id, d.id), d.recordLocked().encode(), pebble.Sync)
+	err := l.checkSpace(l.db.Set(diskKey(d.v.id, d.id), d.recordLocked().encode(), pebble.Sync))
 	d.meta.unsaved = err != nil
 	return err
 }
