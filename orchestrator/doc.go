@@ -86,5 +86,5 @@
 // now (drfs resync --now, a reprotect): VM.ResyncDue.
 //
 // Concurrency: a VM is not safe for concurrent use (the agent serialises
-// the calls on one VM); Jobs and FakeClock are.
+// the calls on one VM); Jobs is.
 package orchestrator

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/drfs-project/drfs/internal/clock"
 	"slices"
 	"sync"
 	"time"
@@ -71,7 +72,7 @@ var ErrNoJob = errors.New("no such job")
 // It is safe for concurrent use, and its JSON form is what the agent
 // persists. Every method returns a copy of the job it changed.
 type Jobs struct {
-	clock Clock
+	clock clock.Clock
 	mu    struct {
 		sync.Mutex
 		next uint64 // id of the next job
@@ -79,9 +80,9 @@ type Jobs struct {
 	}
 }
 
-// NewJobs returns an empty registry that stamps jobs with clock's time.
-func NewJobs(clock Clock) *Jobs {
-	r := &Jobs{clock: clock}
+// NewJobs returns an empty registry that stamps jobs with clk's time.
+func NewJobs(clk clock.Clock) *Jobs {
+	r := &Jobs{clock: clk}
 	r.mu.next = 1
 	r.mu.jobs = map[uint64]*Job{}
 	return r

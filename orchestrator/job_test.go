@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/drfs-project/drfs/internal/clock"
 	"sync"
 	"testing"
 	"time"
@@ -12,7 +13,7 @@ import (
 // Many agents' goroutines drive their own jobs while others list and
 // persist the registry (run with -race).
 func TestJobsConcurrent(t *testing.T) {
-	c := NewFakeClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	r := NewJobs(c)
 	const vms, rounds = 16, 20
 	var wg sync.WaitGroup
@@ -85,7 +86,7 @@ func TestJobsConcurrent(t *testing.T) {
 }
 
 func TestJobsErrors(t *testing.T) {
-	r := NewJobs(NewFakeClock(time.Time{}))
+	r := NewJobs(clock.NewFake(time.Time{}))
 	if _, err := r.Start(7); !errors.Is(err, ErrNoJob) {
 		t.Fatalf("Start of an unknown job: %v", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 	_ "time/tzdata" // the window scripts read Europe/Paris wherever they run
 
+	"github.com/drfs-project/drfs/internal/clock"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -132,7 +133,7 @@ func indent(s string) string { return "    " + strings.ReplaceAll(s, "\n", "\n  
 // world is the state a script drives.
 type world struct {
 	t      *testing.T
-	clock  *FakeClock
+	clock  *clock.Fake
 	loc    *time.Location
 	vms    map[string]*VM
 	window Window
@@ -143,7 +144,7 @@ type world struct {
 var scriptStart = time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)
 
 func newWorld(t *testing.T) *world {
-	c := NewFakeClock(scriptStart)
+	c := clock.NewFake(scriptStart)
 	return &world{t: t, clock: c, loc: time.UTC, vms: map[string]*VM{}, window: DefaultWindow().In(time.UTC), jobs: NewJobs(c)}
 }
 
@@ -670,7 +671,7 @@ func parseSize(s string) (int64, error) {
 }
 
 func (w *world) config(args, input []string, out outFunc) error {
-	name := "agent.yaml"
+	name := "agent.conf"
 	for _, a := range args {
 		if v, ok := strings.CutPrefix(a, "file="); ok {
 			name = v

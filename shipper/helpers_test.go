@@ -7,11 +7,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/drfs-project/drfs/internal/clock"
 	"io"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -321,98 +321,16 @@ type retryable struct{ msg string }
 
 func (e retryable) Error() string { return e.msg }
 
-// fakeClock is a Clock that moves only when told (Advance), or, in auto
-// mode, jumps to each timer as it is made and records the wait.
-type fakeClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	auto   bool
-	waits  []time.Duration
-	timers []*fakeTimer
+// newFakeClock returns a clock that moves only when told (Advance), or,
+// in auto mode, jumps to each timer as it is made and records the wait.
+func newFakeClock() *clock.Fake {
+	return clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 }
 
-type fakeTimer struct {
-	c     *fakeClock
-	at    time.Time
-	ch    chan time.Time
-	fired bool
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) NewTimer(d time.Duration) Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &fakeTimer{c: c, at: c.now.Add(d), ch: make(chan time.Time, 1)}
-	if c.auto {
-		c.waits = append(c.waits, d)
-		c.now = t.at
-	}
-	if !t.at.After(c.now) {
-		t.fired = true
-		t.ch <- c.now
-		return t
-	}
-	c.timers = append(c.timers, t)
-	return t
-}
-
-func (t *fakeTimer) C() <-chan time.Time { return t.ch }
-
-func (t *fakeTimer) Stop() bool {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	i := slices.Index(t.c.timers, t)
-	if i < 0 {
-		return false
-	}
-	t.c.timers = slices.Delete(t.c.timers, i, i+1)
-	return !t.fired
-}
-
-// Advance moves the clock on by d and fires the timers due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	c.timers = slices.DeleteFunc(c.timers, func(t *fakeTimer) bool {
-		if t.at.After(c.now) {
-			return false
-		}
-		t.fired = true
-		t.ch <- c.now
-		return true
-	})
-}
-
-// waitTimers waits until n timers are pending.
-func (c *fakeClock) waitTimers(t testing.TB, n int) {
+// waitTimers waits until n timers of c are pending.
+func waitTimers(t testing.TB, c *clock.Fake, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c.mu.Lock()
-		k := len(c.timers)
-		c.mu.Unlock()
-		if k >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited 10s for %d pending timers, have %d", n, k)
-		}
-		time.Sleep(time.Millisecond)
+	if err := c.WaitTimers(n, 10*time.Second); err != nil {
+		t.Fatal(err)
 	}
-}
-
-func (c *fakeClock) recordedWaits() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.waits)
 }

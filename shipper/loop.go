@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/drfs-project/drfs/internal/clock"
 	"slices"
 	"strings"
 	"sync"
@@ -17,8 +18,8 @@ import (
 type LoopOptions struct {
 	// Interval is how often each VM is rotated and shipped. Required.
 	Interval time.Duration
-	// Clock paces the rounds; SystemClock if nil.
-	Clock Clock
+	// Clock paces the rounds; the system clock if nil.
+	Clock clock.Clock
 	// VMs limits the loop to these VMs; nil means every VM of the log,
 	// listed again at each round.
 	VMs []string
@@ -101,7 +102,7 @@ type Loop struct {
 // NewLoop returns a loop that rotates VMs with rot and ships them with sh.
 func NewLoop(sh *Shipper, rot Rotator, opts LoopOptions) *Loop {
 	if opts.Clock == nil {
-		opts.Clock = SystemClock{}
+		opts.Clock = clock.System{}
 	}
 	if opts.Parallel <= 0 {
 		opts.Parallel = 1

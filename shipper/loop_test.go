@@ -3,6 +3,7 @@ package shipper
 import (
 	"context"
 	"errors"
+	"github.com/drfs-project/drfs/internal/clock"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -37,7 +38,7 @@ func (c *countRotator) count(vm string) int {
 type loopRig struct {
 	t       *testing.T
 	e       *env
-	clock   *fakeClock
+	clock   *clock.Fake
 	rot     *countRotator
 	loop    *Loop
 	shipped chan VMState
@@ -135,7 +136,7 @@ func TestLoopInterval(t *testing.T) {
 		t.Fatal("the first round rotated")
 	}
 
-	r.clock.waitTimers(t, 1)
+	waitTimers(t, r.clock, 1)
 	r.clock.Advance(interval - time.Second)
 	r.quiet()
 	d2.write(4096, randomData(rng, 4096))
@@ -158,11 +159,11 @@ func TestLoopInterval(t *testing.T) {
 
 	// Rounds keep their pace: a round that overruns its interval is
 	// followed by the next one at once, and missed ones are not made up.
-	r.clock.waitTimers(t, 1)
+	waitTimers(t, r.clock, 1)
 	slow.Store(true)
 	r.clock.Advance(interval)
 	r.round(4) // the slow round and the one right after it
-	r.clock.waitTimers(t, 1)
+	waitTimers(t, r.clock, 1)
 	r.quiet()
 	r.clock.Advance(interval)
 	r.round(2)
@@ -202,7 +203,7 @@ func TestLoopErrors(t *testing.T) {
 	}
 	r := newLoopRig(t, e, store, nil)
 	r.round(2) // nothing frozen yet
-	r.clock.waitTimers(t, 1)
+	waitTimers(t, r.clock, 1)
 	r.clock.Advance(interval)
 	st := r.round(2)
 	s1, s2 := st["vm1"], st["vm2"]
@@ -215,13 +216,13 @@ func TestLoopErrors(t *testing.T) {
 	}
 
 	// The next round leaves vm1 alone and ships vm2's two generations.
-	r.clock.waitTimers(t, 1)
+	waitTimers(t, r.clock, 1)
 	r.clock.Advance(interval)
 	st = r.round(1)
 	if s := st["vm2"]; s.LastError != nil || s.Failures != 0 || s.Pending != 0 || s.Last.Generations != 2 || s.Stopped {
 		t.Fatalf("vm2 after recovering: %+v", s)
 	}
-	r.clock.waitTimers(t, 1)
+	waitTimers(t, r.clock, 1)
 	r.quiet()
 	if n := r.rot.count("vm1"); n != 1 {
 		t.Fatalf("stopped vm1 rotated %d times, want 1", n)

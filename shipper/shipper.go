@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/drfs-project/drfs/internal/clock"
 	"maps"
 	"slices"
 	"sync"
@@ -19,8 +20,8 @@ type Options struct {
 	// Source is the identity of this source host, recorded with every
 	// commit; a store refuses a VM that another source replicates.
 	Source string
-	// Clock times Stats.Duration; SystemClock if nil.
-	Clock Clock
+	// Clock times Stats.Duration; the system clock if nil.
+	Clock clock.Clock
 	// NoCompression sends every block raw, without LZ4: for a target that
 	// no network separates from the source (a directory store), where
 	// compressing costs the shipper CPU and the store the decompression,
@@ -55,11 +56,11 @@ type Shipper struct {
 }
 
 // New returns a Shipper from src to store. Wrap the store with Retry and
-// RateLimit (in that order: Retry(RateLimit(store), ...)) for retries and a
+// wrap.RateLimit (in that order: wrap.Retry(wrap.RateLimit(store), ...)) for retries and a
 // bandwidth limit.
 func New(src Source, store target.Store, opts Options) *Shipper {
 	if opts.Clock == nil {
-		opts.Clock = SystemClock{}
+		opts.Clock = clock.System{}
 	}
 	return &Shipper{src: src, store: store, opts: opts, vms: map[string]*sync.Mutex{}}
 }
@@ -300,8 +301,8 @@ type commitCall struct {
 }
 
 // wait waits up to d for the Commit to return, and reports whether it did.
-func (c *commitCall) wait(clock Clock, d time.Duration) bool {
-	t := clock.NewTimer(d)
+func (c *commitCall) wait(clk clock.Clock, d time.Duration) bool {
+	t := clk.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-c.done:

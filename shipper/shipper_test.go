@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/drfs-project/drfs/target/wrap"
 	"io"
 	"math/rand/v2"
 	"slices"
@@ -252,7 +253,7 @@ func TestCorruptStreamIsPermanent(t *testing.T) {
 	store.stage = func(ctx context.Context, vm string, g uint64, d string, r io.Reader) error {
 		return e.store.Stage(ctx, vm, g, d, &corruptReader{r: r, at: 200})
 	}
-	_, err := New(e.source(), Retry(store, Policy{}, newFakeClock()), Options{Source: "host-a"}).Ship(context.Background(), "vm")
+	_, err := New(e.source(), wrap.Retry(store, wrap.Policy{}, newFakeClock()), Options{Source: "host-a"}).Ship(context.Background(), "vm")
 	if !errors.Is(err, target.ErrCorrupt) || !target.IsPermanent(err) {
 		t.Fatalf("Ship through a damaging link: %v, want a permanent ErrCorrupt", err)
 	}
@@ -314,8 +315,8 @@ func TestRetryRewindsStream(t *testing.T) {
 		return e.store.Stage(ctx, vm, g, d, r)
 	}
 	clock := newFakeClock()
-	clock.auto = true
-	st, err := New(e.source(), Retry(store, Policy{}, clock), Options{Source: "host-a"}).Ship(ctx, "vm")
+	clock.SetAuto(true)
+	st, err := New(e.source(), wrap.Retry(store, wrap.Policy{}, clock), Options{Source: "host-a"}).Ship(ctx, "vm")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/shipper"
 	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/target/wrap"
 	"github.com/drfs-project/drfs/tracker"
 )
 
@@ -95,7 +96,7 @@ func (c *agentCmd) config(given []string) (*orchestrator.Config, targets.TLS, er
 		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"resync-threshold", c.ResyncThresh}, {"compress", c.Compress}, {"bandwidth", c.Bandwidth},
 		{"max-generation", c.MaxGeneration}, {"allow-other", trueOrEmpty(c.AllowOther)}} {
 		if kv[1] != "" {
-			fmt.Fprintf(&b, "%s: %q\n", kv[0], kv[1]) // YAML: a double-quoted string is any value
+			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
 		}
 	}
 	cfg, err := orchestrator.ParseConfig("flags", []byte(b.String()))
@@ -373,7 +374,7 @@ func (c *storeCache) shipping(url string) (target.Store, error) {
 	if c.limited == nil {
 		c.limited = map[string]target.Store{}
 	}
-	l := shipper.RateLimit(s, c.bandwidth)
+	l := wrap.RateLimit(s, int64(c.bandwidth))
 	c.limited[url] = l
 	return l, nil
 }

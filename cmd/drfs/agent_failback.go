@@ -15,6 +15,7 @@ import (
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/shipper"
 	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/target/wrap"
 	"github.com/drfs-project/drfs/tracker"
 )
 
@@ -103,7 +104,7 @@ func (a *agent) seed(ctx context.Context, vm string, store target.Store, id stri
 		copies[name] = shipper.CopyDisk{Path: path}
 	}
 	slices.SortFunc(src.disks, func(x, y shipper.DiskChange) int { return cmpString(x.Name, y.Name) })
-	sh := shipper.New(src, shipper.Retry(store, shipper.DefaultPolicy, nil), shipper.Options{Source: id, NoCompression: !lz4})
+	sh := shipper.New(src, wrap.Retry(store, wrap.DefaultPolicy, nil), shipper.Options{Source: id, NoCompression: !lz4})
 	st, err := sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindGeneration)
 	return st, gen, err
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	drfsfs "github.com/drfs-project/drfs/fs"
+	"github.com/drfs-project/drfs/internal/clock"
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
@@ -38,7 +39,7 @@ type agent struct {
 	bs     int
 	stores storeCache
 	jobs   *orchestrator.Jobs
-	clock  orchestrator.Clock
+	clock  clock.Clock
 	file   string // the persisted state
 
 	ctx    context.Context // ends when the agent stops
@@ -121,7 +122,7 @@ func (a *agent) policy(vm string, o overrides) orchestrator.Policy {
 }
 
 func newAgent(cfg *orchestrator.Config, tlsFiles targets.TLS, log *tracker.Log, bs int) (*agent, error) {
-	a := &agent{cfg: cfg, log: log, bs: bs, clock: orchestrator.SystemClock{}, stores: storeCache{tls: tlsFiles, bandwidth: cfg.Bandwidth},
+	a := &agent{cfg: cfg, log: log, bs: bs, clock: clock.System{}, stores: storeCache{tls: tlsFiles, bandwidth: cfg.Bandwidth},
 		file: agentStateFile(cfg.State)}
 	a.jobs = orchestrator.NewJobs(a.clock)
 	a.mu.vms = map[string]*protection{}
@@ -556,7 +557,7 @@ func (a *agent) discardLoop() {
 		select {
 		case <-a.ctx.Done():
 			return
-		case <-orchestrator.After(a.clock, discardInterval):
+		case <-clock.After(a.clock, discardInterval):
 		}
 	}
 }
@@ -676,7 +677,7 @@ const cutPoll = time.Second
 func (a *agent) waitRound(ctx context.Context, p *protection, wait time.Duration, early bool) int {
 	t := a.clock.NewTimer(wait)
 	defer t.Stop()
-	var poll orchestrator.Timer
+	var poll clock.Timer
 	var polled <-chan time.Time // nil: never ready
 	if early && a.cfg.MaxGeneration > 0 {
 		poll = a.clock.NewTimer(cutPoll)

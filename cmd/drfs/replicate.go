@@ -24,6 +24,7 @@ import (
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/shipper"
 	"github.com/drfs-project/drfs/target"
+	"github.com/drfs-project/drfs/target/wrap"
 	"github.com/drfs-project/drfs/tracker"
 )
 
@@ -232,9 +233,9 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	case f.shipVia != nil:
 		st = f.shipVia
 	case f.Bandwidth > 0:
-		st = shipper.RateLimit(st, f.Bandwidth)
+		st = wrap.RateLimit(st, int64(f.Bandwidth))
 	}
-	st = shipper.Retry(st, shipper.DefaultPolicy, nil)
+	st = wrap.Retry(st, wrap.DefaultPolicy, nil)
 	lz4, err := targets.Compresses(f.Target, f.Compress)
 	if err != nil {
 		return nil, err

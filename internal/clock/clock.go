@@ -1,19 +1,17 @@
-package orchestrator
+// Package clock is the time the rest of drfs reads and waits on: back-offs,
+// intervals, resync windows and the age of recovery points all come from a
+// Clock, so that tests run days of schedule without sleeping. System is the
+// real one; Fake moves only when told.
+package clock
 
 import (
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 )
 
-// Clock is the time the orchestrator reads and waits on: back-offs,
-// intervals, the resync window and the age of recovery points all come from
-// it, so tests run days of schedule without sleeping. SystemClock is the
-// real one; FakeClock moves only when told.
-//
-// It has the method set of shipper.Clock; the two Timer types are distinct
-// named types, so an adapter of a few lines joins them where the agent hands
-// one clock to both.
+// Clock tells the time and makes timers.
 type Clock interface {
 	Now() time.Time
 	// NewTimer returns a timer that delivers the time on its channel once
@@ -31,56 +29,63 @@ type Timer interface {
 // After returns a channel that receives the time of c once d has passed.
 func After(c Clock, d time.Duration) <-chan time.Time { return c.NewTimer(d).C() }
 
-// SystemClock is the wall clock.
-type SystemClock struct{}
+// System is the wall clock.
+type System struct{}
 
 // Now returns time.Now().
-func (SystemClock) Now() time.Time { return time.Now() }
+func (System) Now() time.Time { return time.Now() }
 
 // NewTimer returns a time.Timer.
-func (SystemClock) NewTimer(d time.Duration) Timer { return sysTimer{time.NewTimer(d)} }
+func (System) NewTimer(d time.Duration) Timer { return sysTimer{time.NewTimer(d)} }
 
 type sysTimer struct{ t *time.Timer }
 
 func (t sysTimer) C() <-chan time.Time { return t.t.C }
 func (t sysTimer) Stop() bool          { return t.t.Stop() }
 
-// FakeClock is a Clock for tests: its time moves only by Advance or Set,
+// Fake is a Clock for tests: its time moves only by Advance or Set,
 // which fire the timers that fall due, in the order of their due times.
 // It is safe for concurrent use.
-type FakeClock struct {
+type Fake struct {
 	mu struct {
 		sync.Mutex
 		now    time.Time
 		timers []*fakeTimer // pending, in no particular order
+		auto   bool
+		waits  []time.Duration // of the timers made in auto mode
 	}
 }
 
 type fakeTimer struct {
-	c  *FakeClock
+	c  *Fake
 	at time.Time
 	ch chan time.Time // buffered: firing never blocks the clock
 }
 
-// NewFakeClock returns a clock stopped at start.
-func NewFakeClock(start time.Time) *FakeClock {
-	c := &FakeClock{}
+// NewFake returns a clock stopped at start.
+func NewFake(start time.Time) *Fake {
+	c := &Fake{}
 	c.mu.now = start
 	return c
 }
 
 // Now returns the clock's time.
-func (c *FakeClock) Now() time.Time {
+func (c *Fake) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.mu.now
 }
 
 // NewTimer returns a timer due d from now; one with d <= 0 has fired
-// already.
-func (c *FakeClock) NewTimer(d time.Duration) Timer {
+// already (in auto mode, every one has, the clock moved on by d).
+func (c *Fake) NewTimer(d time.Duration) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.mu.auto {
+		c.mu.waits = append(c.mu.waits, d)
+		c.mu.now = c.mu.now.Add(max(d, 0))
+		d = 0
+	}
 	t := &fakeTimer{c: c, at: c.mu.now.Add(d), ch: make(chan time.Time, 1)}
 	if d <= 0 {
 		t.ch <- c.mu.now
@@ -92,7 +97,7 @@ func (c *FakeClock) NewTimer(d time.Duration) Timer {
 
 // Advance moves the clock on by d (d < 0 is treated as 0) and fires the
 // timers that fall due.
-func (c *FakeClock) Advance(d time.Duration) {
+func (c *Fake) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.setLocked(c.mu.now.Add(max(d, 0)))
@@ -100,13 +105,13 @@ func (c *FakeClock) Advance(d time.Duration) {
 
 // Set moves the clock to t and fires the timers that fall due. Setting it
 // back (a wall clock corrected backwards) fires nothing.
-func (c *FakeClock) Set(t time.Time) {
+func (c *Fake) Set(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.setLocked(t)
 }
 
-func (c *FakeClock) setLocked(t time.Time) {
+func (c *Fake) setLocked(t time.Time) {
 	c.mu.now = t
 	var due []*fakeTimer
 	c.mu.timers = slices.DeleteFunc(c.mu.timers, func(ft *fakeTimer) bool {
@@ -122,8 +127,39 @@ func (c *FakeClock) setLocked(t time.Time) {
 	}
 }
 
+// SetAuto turns auto mode on or off. In auto mode every new timer fires at
+// once, the clock jumping to its due time, and its duration is recorded
+// (Waits): code that waits through back-offs runs without a goroutine to
+// move the clock.
+func (c *Fake) SetAuto(on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mu.auto = on
+}
+
+// Waits returns the durations of the timers made in auto mode, in order.
+func (c *Fake) Waits() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.mu.waits)
+}
+
+// WaitTimers waits (in real time, at most timeout) until at least n timers
+// are waiting to fire: a test's way to know that the code under test is
+// waiting on the clock before it moves it.
+func (c *Fake) WaitTimers(n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for k := c.Timers(); k < n; k = c.Timers() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("clock: waited %v for %d pending timers, have %d", timeout, n, k)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
 // Timers returns the number of timers waiting to fire.
-func (c *FakeClock) Timers() int {
+func (c *Fake) Timers() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.mu.timers)

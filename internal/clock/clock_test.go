@@ -1,16 +1,16 @@
-package orchestrator
+package clock
 
 import (
 	"testing"
 	"time"
 )
 
-var _ Clock = SystemClock{}
-var _ Clock = (*FakeClock)(nil)
+var _ Clock = System{}
+var _ Clock = (*Fake)(nil)
 
-func TestFakeClockFiresInOrder(t *testing.T) {
+func TestFakeFiresInOrder(t *testing.T) {
 	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	c := NewFakeClock(start)
+	c := NewFake(start)
 	late := c.NewTimer(3 * time.Minute)
 	early := c.NewTimer(time.Minute)
 	stopped := c.NewTimer(2 * time.Minute)
@@ -48,9 +48,9 @@ func TestFakeClockFiresInOrder(t *testing.T) {
 	}
 }
 
-func TestFakeClockZeroAndBackwards(t *testing.T) {
+func TestFakeZeroAndBackwards(t *testing.T) {
 	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	c := NewFakeClock(start)
+	c := NewFake(start)
 	<-c.NewTimer(0).C() // due at once
 	<-After(c, -time.Second)
 	tm := c.NewTimer(time.Minute)
@@ -70,8 +70,8 @@ func TestFakeClockZeroAndBackwards(t *testing.T) {
 
 // A goroutine waiting on the fake clock wakes when the test moves it: no
 // sleeping on either side.
-func TestFakeClockWakesWaiter(t *testing.T) {
-	c := NewFakeClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+func TestFakeWakesWaiter(t *testing.T) {
+	c := NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	tm := c.NewTimer(30 * time.Minute)
 	done := make(chan time.Time)
 	go func() { done <- <-tm.C() }()
@@ -80,5 +80,26 @@ func TestFakeClockWakesWaiter(t *testing.T) {
 	}
 	if got := <-done; !got.Equal(c.Now()) {
 		t.Fatalf("woke at %v, clock at %v", got, c.Now())
+	}
+}
+
+func TestFakeAuto(t *testing.T) {
+	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := NewFake(start)
+	c.SetAuto(true)
+	<-c.NewTimer(time.Second).C()
+	<-c.NewTimer(2 * time.Second).C()
+	if !c.Now().Equal(start.Add(3 * time.Second)) {
+		t.Fatalf("now %v, want 3s on", c.Now())
+	}
+	if w := c.Waits(); len(w) != 2 || w[0] != time.Second || w[1] != 2*time.Second {
+		t.Fatalf("waits %v", w)
+	}
+	c.SetAuto(false)
+	tm := c.NewTimer(time.Second)
+	select {
+	case <-tm.C():
+		t.Fatal("fired with auto mode off")
+	default:
 	}
 }

@@ -1,4 +1,4 @@
-package shipper
+package wrap
 
 import (
 	"bytes"
@@ -61,7 +61,7 @@ func TestRetry(t *testing.T) {
 
 	t.Run("backoff", func(t *testing.T) {
 		clock := newFakeClock()
-		clock.auto = true
+		clock.SetAuto(true)
 		st := &countStore{fails: 3, read: 5, err: transient}
 		var notes []string
 		p := DefaultPolicy
@@ -75,7 +75,7 @@ func TestRetry(t *testing.T) {
 		if !bytes.Equal(st.got[0], data) {
 			t.Fatalf("the store read %q after retries, want %q", st.got[0], data)
 		}
-		if w := clock.recordedWaits(); !slices.Equal(w, []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}) {
+		if w := clock.Waits(); !slices.Equal(w, []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}) {
 			t.Fatalf("waits %v, want 1s 2s 4s", w)
 		}
 		if len(notes) != 3 || notes[0] != "stage 1 timeout 1s" {
@@ -91,7 +91,7 @@ func TestRetry(t *testing.T) {
 
 	t.Run("gives up", func(t *testing.T) {
 		clock := newFakeClock()
-		clock.auto = true
+		clock.SetAuto(true)
 		st := &countStore{fails: 10, err: transient}
 		err := Retry(st, Policy{Retries: 2, Delay: time.Second, MaxDelay: time.Minute}, clock).Commit(ctx, "vm", 1, target.Commit{})
 		if !errors.Is(err, transient) || st.calls["commit"] != 3 {
@@ -101,17 +101,17 @@ func TestRetry(t *testing.T) {
 
 	t.Run("permanent", func(t *testing.T) {
 		clock := newFakeClock()
-		clock.auto = true
+		clock.SetAuto(true)
 		st := &countStore{fails: 10, err: fmt.Errorf("owned elsewhere: %w", target.ErrWrongSource)}
 		err := Retry(st, DefaultPolicy, clock).Commit(ctx, "vm", 1, target.Commit{})
-		if !errors.Is(err, target.ErrWrongSource) || st.calls["commit"] != 1 || len(clock.recordedWaits()) != 0 {
+		if !errors.Is(err, target.ErrWrongSource) || st.calls["commit"] != 1 || len(clock.Waits()) != 0 {
 			t.Fatalf("Commit: %v after %d calls, want the permanent error at once", err, st.calls["commit"])
 		}
 	})
 
 	t.Run("unread stream", func(t *testing.T) {
 		clock := newFakeClock()
-		clock.auto = true
+		clock.SetAuto(true)
 		st := &countStore{fails: 1, read: 0, err: transient}
 		// Not a Seeker, but the store read none of it: it can be sent again.
 		if err := Retry(st, DefaultPolicy, clock).Stage(ctx, "vm", 1, "d", io.MultiReader(bytes.NewReader(data))); err != nil {
@@ -124,7 +124,7 @@ func TestRetry(t *testing.T) {
 
 	t.Run("partly read stream", func(t *testing.T) {
 		clock := newFakeClock()
-		clock.auto = true
+		clock.SetAuto(true)
 		st := &countStore{fails: 1, read: 3, err: transient}
 		err := Retry(st, DefaultPolicy, clock).Stage(ctx, "vm", 1, "d", io.MultiReader(bytes.NewReader(data)))
 		if !errors.Is(err, transient) || st.calls["stage"] != 1 {
@@ -134,7 +134,7 @@ func TestRetry(t *testing.T) {
 
 	t.Run("seeker not at its start", func(t *testing.T) {
 		clock := newFakeClock()
-		clock.auto = true
+		clock.SetAuto(true)
 		st := &countStore{fails: 1, read: 4, err: transient}
 		r := bytes.NewReader(data)
 		r.Seek(10, io.SeekStart)
@@ -152,7 +152,9 @@ func TestRetry(t *testing.T) {
 		ctx, cancel := context.WithCancel(ctx)
 		done := make(chan error)
 		go func() { done <- Retry(st, DefaultPolicy, clock).Commit(ctx, "vm", 1, target.Commit{}) }()
-		clock.waitTimers(t, 1)
+		if err := clock.WaitTimers(1, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
 		cancel()
 		if err := <-done; !errors.Is(err, transient) {
 			t.Fatalf("Commit: %v, want the store's error", err)
@@ -161,7 +163,7 @@ func TestRetry(t *testing.T) {
 
 	t.Run("rate limit under retry", func(t *testing.T) {
 		clock := newFakeClock()
-		clock.auto = true
+		clock.SetAuto(true)
 		st := &countStore{fails: 1, read: 7, err: transient}
 		if err := Retry(RateLimit(st, 1<<30), DefaultPolicy, clock).Stage(ctx, "vm", 1, "d", bytes.NewReader(data)); err != nil {
 			t.Fatal(err)

@@ -1,9 +1,10 @@
-package shipper
+package wrap
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/drfs-project/drfs/internal/clock"
 	"io"
 	"time"
 
@@ -44,7 +45,7 @@ func (p Policy) wait(n int) time.Duration {
 type retryStore struct {
 	target.Store
 	p     Policy
-	clock Clock
+	clock clock.Clock
 }
 
 // Retry wraps store so that calls failing with a retryable error (see
@@ -53,15 +54,32 @@ type retryStore struct {
 // every one is retried. Stage is retried only if its stream can be read
 // again: if the store read none of it, or if the stream is an io.Seeker,
 // which is sought back to where it started (the shipper's streams are). A
-// nil clock is the system clock; a zero Policy is DefaultPolicy.
-func Retry(store target.Store, p Policy, clock Clock) target.Store {
+// nil clock is the system clock; a zero Policy is DefaultPolicy. The store
+// returned is a target.Checksummer if store is one.
+func Retry(store target.Store, p Policy, clk clock.Clock) target.Store {
 	if p.Retries == 0 && p.Delay == 0 && p.MaxDelay == 0 {
 		p.Retries, p.Delay, p.MaxDelay = DefaultPolicy.Retries, DefaultPolicy.Delay, DefaultPolicy.MaxDelay
 	}
-	if clock == nil {
-		clock = SystemClock{}
+	if clk == nil {
+		clk = clock.System{}
 	}
-	return &retryStore{Store: store, p: p, clock: clock}
+	r := &retryStore{Store: store, p: p, clock: clk}
+	if cs, ok := store.(target.Checksummer); ok {
+		return &retryChecksummer{r, cs}
+	}
+	return r
+}
+
+// retryChecksummer is a retryStore of a store that is a target.Checksummer:
+// it is one too, its Checksums retried like the other calls.
+type retryChecksummer struct {
+	*retryStore
+	cs target.Checksummer
+}
+
+func (r *retryChecksummer) Checksums(ctx context.Context, vm string, gen uint64, disk string, chunk int64, ranges []target.Extent) (sums []target.Sum, err error) {
+	err = r.do(ctx, "checksums", func() (err error) { sums, err = r.cs.Checksums(ctx, vm, gen, disk, chunk, ranges); return err }, nil)
+	return sums, err
 }
 
 // do calls fn until it succeeds, fails permanently, or the tries run out.
@@ -156,7 +174,7 @@ func (c *countReader) Read(p []byte) (int, error) {
 func (c *countReader) Seek(off int64, whence int) (int64, error) {
 	s, ok := c.r.(io.Seeker)
 	if !ok {
-		return 0, errors.New("shipper: stream is not seekable")
+		return 0, errors.New("wrap: stream is not seekable")
 	}
 	return s.Seek(off, whence)
 }
