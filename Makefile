@@ -55,5 +55,6 @@ install: build
 	install -m 755 bin/drfs $(DESTDIR)$(PREFIX)/bin/drfs
 	sed 's|/usr/local/bin/drfs|$(PREFIX)/bin/drfs|' contrib/drfs-agent.service > $(DESTDIR)/etc/systemd/system/drfs-agent.service
 	chmod 644 $(DESTDIR)/etc/systemd/system/drfs-agent.service
-	test -e $(DESTDIR)/etc/drfs/agent.conf || install -m 600 docs/agent.conf.example $(DESTDIR)/etc/drfs/agent.conf
-	install -m 644 README.md docs/*.md docs/agent.conf.example $(DESTDIR)/usr/share/doc/drfs/
+	test -e $(DESTDIR)/etc/drfs/agent.yaml || install -m 600 docs/agent.yaml.example $(DESTDIR)/etc/drfs/agent.yaml
+	! test -e $(DESTDIR)/etc/drfs/agent.conf || echo "make install: /etc/drfs/agent.conf is not read any more: write its settings in YAML in /etc/drfs/agent.yaml (docs/agent.md)" >&2
+	install -m 644 README.md docs/*.md docs/agent.yaml.example $(DESTDIR)/usr/share/doc/drfs/

@@ -1,18 +1,24 @@
 package orchestrator
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/shipper"
@@ -21,33 +27,33 @@ import (
 // Config is the agent's configuration: where the disks are, where they
 // replicate to, and the policy of every VM.
 //
-// The file is plain text, one setting per line:
+// The file is YAML, a mapping of settings:
 //
 //	# drfs agent configuration
-//	source     = /srv/vms
-//	mountpoint = /run/drfs/vms
-//	state      = /var/lib/drfs
-//	target     = https://dr.example.com:8443
-//	tls-cert   = /etc/drfs/host.crt
-//	tls-key    = /etc/drfs/host.key
-//	tls-ca     = /etc/drfs/ca.crt
+//	source: /srv/vms
+//	mountpoint: /run/drfs/vms
+//	state: /var/lib/drfs
+//	target: https://dr.example.com:8443
+//	tls-cert: /etc/drfs/host.crt
+//	tls-key: /etc/drfs/host.key
+//	tls-ca: /etc/drfs/ca.crt
 //
-//	interval         = 5m
-//	retention        = 7d
-//	rpo-warning      = 15m
-//	resync-window    = 18:00-08:00,sat,sun
-//	resync-threshold = 50%
+//	interval: 5m
+//	retention: 7d
+//	rpo-warning: 15m
+//	resync-window: 18:00-08:00,sat,sun
+//	resync-threshold: 50%
 //
-//	[vm db]
-//	interval = 30s
+//	vms:
+//	  db:
+//	    interval: 30s
 //
-// A line is "name = value", a section header "[vm NAME]", blank, or a
-// comment starting with #. Names are lower case; spaces around names and
-// values do not count; there are no quotes and no comments after a value.
-// Settings before the first section are the agent's and the defaults of
-// every VM; a [vm NAME] section overrides the VM settings for the VM of
-// that name (its folder, or one-disk file, in source). A setting may be
-// given once per section.
+// Names are lower case. The settings at the top level are the agent's and
+// the defaults of every VM; the mapping under vms overrides the VM settings
+// for the VM of each name (its folder, or one-disk file, in source): a VM
+// with nothing under its name (db: or db: {}) has the defaults. A setting
+// may be given once in each mapping. A value is one scalar, quoted or not
+// (a path with ": " or " #" in it needs quotes); an empty one is a mistake.
 //
 // Agent settings:
 //
@@ -70,6 +76,8 @@ import (
 //	            mount, with their file modes checked: a hypervisor that
 //	            runs its VMs as its own user (libvirt's QEMU) needs it
 //	            (default: false)
+//	vms         the VMs whose settings differ from the defaults: a mapping
+//	            of VM name to VM settings
 //
 // VM settings (defaults in brackets):
 //
@@ -84,6 +92,10 @@ import (
 //
 // Durations are Go durations (90s, 5m, 1h30m), optionally after a number of
 // days: 7d, 1d12h.
+//
+// The agent read "name = value" lines and [vm NAME] sections before: a
+// file in that format is refused with one error that says how to write it
+// in YAML.
 type Config struct {
 	// File names the configuration in error messages.
 	File string
@@ -110,9 +122,9 @@ type Config struct {
 	TimeZone string
 	Location *time.Location
 
-	// Defaults is the policy of VMs without a section.
+	// Defaults is the policy of VMs not under vms.
 	Defaults Policy
-	// VMs are the [vm] sections in file order, with the defaults applied.
+	// VMs are those under vms, in file order, with the defaults applied.
 	VMs []VMConfig
 }
 
@@ -120,10 +132,10 @@ type Config struct {
 type VMConfig struct {
 	Name   string
 	Policy Policy
-	Line   int // of the section header
+	Line   int // of its name under vms
 }
 
-// PolicyFor returns the policy of vm: its section's, or the defaults.
+// PolicyFor returns the policy of vm: its own under vms, or the defaults.
 func (c *Config) PolicyFor(vm string) Policy {
 	for _, v := range c.VMs {
 		if v.Name == vm {
@@ -162,10 +174,13 @@ const maxConfigErrors = 20
 
 // ParseConfig parses a configuration; file names it in error messages.
 // It reports every mistake it finds (up to 20), each a *ConfigError with
-// its line, joined with errors.Join.
+// its line, joined with errors.Join: unknown settings, settings given
+// twice, values of the wrong kind or out of range, missing settings. A
+// file that is not valid YAML, or is in the format before YAML, gets one
+// error, at the line where that shows.
 func ParseConfig(file string, data []byte) (*Config, error) {
 	p := &configParser{c: &Config{File: file, Defaults: DefaultPolicy(), MaxGeneration: DefaultMaxGeneration}}
-	p.parse(string(data))
+	p.parse(data)
 	if len(p.errs) > 0 {
 		// In line order; those of the whole file last.
 		slices.SortStableFunc(p.errs, func(a, b *ConfigError) int {
@@ -195,19 +210,23 @@ type configParser struct {
 	c      *Config
 	errs   []*ConfigError
 	global *section
+	vms    []*section   // in file order
+	lines  []string     // of the text
+	old    *ConfigError // a line in the format before YAML
 }
 
-// section is the agent's settings (name "") or a [vm NAME] section.
+// section is the agent's settings (name "") or the settings of a VM under
+// vms.
 type section struct {
 	name   string
 	line   int
-	set    map[string]int // setting → line
+	set    map[string]int // setting → line of its name
 	policy *Policy
 }
 
 // setting parses one value into the section (or the config).
 type setting struct {
-	agent bool // only before the first section
+	agent bool // only at the top level, not under vms
 	parse func(c *Config, p *Policy, value string) error
 }
 
@@ -312,73 +331,59 @@ var settings = map[string]setting{
 var policyKeys = [5]string{"interval", "retention", "max-points", "rpo-warning", "resync-threshold"}
 
 func (p *configParser) errorf(line int, format string, args ...any) {
+	// yaml.v3 counts the end of the text as a line further.
+	last := len(p.lines)
+	if last > 1 && strings.TrimSpace(p.lines[last-1]) == "" {
+		last--
+	}
+	line = min(line, last)
 	p.errs = append(p.errs, &ConfigError{File: p.c.File, Line: line, Msg: fmt.Sprintf(format, args...)})
 }
 
-func (p *configParser) parse(text string) {
+func (p *configParser) parse(data []byte) {
 	c := p.c
 	p.global = &section{set: map[string]int{}, policy: &c.Defaults}
-	cur := p.global
-	var sections []*section
-	byName := map[string]*section{}
-	for i, raw := range strings.Split(text, "\n") {
-		n := i + 1
-		line := strings.TrimSpace(strings.TrimSuffix(raw, "\r"))
-		if line == "" || line[0] == '#' {
-			continue
+	p.lines = strings.Split(string(data), "\n")
+	if line, msg := badText(p.lines); line > 0 {
+		p.errorf(line, "%s", msg)
+		return
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	err := dec.Decode(&doc)
+	var root *yaml.Node
+	if err == nil && len(doc.Content) > 0 {
+		root = deref(doc.Content[0])
+	}
+	// A file in the format before YAML is not YAML, or YAML of another
+	// shape: a text of lines, a list ([vm NAME]).
+	if err != nil && !errors.Is(err, io.EOF) || root != nil && root.Kind != yaml.MappingNode && root.ShortTag() != "!!null" {
+		if line, msg := oldFormat(p.lines); line > 0 {
+			p.errorf(line, "%s", msg)
+			return
 		}
-		if !utf8.ValidString(line) {
-			p.errorf(n, "the line is not valid UTF-8")
-			continue
+	}
+	if err == nil {
+		var next yaml.Node
+		switch err2 := dec.Decode(&next); {
+		case err2 == nil:
+			p.errorf(next.Line, "a second YAML document (after ---): the configuration is one mapping of settings")
+			return
+		case !errors.Is(err2, io.EOF):
+			err = err2
 		}
-		if line[0] == '[' {
-			inner, ok := strings.CutSuffix(line[1:], "]")
-			kind, name, _ := strings.Cut(strings.TrimSpace(inner), " ")
-			name = strings.TrimSpace(name)
-			if !ok || kind != "vm" || name == "" {
-				p.errorf(n, "%s is not a section header: write [vm NAME]", line)
-				cur = &section{set: map[string]int{}, policy: &Policy{}} // parse on, keep nothing
-				continue
-			}
-			if err := checkVMName(name); err != nil {
-				p.errorf(n, "%v", err)
-			}
-			if prev := byName[name]; prev != nil {
-				p.errorf(n, "vm %s has a section already (line %d)", name, prev.line)
-				cur = &section{set: map[string]int{}, policy: &Policy{}}
-				continue
-			}
-			pol := c.Defaults
-			cur = &section{name: name, line: n, set: map[string]int{}, policy: &pol}
-			sections = append(sections, cur)
-			byName[name] = cur
-			continue
-		}
-		key, value, ok := strings.Cut(line, "=")
-		key, value = strings.TrimSpace(key), strings.TrimSpace(value)
-		if !ok || key == "" {
-			p.errorf(n, "%q is not a setting: write name = value", line)
-			continue
-		}
-		s, known := settings[key]
-		switch {
-		case !known:
-			p.errorf(n, "unknown setting %q", key)
-			continue
-		case value == "":
-			p.errorf(n, "%s has no value", key)
-			continue
-		case s.agent && cur != p.global:
-			p.errorf(n, "%s is a setting of the agent: put it before the first [vm] section", key)
-			continue
-		}
-		if first, dup := cur.set[key]; dup {
-			p.errorf(n, "%s is set twice (first at line %d)", key, first)
-			continue
-		}
-		cur.set[key] = n
-		if err := s.parse(c, cur.policy, value); err != nil {
-			p.errorf(n, "%v", err)
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		// Empty, or comments only: the required settings are missing.
+	case err != nil:
+		p.yamlError(err)
+		return
+	case root != nil:
+		p.top(root)
+		if p.old != nil {
+			p.errs = []*ConfigError{p.old} // what follows from it would confuse
+			return
 		}
 	}
 
@@ -388,7 +393,7 @@ func (p *configParser) parse(text string) {
 		}
 	}
 	p.checkPolicy(p.global)
-	for _, s := range sections {
+	for _, s := range p.vms {
 		p.checkPolicy(s)
 		c.VMs = append(c.VMs, VMConfig{Name: s.name, Policy: *s.policy, Line: s.line})
 	}
@@ -396,6 +401,260 @@ func (p *configParser) parse(text string) {
 		c.Defaults.ResyncWindow = c.Defaults.ResyncWindow.In(c.Location)
 		for i := range c.VMs {
 			c.VMs[i].Policy.ResyncWindow = c.VMs[i].Policy.ResyncWindow.In(c.Location)
+		}
+	}
+}
+
+// yamlErr splits the errors of yaml.v3: "yaml: line N: problem", or
+// "yaml: problem" when it knows no line.
+var yamlErr = regexp.MustCompile(`(?s)^yaml: (?:line (\d+): )?(.*)$`)
+
+// yamlError reports a YAML syntax error, at its line: yaml.v3's, counted
+// from 1 (it counts a parser's errors from 0 and leaves out line 1), or
+// found in the text where yaml.v3 gives none. A tab in an indentation is
+// the likeliest mistake, and yaml.v3 reports it at another line.
+func (p *configParser) yamlError(err error) {
+	msg, line := err.Error(), 0
+	if m := yamlErr.FindStringSubmatch(msg); m != nil {
+		msg = m[2]
+		line, _ = strconv.Atoi(m[1])
+	}
+	lines := p.lines
+	for i, l := range lines {
+		indent := l[:len(l)-len(strings.TrimLeft(l, " \t"))]
+		if rest := strings.TrimSpace(l); strings.Contains(indent, "\t") && rest != "" && rest[0] != '#' {
+			p.errorf(i+1, "not valid YAML: a tab in the indentation (YAML indents with spaces)")
+			return
+		}
+	}
+	switch {
+	case strings.HasPrefix(msg, "did not find expected ',' or"), strings.HasPrefix(msg, "did not find expected '-' indicator"),
+		strings.HasPrefix(msg, "did not find expected <"), msg == "did not find expected key", msg == "did not find expected node content",
+		strings.HasPrefix(msg, "found duplicate %"), msg == "found incompatible YAML document", msg == "found undefined tag handle":
+		line++ // a parser's error, at a line counted from 0
+	case line > 0:
+	case strings.HasPrefix(msg, "unknown anchor '"):
+		name := strings.TrimSuffix(strings.TrimPrefix(msg, "unknown anchor '"), "' referenced")
+		for i, l := range lines {
+			if strings.Contains(l, "*"+name) {
+				line = i + 1
+				break
+			}
+		}
+	case strings.HasPrefix(msg, "did not find"), strings.HasPrefix(msg, "could not find"), strings.HasPrefix(msg, "found "),
+		strings.HasSuffix(msg, "are not allowed in this context"):
+		line = 1 // a scanner's error on the first line
+	}
+	p.errorf(line, "not valid YAML: %s", msg)
+}
+
+// badText finds the first line that is not valid UTF-8, or holds a
+// control character or a line break that is not a line feed (which YAML
+// counts as the end of a line where other tools do not, and the line
+// numbers of errors would not match); 0 when there is none.
+func badText(lines []string) (int, string) {
+	for i, line := range lines {
+		if !utf8.ValidString(line) {
+			return i + 1, "the line is not valid UTF-8"
+		}
+		for _, r := range strings.TrimSuffix(line, "\r") {
+			switch {
+			case r == '\r' || r == '\u0085' || r == '\u2028' || r == '\u2029':
+				return i + 1, fmt.Sprintf("a line break other than a line feed (%U): end lines with \\n or \\r\\n", r)
+			case r != '\t' && (r < ' ' || r >= 0x7f && r < 0xa0 || r == 0xfffe || r == 0xffff):
+				return i + 1, fmt.Sprintf("control character %U: write it as an escape in a double-quoted string, if at all", r)
+			}
+		}
+	}
+	return 0, ""
+}
+
+// The lines of the format before YAML: "name = value" and "[vm NAME]".
+var (
+	oldSetting = regexp.MustCompile(`^\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(.*?)\s*$`)
+	oldSection = regexp.MustCompile(`^\s*\[\s*vm(\s+([^\]]*?))?\s*\]?\s*$`)
+)
+
+// oldFormat finds the first line in the format of the configuration before
+// YAML, and returns it with a message on how to write it now; 0 when there
+// is none.
+func oldFormat(lines []string) (int, string) {
+	for i, line := range lines {
+		line = strings.TrimSuffix(line, "\r")
+		if m := oldSetting.FindStringSubmatch(line); m != nil {
+			return i + 1, fmt.Sprintf("%q is in the format before YAML: the configuration is YAML now, write %q "+
+				"(and the settings of a VM under vms, as in vms: {db: {interval: 30s}}, rather than in a [vm db] section)",
+				strings.TrimSpace(line), m[1]+": "+m[2])
+		}
+		if m := oldSection.FindStringSubmatch(line); m != nil {
+			name := cmp.Or(m[2], "NAME")
+			return i + 1, fmt.Sprintf("%q is in the format before YAML: the configuration is YAML now, "+
+				"put the settings of a VM under vms, as in vms: {%s: {interval: 30s}} (and write a setting as \"name: value\" rather than \"name = value\")",
+				strings.TrimSpace(line), name)
+		}
+	}
+	return 0, ""
+}
+
+// isControl reports a control character or line break other than a tab,
+// which no setting or VM name holds.
+func isControl(r rune) bool {
+	return r != '\t' && (unicode.IsControl(r) || r == '\u2028' || r == '\u2029')
+}
+
+// kindName names the kind of a YAML node in error messages.
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if n.ShortTag() == "!!null" {
+			return "nothing"
+		}
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "a document"
+}
+
+// deref returns the node an alias stands for.
+func deref(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+// entries calls fn with each key and value of mapping n, reporting a key
+// that is not a name or is given twice.
+func (p *configParser) entries(n *yaml.Node, what string, fn func(key string, k, v *yaml.Node)) {
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		if k.Kind != yaml.ScalarNode {
+			p.errorf(k.Line, "%s: a name is a single word, not %s", what, kindName(k))
+			continue
+		}
+		if !utf8.ValidString(k.Value) || strings.ContainsFunc(k.Value, isControl) {
+			p.errorf(k.Line, "%s: the name %q is not valid UTF-8 or has a control character", what, k.Value)
+			continue
+		}
+		if first, dup := seen[k.Value]; dup {
+			if what == "vms" {
+				p.errorf(k.Line, "vm %s is given twice (first at line %d)", k.Value, first)
+			} else {
+				p.errorf(k.Line, "%s is set twice (first at line %d)", k.Value, first)
+			}
+			continue
+		}
+		seen[k.Value] = k.Line
+		fn(k.Value, k, v)
+	}
+}
+
+// top reads the root of the document: the agent's settings and vms.
+func (p *configParser) top(n *yaml.Node) {
+	n = deref(n)
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		return // an empty document: the required settings are missing
+	}
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n.Line, "the configuration is a mapping of settings (name: value), not %s", kindName(n))
+		return
+	}
+	p.entries(n, "the configuration", func(key string, k, v *yaml.Node) {
+		if key == "vms" {
+			p.vmsMapping(v)
+			return
+		}
+		p.setting(p.global, key, k, v)
+	})
+}
+
+// vmsMapping reads the settings of each VM under vms.
+func (p *configParser) vmsMapping(n *yaml.Node) {
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		return // no VM of its own
+	}
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n.Line, "vms is a mapping of VM name to settings, as in vms: {db: {interval: 30s}}, not %s", kindName(n))
+		return
+	}
+	p.entries(n, "vms", func(name string, k, v *yaml.Node) {
+		switch {
+		case name == "":
+			p.errorf(k.Line, "vms: a VM name is empty")
+			return
+		case checkVMName(name) != nil:
+			p.errorf(k.Line, "%v", checkVMName(name))
+			return
+		}
+		pol := p.c.Defaults
+		s := &section{name: name, line: k.Line, set: map[string]int{}, policy: &pol}
+		p.vms = append(p.vms, s)
+		switch {
+		case v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null":
+			// The defaults.
+		case v.Kind != yaml.MappingNode:
+			p.errorf(v.Line, "vm %s: its settings are a mapping, as in %s: {interval: 30s}, not %s", name, yamlKey(name), kindName(v))
+		default:
+			p.entries(v, "vm "+name, func(key string, k, v *yaml.Node) { p.setting(s, key, k, v) })
+		}
+	})
+}
+
+// continued reports whether the plain scalar v goes on over more than its
+// line.
+func (p *configParser) continued(v *yaml.Node) bool {
+	if v.Line < 1 || v.Line > len(p.lines) {
+		return false
+	}
+	line := []rune(p.lines[v.Line-1])
+	return v.Column < 1 || v.Column > len(line) || !strings.Contains(string(line[v.Column-1:]), v.Value)
+}
+
+// yamlKey writes name as a YAML key for a message.
+func yamlKey(name string) string {
+	out, err := yaml.Marshal(&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: name})
+	if err != nil || bytes.Count(out, []byte("\n")) > 1 {
+		return strconv.Quote(name)
+	}
+	return strings.TrimSuffix(string(out), "\n")
+}
+
+// setting parses the setting key (k its name, v its value) into s.
+func (p *configParser) setting(s *section, key string, k, v *yaml.Node) {
+	set, known := settings[key]
+	switch {
+	case !known:
+		p.errorf(k.Line, "unknown setting %q", key)
+		return
+	case set.agent && s != p.global:
+		p.errorf(k.Line, "%s is a setting of the agent: put it at the top level, not under vms", key)
+		return
+	}
+	s.set[key] = k.Line
+	switch {
+	case v.Kind != yaml.ScalarNode:
+		p.errorf(v.Line, "%s is one value, not %s", key, kindName(v))
+	case v.ShortTag() == "!!null" || strings.TrimSpace(v.Value) == "":
+		p.errorf(v.Line, "%s has no value", key)
+	case !utf8.ValidString(v.Value):
+		p.errorf(v.Line, "%s: the value is not valid UTF-8", key)
+	case strings.ContainsFunc(v.Value, isControl):
+		p.errorf(v.Line, "%s: the value has a control character or line break", key)
+	case v.Style == 0 && p.continued(v):
+		// A line indented too far continues the value above it.
+		if line, msg := oldFormat(p.lines[v.Line:]); line > 0 {
+			p.errorf(v.Line+line, "%s", msg)
+			p.old = p.errs[len(p.errs)-1]
+		} else {
+			p.errorf(v.Line, "%s %q goes on over the next line: a setting is one line (name: value), indented as the others", key, v.Value)
+		}
+	default:
+		if err := set.parse(p.c, s.policy, v.Value); err != nil {
+			p.errorf(v.Line, "%v", err)
 		}
 	}
 }
@@ -461,52 +720,63 @@ func checkVMName(name string) error {
 	return nil
 }
 
-// Format writes c in the file format: ParseConfig reads it back to the
-// same Config. A VM section holds the settings that differ from the
+// Format writes c in the file format, YAML: ParseConfig reads it back to
+// the same Config. Under vms, a VM holds the settings that differ from the
 // defaults.
 func (c *Config) Format() string {
-	var b strings.Builder
-	kv := func(k, v string) {
-		if v != "" {
-			fmt.Fprintf(&b, "%s = %s\n", k, v)
+	root := &yaml.Node{Kind: yaml.MappingNode}
+	// add appends a setting to m; tag is !!str for a value as the user
+	// wrote it, which is quoted when YAML would read it as something else,
+	// and "" for one of ours, which is written plain.
+	add := func(m *yaml.Node, key, tag, value string) {
+		if value != "" {
+			m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key},
+				&yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: value})
 		}
 	}
-	kv("source", c.Source)
-	kv("mountpoint", c.Mountpoint)
-	kv("state", c.State)
-	kv("target", c.Target)
-	kv("tls-cert", c.TLSCert)
-	kv("tls-key", c.TLSKey)
-	kv("tls-ca", c.TLSCA)
-	kv("source-id", c.SourceID)
-	kv("time-zone", c.TimeZone)
-	kv("compress", c.Compress)
+	for _, kv := range [][2]string{{"source", c.Source}, {"mountpoint", c.Mountpoint}, {"state", c.State},
+		{"target", c.Target}, {"tls-cert", c.TLSCert}, {"tls-key", c.TLSKey}, {"tls-ca", c.TLSCA},
+		{"source-id", c.SourceID}, {"time-zone", c.TimeZone}, {"compress", c.Compress}} {
+		add(root, kv[0], "!!str", kv[1])
+	}
 	if c.AllowOther {
-		kv("allow-other", "true")
+		add(root, "allow-other", "", "true")
 	}
 	if c.Bandwidth > 0 {
-		kv("bandwidth", bandwidthSetting(c.Bandwidth))
+		add(root, "bandwidth", "", bandwidthSetting(c.Bandwidth))
 	}
 	switch {
 	case c.MaxGeneration == 0:
-		kv("max-generation", "0")
+		add(root, "max-generation", "", "0")
 	case c.MaxGeneration != DefaultMaxGeneration:
-		kv("max-generation", strings.TrimSuffix(bandwidthSetting(shipper.Bandwidth(c.MaxGeneration)), "/s"))
+		add(root, "max-generation", "", strings.TrimSuffix(bandwidthSetting(shipper.Bandwidth(c.MaxGeneration)), "/s"))
 	}
 	def := policySettings(c.Defaults)
 	for _, l := range def {
 		if l[0] != "rpo-warning" || c.Defaults.RPOWarning != 0 {
-			kv(l[0], l[1])
+			add(root, l[0], "", l[1])
 		}
 	}
-	for _, vm := range c.VMs {
-		fmt.Fprintf(&b, "\n[vm %s]\n", vm.Name)
-		for i, l := range policySettings(vm.Policy) {
-			if l != def[i] {
-				kv(l[0], l[1])
+	if len(c.VMs) > 0 {
+		vms := &yaml.Node{Kind: yaml.MappingNode}
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "vms"}, vms)
+		for _, vm := range c.VMs {
+			m := &yaml.Node{Kind: yaml.MappingNode}
+			vms.Content = append(vms.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: vm.Name}, m)
+			for i, l := range policySettings(vm.Policy) {
+				if l != def[i] {
+					add(m, l[0], "", l[1])
+				}
 			}
 		}
 	}
+	var b strings.Builder
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(root); err != nil {
+		panic(err) // the nodes are scalars and mappings of scalars
+	}
+	enc.Close()
 	return b.String()
 }
 

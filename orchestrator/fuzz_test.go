@@ -51,16 +51,19 @@ func FuzzParseWindow(f *testing.F) {
 }
 
 func FuzzParseConfig(f *testing.F) {
-	f.Add("source = /a\nmountpoint = /b\nstate = /c\ninterval = 30s\n[vm x]\nretention = 1d\n")
-	f.Add("source=/a\nmountpoint=/b\nstate=/c\nresync-window=sat\nresync-threshold=80%\n[vm a]\n[vm b]\nrpo-warning=1h\n")
-	f.Add("[vm]\n= x\ninterval = 1d1d\n")
+	f.Add("source: /a\nmountpoint: /b\nstate: /c\ninterval: 30s\nvms:\n  x:\n    retention: 1d\n")
+	f.Add("source: /a\nmountpoint: /b\nstate: /c\nresync-window: sat\nresync-threshold: 80%\nvms: {a: {}, b: {rpo-warning: 1h}, c:}\n")
+	f.Add("source: '/a: b'\nmountpoint: \"/b\\tc\"\nstate: /c\nsource-id: \"null\"\nmax-points: 7\nbandwidth: 1KiB/s\nvms:\n  \"true\": &p {interval: 1m}\n  \"#\": *p\n")
+	f.Add("source = /a\n[vm x]\ninterval = 30s\n")
+	f.Add("vms: [x]\ninterval: {a: 1}\nstate:\nstate: x\n? [a]\n: b\n")
+	f.Add("source: /a\n\tstate: [\n")
 	f.Fuzz(func(t *testing.T, text string) {
-		c, err := ParseConfig("f.conf", []byte(text))
+		c, err := ParseConfig("f.yaml", []byte(text))
 		if err != nil {
 			lines := strings.Count(text, "\n") + 1
 			for _, e := range unjoin(err) {
 				var ce *ConfigError
-				if !errors.As(e, &ce) || ce.Line < 0 || ce.Line > lines || ce.File != "f.conf" {
+				if !errors.As(e, &ce) || ce.Line < 0 || ce.Line > lines || ce.File != "f.yaml" {
 					t.Fatalf("bad error %#v", e)
 				}
 			}
@@ -72,7 +75,7 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 		out := c.Format()
-		c2, err := ParseConfig("f.conf", []byte(out))
+		c2, err := ParseConfig("f.yaml", []byte(out))
 		if err != nil {
 			t.Fatalf("formatted config does not parse: %v\n%s", err, out)
 		}

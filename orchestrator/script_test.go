@@ -671,7 +671,7 @@ func parseSize(s string) (int64, error) {
 }
 
 func (w *world) config(args, input []string, out outFunc) error {
-	name := "agent.conf"
+	name := "agent.yaml"
 	for _, a := range args {
 		if v, ok := strings.CutPrefix(a, "file="); ok {
 			name = v

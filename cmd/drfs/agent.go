@@ -96,7 +96,7 @@ func (c *agentCmd) config(given []string) (*orchestrator.Config, targets.TLS, er
 		{"interval", c.Interval}, {"retention", c.Retention}, {"resync-window", c.ResyncWindow}, {"resync-threshold", c.ResyncThresh}, {"compress", c.Compress}, {"bandwidth", c.Bandwidth},
 		{"max-generation", c.MaxGeneration}, {"allow-other", trueOrEmpty(c.AllowOther)}} {
 		if kv[1] != "" {
-			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
+			fmt.Fprintf(&b, "%s: %q\n", kv[0], kv[1]) // YAML: a double-quoted string is any value
 		}
 	}
 	cfg, err := orchestrator.ParseConfig("flags", []byte(b.String()))

@@ -446,20 +446,26 @@ func TestAgentHookUnprotect(t *testing.T) {
 	base := filepath.Dir(d.state)
 	tgt := "dir://" + filepath.Join(base, "target")
 
-	// A configuration with mistakes is refused, each on its line.
-	conf := filepath.Join(base, "agent.conf")
-	os.WriteFile(conf, []byte("source = "+d.src+"\nmountpoint = "+d.mnt+"\nstate = "+d.state+"\ninterval = 2 minutes\nbogus = 1\n"), 0o644)
+	// A configuration with mistakes is refused, each on its line; one in
+	// the format before YAML with one error that says how to write it.
+	conf := filepath.Join(base, "agent.yaml")
+	os.WriteFile(conf, []byte("source: "+d.src+"\nmountpoint: "+d.mnt+"\nstate: "+d.state+"\ninterval: 2 minutes\nbogus: 1\nvms:\n  vm1: 30s\n"), 0o644)
 	out, err := drfsRun(t, "agent", "--config", conf, "--socket", filepath.Join(base, "x.sock"))
-	if err == nil || !strings.Contains(out, "agent.conf:4: ") || !strings.Contains(out, "agent.conf:5: ") {
+	if err == nil || !strings.Contains(out, "agent.yaml:4: ") || !strings.Contains(out, "agent.yaml:5: ") || !strings.Contains(out, "agent.yaml:7: ") {
 		t.Errorf("drfs agent with a bad configuration: %v\n%s", err, out)
+	}
+	os.WriteFile(conf, []byte("source = "+d.src+"\nmountpoint = "+d.mnt+"\nstate = "+d.state+"\n"), 0o644)
+	out, err = drfsRun(t, "agent", "--config", conf, "--socket", filepath.Join(base, "x.sock"))
+	if err == nil || !strings.Contains(out, "agent.yaml:1: ") || !strings.Contains(out, "YAML now") || strings.Contains(out, "agent.yaml:2: ") {
+		t.Errorf("drfs agent with a configuration in the format before YAML: %v\n%s", err, out)
 	}
 	if isMounted(d.mnt) {
 		t.Fatal("a refused configuration mounted")
 	}
 	// LZ4 forced to a directory target, and an upload limit far above what
 	// the test ships: the points go through the limited, compressed path.
-	os.WriteFile(conf, []byte("source = "+d.src+"\nmountpoint = "+d.mnt+"\nstate = "+d.state+"\ntarget = "+tgt+"\ninterval = 1s\nresync-window = always\n"+
-		"compress = lz4\nbandwidth = 1GiB/s\n"), 0o644)
+	os.WriteFile(conf, []byte("source: "+d.src+"\nmountpoint: "+d.mnt+"\nstate: "+d.state+"\ntarget: "+tgt+"\ninterval: 1s\nresync-window: always\n"+
+		"compress: lz4\nbandwidth: 1GiB/s\n"), 0o644)
 	socket := filepath.Join(base, "agent.sock")
 	a := startAgentArgs(t, d.mnt, socket, "agent", "--config", conf, "--socket", socket)
 
@@ -528,12 +534,12 @@ func TestAgentHookUnprotect(t *testing.T) {
 
 // TestAgentConfExample: the example configuration in docs parses.
 func TestAgentConfExample(t *testing.T) {
-	cfg, err := orchestrator.LoadConfig("../../docs/agent.conf.example")
+	cfg, err := orchestrator.LoadConfig("../../docs/agent.yaml.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.PolicyFor("db").Interval != 30*time.Second || cfg.Target == "" {
-		t.Errorf("docs/agent.conf.example: %+v", cfg)
+	if cfg.PolicyFor("db").Interval != 30*time.Second || cfg.Target == "" || cfg.Compress != "auto" {
+		t.Errorf("docs/agent.yaml.example: %+v", cfg)
 	}
 }
 

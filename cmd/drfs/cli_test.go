@@ -46,8 +46,9 @@ func TestCommandLine(t *testing.T) {
 }
 
 // TestMakeInstall: make install puts drfs, the unit (pointing at the
-// installed binary, Type=notify), the example configuration and the docs
-// the unit names under DESTDIR, and keeps an existing configuration.
+// installed binary and agent.yaml, Type=notify), the example configuration
+// and the docs the unit names under DESTDIR, keeps an existing
+// configuration, and says that an agent.conf from before YAML is not read.
 func TestMakeInstall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds drfs")
@@ -57,21 +58,26 @@ func TestMakeInstall(t *testing.T) {
 	}
 	dest := t.TempDir()
 	os.MkdirAll(dest+"/etc/drfs", 0o755)
-	os.WriteFile(dest+"/etc/drfs/agent.conf", []byte("# mine\n"), 0o600)
+	os.WriteFile(dest+"/etc/drfs/agent.yaml", []byte("# mine\n"), 0o600)
+	os.WriteFile(dest+"/etc/drfs/agent.conf", []byte("# old\n"), 0o600)
 	cmd := exec.Command("make", "-C", "../..", "install", "DESTDIR="+dest, "PREFIX=/usr")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	out, err := cmd.CombinedOutput()
+	if err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
+	if !strings.Contains(string(out), "/etc/drfs/agent.conf is not read any more") {
+		t.Errorf("make install says nothing of agent.conf:\n%s", out)
+	}
 	unit, err := os.ReadFile(dest + "/etc/systemd/system/drfs-agent.service")
-	if err != nil || !strings.Contains(string(unit), "ExecStart=/usr/bin/drfs agent") || !strings.Contains(string(unit), "Type=notify") {
+	if err != nil || !strings.Contains(string(unit), "ExecStart=/usr/bin/drfs agent --config /etc/drfs/agent.yaml ") || !strings.Contains(string(unit), "Type=notify") {
 		t.Errorf("installed unit: %v\n%s", err, unit)
 	}
-	for _, f := range []string{"/usr/bin/drfs", "/usr/share/doc/drfs/agent.md", "/usr/share/doc/drfs/agent.conf.example", "/usr/share/doc/drfs/tls.md"} {
+	for _, f := range []string{"/usr/bin/drfs", "/usr/share/doc/drfs/agent.md", "/usr/share/doc/drfs/agent.yaml.example", "/usr/share/doc/drfs/tls.md"} {
 		if _, err := os.Stat(dest + f); err != nil {
 			t.Errorf("not installed: %v", err)
 		}
 	}
-	if b, _ := os.ReadFile(dest + "/etc/drfs/agent.conf"); string(b) != "# mine\n" {
+	if b, _ := os.ReadFile(dest + "/etc/drfs/agent.yaml"); string(b) != "# mine\n" {
 		t.Errorf("make install replaced an existing configuration:\n%s", b)
 	}
 }

@@ -192,12 +192,12 @@ func TestUnmountedFromOutside(t *testing.T) {
 	})
 }
 
-// writeAgentConf writes an agent configuration of d with the extra lines
-// and returns its path.
+// writeAgentConf writes an agent configuration (YAML) of d with the extra
+// lines and returns its path.
 func writeAgentConf(t *testing.T, d dirs, extra ...string) string {
 	t.Helper()
-	conf := filepath.Join(filepath.Dir(d.state), "agent.conf")
-	text := fmt.Sprintf("source = %s\nmountpoint = %s\nstate = %s\n%s\n", d.src, d.mnt, d.state, strings.Join(extra, "\n"))
+	conf := filepath.Join(filepath.Dir(d.state), "agent.yaml")
+	text := fmt.Sprintf("source: %q\nmountpoint: %q\nstate: %q\n%s\n", d.src, d.mnt, d.state, strings.Join(extra, "\n"))
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestAgentConfigIgnoresTLSEnv(t *testing.T) {
 	needFUSE(t)
 	d := newDirs(t)
 	socket := filepath.Join(filepath.Dir(d.state), "agent.sock")
-	conf := writeAgentConf(t, d, "target = dir://"+filepath.Join(filepath.Dir(d.src), "target"))
+	conf := writeAgentConf(t, d, "target: dir://"+filepath.Join(filepath.Dir(d.src), "target"))
 	missing := filepath.Join(t.TempDir(), "no-such")
 	t.Setenv("DRFS_TLS_CERT", missing+".crt")
 	t.Setenv("DRFS_TLS_KEY", missing+".key")
@@ -264,10 +264,10 @@ func TestAgentBadTargetAtStart(t *testing.T) {
 		lines []string
 		want  []string
 	}{
-		{"unknown kind", []string{"target = ftp://x/y"}, []string{"target", "unknown kind"}},
-		{"missing CA", []string{"target = https://127.0.0.1:1", "tls-cert = " + pem, "tls-key = " + pem, "tls-ca = " + missing},
+		{"unknown kind", []string{"target: ftp://x/y"}, []string{"target", "unknown kind"}},
+		{"missing CA", []string{"target: https://127.0.0.1:1", "tls-cert: " + pem, "tls-key: " + pem, "tls-ca: " + missing},
 			[]string{"tls-ca " + missing, "no such file"}},
-		{"missing key", []string{"target = https://127.0.0.1:1", "tls-cert = " + pem, "tls-key = " + missing, "tls-ca = " + pem},
+		{"missing key", []string{"target: https://127.0.0.1:1", "tls-cert: " + pem, "tls-key: " + missing, "tls-ca: " + pem},
 			[]string{"tls-key " + missing}},
 	} {
 		t.Run("config/"+c.name, func(t *testing.T) {
