@@ -346,7 +346,7 @@ func (a *agent) serveMetrics(addr string) (*http.Server, error) {
 }
 
 // storeCache opens each target once: the VMs that replicate to one target
-// share its store (a directory target admits one process at a time).
+// share its store (a directory target has one writer: this process).
 type storeCache struct {
 	tls       targets.TLS
 	bandwidth shipper.Bandwidth // upload limit per target; 0: none
