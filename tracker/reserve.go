@@ -97,19 +97,32 @@ func (l *Log) openReserve() {
 	}
 }
 
+// NoteFull tells the log that a write into its state directory by
+// someone else (the agent's state file) ran out of space with err: the
+// state directory is full. It releases the reserve and reports whether it
+// did, in which case the write may be retried.
+func (l *Log) NoteFull(err error) bool {
+	if l.opts.ReadOnly || !IsNoSpace(err) {
+		return false
+	}
+	return l.noteFull(err)
+}
+
 // noteFull records that the state directory is full because of err, and
-// releases the reserve.
-func (l *Log) noteFull(err error) {
+// releases the reserve; it reports whether there was one.
+func (l *Log) noteFull(err error) bool {
 	l.space.Lock()
 	defer l.space.Unlock()
 	if !l.full.Load() {
 		l.space.since, l.space.err = l.now(), err.Error()
 		l.full.Store(true)
 	}
-	if l.space.held {
-		_ = l.fs.Remove(l.reservePath())
-		l.space.held = false
+	if !l.space.held {
+		return false
 	}
+	_ = l.fs.Remove(l.reservePath())
+	l.space.held = false
+	return true
 }
 
 // checkSpace notes a full state directory if err says so, and returns err.

@@ -65,6 +65,8 @@ type vmView struct {
 	// StateDir is the agent's state directory, which drfs resync, drfs
 	// log and drfs rotate take to reach the agent's mount.
 	StateDir string `json:"state_dir,omitempty"`
+	// StateFull: the state directory is full (health says why).
+	StateFull bool `json:"state_dir_full,omitempty"`
 }
 
 // unprotectResult is what drfs unprotect removed and what it kept.
@@ -112,6 +114,7 @@ func (a *agent) views(vm string) []vmView {
 		}
 	}
 	slices.Sort(names)
+	space := a.log.Space()
 	var out []vmView
 	for _, name := range names {
 		if vm != "" && name != vm {
@@ -149,6 +152,13 @@ func (a *agent) views(vm string) []vmView {
 			if !v.NewestPoint.IsZero() {
 				v.RPO = now.Sub(v.NewestPoint).Seconds()
 			}
+			if space.Full && v.State.Replicating() {
+				// The log cannot keep the VM's changes: its disks are
+				// flagged as they change, and no consistent point is made
+				// until space comes back and they are resynchronized.
+				v.Health = orchestrator.Health{Level: orchestrator.Critical, Reason: stateFullReason(space)}
+			}
+			v.StateFull = space.Full
 			if j, ok := a.jobs.Active(name); ok {
 				v.Job = &j
 			}

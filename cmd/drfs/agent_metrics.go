@@ -31,6 +31,7 @@ type agentMetrics struct {
 	a                                    *agent
 	rpo, logBytes, sent, pending, health *prometheus.Desc
 	state, resync, failures, lastPoint   *prometheus.Desc
+	stateFull                            *prometheus.Desc
 }
 
 func (a *agent) metricsCollector() prometheus.Collector {
@@ -47,16 +48,23 @@ func (a *agent) metricsCollector() prometheus.Collector {
 			"When the newest crash-consistent recovery point of the VM was cut (Unix time); absent before the first.", vm, nil),
 		resync:   prometheus.NewDesc("drfs_resync_progress_ratio", "Progress of the VM's running resynchronization or initial copy, 0 to 1.", vm, nil),
 		failures: prometheus.NewDesc("drfs_replication_failures", "Replication attempts of the VM that failed in a row.", vm, nil),
+		stateFull: prometheus.NewDesc("drfs_state_dir_full",
+			"1 while the agent's state directory is full (changed disks are flagged for resync instead of logged), 0 otherwise.", nil, nil),
 	}
 }
 
 func (m *agentMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.rpo, m.logBytes, m.sent, m.pending, m.health, m.state, m.resync, m.failures, m.lastPoint} {
+	for _, d := range []*prometheus.Desc{m.rpo, m.logBytes, m.sent, m.pending, m.health, m.state, m.resync, m.failures, m.lastPoint, m.stateFull} {
 		ch <- d
 	}
 }
 
 func (m *agentMetrics) Collect(ch chan<- prometheus.Metric) {
+	full := 0.0
+	if m.a.log.Space().Full {
+		full = 1
+	}
+	ch <- prometheus.MustNewConstMetric(m.stateFull, prometheus.GaugeValue, full)
 	for _, v := range m.a.views("") {
 		if v.State == orchestrator.Unprotected {
 			continue

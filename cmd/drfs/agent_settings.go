@@ -95,10 +95,17 @@ func (a *agent) changeSettings(p *protection, req protectRequest) (string, error
 	p.mu.over = next
 	p.mu.vm.SetPolicy(pol)
 	p.mu.Unlock()
+	if err := a.save(); err != nil {
+		// Not saved, not changed: a restart would bring the old ones back.
+		p.mu.Lock()
+		p.mu.over = old
+		p.mu.vm.SetPolicy(oldPol)
+		p.mu.Unlock()
+		return "", fmt.Errorf("cannot change the settings of %s: %w; they stay as they were", vm, err)
+	}
 	if p.repl != nil {
 		p.repl.setKeep(pol.Retention, pol.MaxPoints)
 	}
-	a.persist()
 	p.poke() // the next round, at once, starts the new interval
 	msg := vm + ": " + strings.Join(changed, "; ")
 	if len(same) > 0 {

@@ -66,9 +66,20 @@ func (a *agent) load() error {
 	return nil
 }
 
-// persist writes the state file (a temporary file, synced, renamed over
-// the old one), so that a crash leaves the old state or the new one.
+// persist saves the state file, and logs an error if it cannot: for the
+// agent's own steps, which a restart takes up again from the state saved
+// before. A command whose change must be saved calls save.
 func (a *agent) persist() {
+	if err := a.save(); err != nil {
+		slog.Error(fmt.Sprintf("agent: %v", err))
+	}
+}
+
+// save writes the state file (a temporary file, synced, renamed over the
+// old one), so that a crash leaves the old state or the new one. A state
+// directory out of space releases the change log's reserve, and the write
+// is tried once more.
+func (a *agent) save() error {
 	a.persistMu.Lock()
 	defer a.persistMu.Unlock()
 	st := agentState{Version: agentStateVersion, Jobs: a.jobs}
@@ -79,12 +90,17 @@ func (a *agent) persist() {
 		st.VMs = append(st.VMs, protectionRecord{Target: p.target, Policy: over, Status: &vm, Reverse: reverse})
 	}
 	data, err := json.MarshalIndent(st, "", "  ")
-	if err == nil {
+	if err != nil {
+		return err
+	}
+	err = writeFileSynced(a.file, data)
+	if err != nil && a.log != nil && a.log.NoteFull(err) {
 		err = writeFileSynced(a.file, data)
 	}
 	if err != nil {
-		slog.Error(fmt.Sprintf("agent: cannot save its state in %s: %v", a.file, err))
+		return fmt.Errorf("cannot save the agent's state in %s: %w", a.file, err)
 	}
+	return nil
 }
 
 // writeFileSynced replaces the file at path with data durably.

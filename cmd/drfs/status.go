@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/tracker"
 )
 
 type statusCmd struct {
 	Of    string `arg:"" optional:"" name:"vm|statedir" help:"A VM of the agent (all of them if left out), or the state directory of a running drfs mount."`
 	JSON  bool   `help:"Print JSON."`
-	Check bool   `help:"Exit 3 if a VM's health is Warning, 4 if one is Critical, 0 if all are Normal (for monitoring scripts; agent only)."`
+	Check bool   `help:"Exit 3 if a VM's health is Warning, 4 if one is Critical, 0 if all are Normal (for monitoring scripts). For a mount: 4 when its state directory is full or a VM's replication stopped, 3 while one is retried."`
 	socketFlag
 
 	State string `kong:"-"`
@@ -35,7 +36,10 @@ func (c *statusCmd) mountStatus() error {
 		return fmt.Errorf("status of %s: %w", c.State, err)
 	}
 	if c.JSON {
-		return printJSON(st)
+		if err := printJSON(st); err != nil {
+			return err
+		}
+		return c.checkMount(st)
 	}
 	if len(st) == 0 {
 		fmt.Println("nothing replicated yet (is the mount running with --target?)")
@@ -46,6 +50,8 @@ func (c *statusCmd) mountStatus() error {
 	for _, r := range st {
 		state := "ok"
 		switch {
+		case r.StateFull != "":
+			state = "CRITICAL: " + r.StateFull
 		case r.Stopped:
 			state = "STOPPED: " + r.LastError
 		case r.LastError != "":
@@ -79,7 +85,35 @@ func (c *statusCmd) mountStatus() error {
 				d.Since.Local().Format(time.RFC3339), d.Reason)
 		}
 	}
+	return c.checkMount(st)
+}
+
+// checkMount returns, with --check, the exit code of a mount's status: 4
+// (Critical) when its state directory is full or a VM's replication
+// stopped, 3 (Warning) while one is retried.
+func (c *statusCmd) checkMount(st []control.Replication) error {
+	if !c.Check {
+		return nil
+	}
+	code := 0
+	for _, r := range st {
+		switch {
+		case r.StateFull != "" || r.Stopped:
+			code = exitCrit
+		case r.LastError != "":
+			code = max(code, exitWarning)
+		}
+	}
+	if code != 0 {
+		return exitCode{code: code}
+	}
 	return nil
+}
+
+// stateFullReason says why a full state directory makes health Critical.
+func stateFullReason(sp tracker.SpaceStatus) string {
+	return fmt.Sprintf("state directory full since %s (%s): disks changed meanwhile are flagged for resynchronization; space comes back as generations are shipped",
+		sp.Since.Local().Format(time.TimeOnly), sp.Error)
 }
 
 // resyncSummary sums up the resync state of a VM's disks for its STATE.

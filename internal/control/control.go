@@ -56,6 +56,12 @@ type Replication struct {
 	ResyncWindow string `json:"resync_window,omitempty"`
 	// Resync lists the disks of the VM that need a resynchronization.
 	Resync []DiskResync `json:"resync,omitempty"`
+	// StateFull is set while the mount's state directory is full: why,
+	// and since when. The disks changed meanwhile are flagged for a
+	// resync; health is Critical until shipped generations give the space
+	// back.
+	StateFull      string    `json:"state_full,omitempty"`
+	StateFullSince time.Time `json:"state_full_since,omitzero"`
 }
 
 // DiskResync is the resynchronization of one disk: waiting for the resync
