@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/drfs-project/drfs/internal/clock"
 	"log/slog"
 	"net/url"
 	"os"
@@ -18,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	drfsfs "github.com/drfs-project/drfs/fs"
-	"github.com/drfs-project/drfs/internal/clock"
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
@@ -306,10 +306,20 @@ func (a *agent) protect(req protectRequest) (orchestrator.Job, error) {
 		a.persist()
 		return a.jobLatest(job.ID), fmt.Errorf("cannot protect %s: %w", vm, err)
 	}
+	if err := a.save(); err != nil {
+		// A protection a restart would forget is not made.
+		err = fmt.Errorf("cannot protect %s: %w (free space in %s, then run drfs protect %s again)", vm, err, a.cfg.State, vm)
+		a.jobs.Fail(job.ID, err)
+		a.mu.Lock()
+		delete(a.mu.vms, vm)
+		a.mu.Unlock()
+		a.deleteSnapshot(p)
+		a.persist()
+		return a.jobLatest(job.ID), err
+	}
 	a.mu.Lock()
 	a.launchLocked(p)
 	a.mu.Unlock()
-	a.persist()
 	return a.jobLatest(job.ID), nil
 }
 
@@ -572,6 +582,15 @@ func (a *agent) unprotect(vm string) (unprotectResult, error) {
 		return unprotectResult{}, fmt.Errorf("%s is not protected (protected: %s)", vm, orNone(a.protectedNames()))
 	}
 	delete(a.mu.vms, vm)
+	a.mu.Unlock()
+	// Saved first: an unprotect that a restart would undo is not done.
+	if err := a.save(); err != nil {
+		a.mu.Lock()
+		a.mu.vms[vm] = p
+		a.mu.Unlock()
+		return unprotectResult{}, fmt.Errorf("cannot unprotect %s: %w; it stays protected (free space in %s, then run drfs unprotect %s again)", vm, err, a.cfg.State, vm)
+	}
+	a.mu.Lock()
 	cancel, done := p.cancel, p.done
 	a.mu.Unlock()
 	if cancel != nil {

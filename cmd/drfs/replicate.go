@@ -280,6 +280,9 @@ func (r *replication) states() []control.Replication {
 		}
 		c.ResyncWindow = r.window().String()
 		c.Resync = r.resyncStates(s.VM)
+		if sp := r.log.Space(); sp.Full {
+			c.StateFull, c.StateFullSince = stateFullReason(sp), sp.Since
+		}
 		out = append(out, c)
 	}
 	return out
