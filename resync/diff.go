@@ -12,6 +12,7 @@ import (
 	"github.com/zeebo/xxh3"
 
 	"github.com/drfs-project/drfs/internal/chunksum"
+	"github.com/drfs-project/drfs/internal/clock"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -45,8 +46,8 @@ type Options struct {
 	// Progress, if set, is called after each window. It runs on Diff's
 	// goroutine: Diff waits for it.
 	Progress func(Progress)
-	// Now is the clock of the durations; time.Now if nil.
-	Now func() time.Time
+	// Clock is the clock of the durations; the system clock if nil.
+	Clock clock.Clock
 }
 
 // Progress is the state of a Diff after a window.
@@ -187,7 +188,7 @@ func Diff(ctx context.Context, src io.ReaderAt, size int64, store target.Store, 
 	if size < 0 {
 		return Result{}, fmt.Errorf("resync: negative source size %d", size)
 	}
-	start := o.Now()
+	start := o.Clock.Now()
 	res := Result{VM: vm, Disk: disk, Gen: gen, Size: size}
 	res.TargetSize, err = pointSize(ctx, store, vm, gen, disk)
 	if err != nil {
@@ -214,7 +215,7 @@ func Diff(ctx context.Context, src io.ReaderAt, size int64, store target.Store, 
 		res.Ranges = slices.Clone(cur.Ranges)
 		res.Counts = cur.Counts.clone()
 		res.Cursor = cur
-		res.Duration = o.Now().Sub(start)
+		res.Duration = o.Clock.Now().Sub(start)
 		return res, err
 	}
 
@@ -242,7 +243,7 @@ func Diff(ctx context.Context, src io.ReaderAt, size int64, store target.Store, 
 				Chunks:    cur.Counts.Compared(),
 				Differing: cur.Counts.Differing(),
 				SendBytes: send,
-				Elapsed:   o.Now().Sub(start),
+				Elapsed:   o.Clock.Now().Sub(start),
 				Cursor:    &cur,
 			}
 			if did := cur.Offset - res.ResumedAt; did > 0 {
@@ -289,8 +290,8 @@ func (o Options) normalize() (Options, error) {
 		return o, fmt.Errorf("resync: negative window %d", o.Window)
 	}
 	o.Window = roundUp(o.Window, o.Chunks[0])
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clock.System{}
 	}
 	return o, nil
 }

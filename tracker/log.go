@@ -14,6 +14,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/drfs-project/drfs/internal/clock"
 )
 
 // Options configure Open.
@@ -35,8 +37,8 @@ type Options struct {
 	// Status, VMs, Frozen and ReadGeneration work, everything else returns
 	// ErrReadOnly, and resync flags found at Open are shown, not stored.
 	ReadOnly bool
-	// Now is the clock; time.Now when nil.
-	Now func() time.Time
+	// Clock is the clock; the system clock when nil.
+	Clock clock.Clock
 	// Reserve is the size of the reserve file kept in the state directory
 	// (see SpaceStatus): 0 for min(64 MiB, a tenth of its file system),
 	// negative for none.
@@ -205,8 +207,8 @@ func Open(opts Options) (*Log, error) {
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if opts.Clock == nil {
+		opts.Clock = clock.System{}
 	}
 	fs := opts.FS
 	if opts.ReadOnly {
@@ -289,7 +291,7 @@ func (quietLogger) Fatalf(format string, args ...any) {
 	pebble.DefaultLogger.Fatalf(format, args...)
 }
 
-func (l *Log) now() time.Time { return l.opts.Now() }
+func (l *Log) now() time.Time { return l.opts.Clock.Now() }
 
 // get returns a copy of the value of key, or nil.
 func (l *Log) get(key []byte) ([]byte, error) {

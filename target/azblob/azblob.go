@@ -57,6 +57,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
+	"github.com/drfs-project/drfs/internal/clock"
 	"github.com/drfs-project/drfs/target"
 )
 
@@ -120,8 +121,8 @@ type Options struct {
 	// nil. Tests inject faults here.
 	Transport http.RoundTripper
 
-	// Now is the clock of Point.Applied; time.Now if nil.
-	Now func() time.Time
+	// Clock is the clock of Point.Applied; the system clock if nil.
+	Clock clock.Clock
 }
 
 // Store is a target.Store in an Azure Blob container. Create it with New.
@@ -134,7 +135,7 @@ type Store struct {
 	pageWrite int
 	gap       int // largest gap bridged; 0: none
 	create    bool
-	now       func() time.Time
+	clock     clock.Clock
 	secrets   []string      // redacted from every error message
 	sweepAge  time.Duration // sweep leaves younger orphans alone (a minute; tests set less)
 
@@ -259,12 +260,12 @@ func New(rawURL string, opts Options) (*Store, error) {
 	case opts.Gap%pageSize != 0 || opts.Gap > maxPageWrite:
 		return nil, fmt.Errorf("azblob: gap %d: want a multiple of %d up to %d", opts.Gap, pageSize, maxPageWrite)
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if opts.Clock == nil {
+		opts.Clock = clock.System{}
 	}
 	s := &Store{
 		account: account, container: cont, prefix: prefix,
-		parallel: opts.Parallel, pageWrite: opts.PageWrite, gap: opts.Gap, create: opts.CreateContainer, now: opts.Now,
+		parallel: opts.Parallel, pageWrite: opts.PageWrite, gap: opts.Gap, create: opts.CreateContainer, clock: opts.Clock,
 		locks: map[string]*sync.Mutex{}, pins: map[pinKey]int{}, sweepAge: time.Minute,
 	}
 	if err := s.connect(endpoint, opts); err != nil {

@@ -230,7 +230,7 @@ func (s *Store) finish(ctx context.Context, vm string, m *manifest, etag azcore.
 		p.disk(d.Name).Snapshot = *resp.Snapshot
 		s.step("snapshot " + d.Name)
 	}
-	p.Applied = s.now().UTC().Round(0)
+	p.Applied = s.clock.Now().UTC().Round(0)
 	next := &manifest{Format: formatVersion, VM: vm, Owner: m.Owner, Points: append(slices.Clip(m.Points), p)}
 	etag, err := s.writeManifest(ctx, vm, next, etag)
 	if err != nil {

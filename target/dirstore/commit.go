@@ -224,7 +224,7 @@ func (s *Store) rollForwardLocked(v *vmState, mk *marker) error {
 // the marker and staging (step 5).
 func (s *Store) publishLocked(v *vmState, mk *marker) error {
 	p := mk.Point
-	p.Applied = s.now().UTC().Round(0)
+	p.Applied = s.clock.Now().UTC().Round(0)
 	points := append(slices.Clip(v.points), p)
 	if err := s.writeManifest(v.name, points); err != nil {
 		// The rename may have happened; then the commit is done (and if it

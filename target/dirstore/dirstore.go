@@ -39,15 +39,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
+	"github.com/drfs-project/drfs/internal/clock"
 	"github.com/drfs-project/drfs/target"
 )
 
 // Options configure a Store.
 type Options struct {
-	// Now is the clock of Point.Applied; time.Now if nil.
-	Now func() time.Time
+	// Clock is the clock of Point.Applied; the system clock if nil.
+	Clock clock.Clock
 }
 
 // Store is a directory store. Create it with Open and release it with Close.
@@ -55,7 +55,7 @@ type Store struct {
 	root     *os.Root
 	lockf    *os.File // nil if readOnly
 	readOnly bool
-	now      func() time.Time
+	clock    clock.Clock
 
 	mu  sync.Mutex          // guards vms
 	vms map[string]*vmState // created on first use, never removed
@@ -127,9 +127,9 @@ func OpenReadOnly(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dirstore: %w", err)
 	}
-	s := &Store{root: root, readOnly: true, now: opts.Now, vms: map[string]*vmState{}}
-	if s.now == nil {
-		s.now = time.Now
+	s := &Store{root: root, readOnly: true, clock: opts.Clock, vms: map[string]*vmState{}}
+	if s.clock == nil {
+		s.clock = clock.System{}
 	}
 	return s, nil
 }
@@ -169,9 +169,9 @@ func open(dir string, opts Options, stepHook func(string)) (*Store, error) {
 		root.Close()
 		return nil, fmt.Errorf("dirstore: %s: %w", dir, err)
 	}
-	s := &Store{root: root, lockf: lockf, now: opts.Now, vms: map[string]*vmState{}, stepHook: stepHook}
-	if s.now == nil {
-		s.now = time.Now
+	s := &Store{root: root, lockf: lockf, clock: opts.Clock, vms: map[string]*vmState{}, stepHook: stepHook}
+	if s.clock == nil {
+		s.clock = clock.System{}
 	}
 	if err := s.recoverAll(); err != nil {
 		s.Close()

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/clock"
 	"github.com/drfs-project/drfs/internal/frame"
 	"github.com/drfs-project/drfs/target"
 	"github.com/drfs-project/drfs/target/storetest"
@@ -31,7 +32,7 @@ func TestOneStorePerDirectory(t *testing.T) {
 
 func TestAppliedClock(t *testing.T) {
 	now := time.Date(2030, 5, 6, 7, 8, 9, 0, time.UTC)
-	st, err := Open(t.TempDir(), Options{Now: func() time.Time { return now }})
+	st, err := Open(t.TempDir(), Options{Clock: clock.NewFake(now)})
 	must(t, err)
 	defer st.Close()
 	_, g := storetest.NewVM(rand.New(rand.NewPCG(1, 2)), "vm", "d")
