@@ -23,6 +23,7 @@ type pointsMountCmd struct {
 	Point      string `default:"latest" placeholder:"latest|ID|TIME" help:"latest (the newest consistent point), a point number, or a time (RFC 3339, or relative as -1h): the newest consistent point cut at or before it."`
 	Force      bool   `help:"Accept a point that is only a fuzzy copy."`
 	AllowOther bool   `name:"allow-other" help:"Let other users (qemu-nbd, a hypervisor's user) read the disks."`
+	Overlay    string `name:"writable-overlay" type:"path" placeholder:"DIR" help:"Make the disks writable, their writes kept in DIR (a sparse file per disk, created if missing; used again, it keeps the last writes): a test boot without a copy. The point on the target is never written."`
 	targets.TLS
 }
 
@@ -71,6 +72,7 @@ func (c *pointsMountCmd) Run() error {
 		Name:       fmt.Sprintf("drfs-point:%s@%s", c.VM, p.ID()),
 		Time:       p.Frozen,
 		AllowOther: c.AllowOther,
+		Overlay:    c.Overlay,
 		OnError: func(disk string, err error) {
 			if errors.Is(err, target.ErrNotFound) {
 				err = fmt.Errorf("point %s expired while reading (%w)", p.ID(), err)
@@ -82,8 +84,13 @@ func (c *pointsMountCmd) Run() error {
 		return err
 	}
 	first := filepath.Join(c.Mountpoint, p.Disks[0].Name)
-	fmt.Fprintf(os.Stderr, "drfs: point %s of %s (cut %s, %s) mounted read-only at %s; look into a disk with e.g. mount -o ro,loop,noload %s /mnt/x, or qemu-nbd --read-only for qcow2; Ctrl-C or drfs points umount %s ends it\n",
-		p.ID(), c.VM, p.Frozen.Local().Format(time.RFC3339), consistency(p), c.Mountpoint, first, c.Mountpoint)
+	if c.Overlay != "" {
+		fmt.Fprintf(os.Stderr, "drfs: point %s of %s (cut %s, %s) mounted at %s, writable: its writes go to %s, never to the target; Ctrl-C or drfs points umount %s ends it\n",
+			p.ID(), c.VM, p.Frozen.Local().Format(time.RFC3339), consistency(p), c.Mountpoint, c.Overlay, c.Mountpoint)
+	} else {
+		fmt.Fprintf(os.Stderr, "drfs: point %s of %s (cut %s, %s) mounted read-only at %s; look into a disk with e.g. mount -o ro,loop,noload %s /mnt/x, or qemu-nbd --read-only for qcow2; Ctrl-C or drfs points umount %s ends it\n",
+			p.ID(), c.VM, p.Frozen.Local().Format(time.RFC3339), consistency(p), c.Mountpoint, first, c.Mountpoint)
+	}
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
 	for {

@@ -134,11 +134,12 @@ type pointsMount struct {
 	done   chan error
 }
 
-// startPointsMount mounts point id of vm read-only and waits for it.
-func startPointsMount(t *testing.T, tgt, vm, id string, tls ...string) *pointsMount {
+// startPointsMount mounts point id of vm (with extra flags: TLS, an
+// overlay) and waits for it.
+func startPointsMount(t *testing.T, tgt, vm, id string, extra ...string) *pointsMount {
 	t.Helper()
 	pm := &pointsMount{dir: filepath.Join(t.TempDir(), "point"), stderr: &syncBuffer{}, done: make(chan error, 1)}
-	pm.cmd = exec.Command(drfsBin, append([]string{"points", "mount", "--target", tgt, vm, pm.dir, "--point", id}, tls...)...)
+	pm.cmd = exec.Command(drfsBin, append([]string{"points", "mount", "--target", tgt, vm, pm.dir, "--point", id}, extra...)...)
 	pm.cmd.Stderr = pm.stderr
 	if err := pm.cmd.Start(); err != nil {
 		t.Fatal(err)
