@@ -223,6 +223,13 @@ func Open(opts Options) (*Log, error) {
 		return nil, &openError{ErrBusy, fmt.Sprintf(
 			"tracker: state directory %s is in use by another drfs process (%v): stop that process first, or give this one another state directory", opts.Dir, err)}
 	}
+	var startFull bool
+	if !opts.ReadOnly {
+		if startFull, err = roomToOpen(fs, opts.Dir); err != nil {
+			lock.Close()
+			return nil, err
+		}
+	}
 	// A write of the index that runs out of space releases the reserve
 	// and is retried once (see reserve.go), rather than failing, which
 	// Pebble cannot survive for its WAL.
@@ -276,6 +283,9 @@ func Open(opts Options) (*Log, error) {
 		return nil, err
 	}
 	if !opts.ReadOnly {
+		if startFull {
+			l.noteFull(errors.New("no room to open the change log: the reserve was released"))
+		}
 		l.openReserve()
 	}
 	return l, nil

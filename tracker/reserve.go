@@ -3,6 +3,7 @@ package tracker
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"time"
 
@@ -160,6 +161,46 @@ func (l *Log) restoreReserve() bool {
 	l.full.Store(false)
 	l.space.since, l.space.err = time.Time{}, ""
 	return true
+}
+
+// openSlack is the room opening the index takes beyond its WAL files: a
+// new WAL (which Pebble preallocates) and the manifest's edits.
+const openSlack = 8 << 20
+
+// roomToOpen checks, before the index is opened, that the state directory
+// has the room that opening it takes: Pebble writes the memtables it
+// replays from its WAL files into a table, and, on a full file system,
+// retries that write without end instead of failing. It releases the
+// reserve if that makes the room (released is then true: the log starts
+// full); otherwise it returns an error that says how much room is needed.
+func roomToOpen(fs vfs.FS, dir string) (released bool, err error) {
+	du, err := fs.GetDiskUsage(dir)
+	if err != nil || du.TotalBytes == 0 {
+		return false, nil // the file system does not say: try
+	}
+	need := int64(openSlack)
+	index := fs.PathJoin(dir, "index")
+	names, _ := fs.List(index)
+	for _, n := range names {
+		if strings.HasSuffix(n, ".log") {
+			if st, err := fs.Stat(fs.PathJoin(index, n)); err == nil {
+				need += st.Size()
+			}
+		}
+	}
+	avail := int64(du.AvailBytes)
+	if avail >= need {
+		return false, nil
+	}
+	reserve := fs.PathJoin(dir, reserveName)
+	if st, err := fs.Stat(reserve); err == nil && avail+st.Size() >= need {
+		if err := fs.Remove(reserve); err == nil {
+			return true, nil
+		}
+	}
+	return false, &openError{syscall.ENOSPC, fmt.Sprintf(
+		"tracker: state directory %s is full: %d MiB free, and opening its change log needs about %d MiB: give it more room (or remove what else fills its file system), then start again",
+		dir, avail>>20, (need+(1<<20)-1)>>20)}
 }
 
 // createReserve writes a file of size bytes whose blocks are allocated.
