@@ -163,9 +163,9 @@ func (l *Log) restoreReserve() bool {
 	return true
 }
 
-// openSlack is the room opening the index takes beyond its WAL files: a
-// new WAL (which Pebble preallocates) and the manifest's edits.
-const openSlack = 8 << 20
+// openSlack is the room opening the index takes beyond the table it
+// writes from its WAL files: the manifest's edits and a margin.
+const openSlack = 1 << 20
 
 // roomToOpen checks, before the index is opened, that the state directory
 // has the room that opening it takes: Pebble writes the memtables it
@@ -178,16 +178,20 @@ func roomToOpen(fs vfs.FS, dir string) (released bool, err error) {
 	if err != nil || du.TotalBytes == 0 {
 		return false, nil // the file system does not say: try
 	}
-	need := int64(openSlack)
+	var wal int64
 	index := fs.PathJoin(dir, "index")
 	names, _ := fs.List(index)
 	for _, n := range names {
 		if strings.HasSuffix(n, ".log") {
 			if st, err := fs.Stat(fs.PathJoin(index, n)); err == nil {
-				need += st.Size()
+				wal += st.Size()
 			}
 		}
 	}
+	if wal == 0 {
+		return false, nil // nothing to replay
+	}
+	need := wal + openSlack
 	avail := int64(du.AvailBytes)
 	if avail >= need {
 		return false, nil
