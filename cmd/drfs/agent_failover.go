@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/resync"
 )
@@ -158,7 +159,7 @@ func (a *agent) failoverSteps(ctx context.Context, p *protection, req failoverRe
 		return "", err
 	}
 	j := &vmFailover{typ: orchestrator.Planned, targetURL: p.target, store: p.store, vm: vm, point: point,
-		replicas: reflinkSource(p.target, vm, points, point), dir: req.To, hook: req.Hook}
+		replicas: recovery.ReflinkSource(p.target, vm, points), dir: req.To, hook: req.Hook}
 	done, err := j.run(ctx)
 	if err != nil {
 		if created && j.m.Disks == nil {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/target"
@@ -218,7 +219,7 @@ type vmFailover struct {
 	dir       string
 	hook      string
 	hookOut   io.Writer // the hook's standard output
-	m         materialized
+	m         recovery.Result
 	res       *failoverResult // once materialised
 	err       error           // of run
 }
@@ -230,7 +231,7 @@ func (c *failoverStartCmd) prepare(ctx context.Context, store target.Store, typ 
 	if err != nil {
 		return nil, err
 	}
-	p, err := selectPoint(points, c.Point, time.Now(), c.Force)
+	p, err := recovery.SelectPoint(points, c.Point, time.Now(), c.Force)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", vm, err)
 	}
@@ -238,7 +239,7 @@ func (c *failoverStartCmd) prepare(ctx context.Context, store target.Store, typ 
 		return nil, fmt.Errorf("%s point %s is a fuzzy copy (%s), not a consistent state: choose a later point, or add --force", vm, p.ID(), p.Kind)
 	}
 	return &vmFailover{typ: typ, targetURL: c.Target, store: store, vm: vm, point: p,
-		replicas: reflinkSource(c.Target, vm, points, p), dir: dir, hook: c.Hook, hookOut: c.hookOutput()}, nil
+		replicas: recovery.ReflinkSource(c.Target, vm, points), dir: dir, hook: c.Hook, hookOut: c.hookOutput()}, nil
 }
 
 // report is what the failover did so far (before run, what it will do).
@@ -264,7 +265,7 @@ func (j *vmFailover) run(ctx context.Context) (string, error) {
 	if !p.Kind.Consistent() {
 		say(slog.LevelWarn, fmt.Sprintf("point %s of %s is a fuzzy copy (%s): its disks may not be consistent with each other or in themselves; check them (fsck) before use", p.ID(), j.vm, p.Kind))
 	}
-	m, err := materialize(ctx, j.store, j.vm, p, j.dir, j.replicas)
+	m, err := recovery.Materialize(ctx, j.store, j.vm, p, j.dir, recovery.Options{Replicas: j.replicas, Progress: newProgress(j.vm).report})
 	j.m = m
 	if err != nil {
 		return "", err
@@ -280,7 +281,7 @@ func (j *vmFailover) run(ctx context.Context) (string, error) {
 	res := j.report()
 	j.res = &res
 	done := fmt.Sprintf("%s failed over (%s) at point %s into %s: %d disk(s), materialised in %v (RTO), %s written, %s",
-		j.vm, j.typ, p.ID(), j.dir, len(p.Disks), m.Took.Round(time.Millisecond), bytesString(m.Written), m.method())
+		j.vm, j.typ, p.ID(), j.dir, len(p.Disks), m.Took.Round(time.Millisecond), bytesString(m.Written), m.Method())
 	if m.Cloned > 0 {
 		done += fmt.Sprintf(" (%s shared with the replica)", bytesString(m.Cloned))
 	}
