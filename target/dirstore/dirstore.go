@@ -383,8 +383,8 @@ func (s *Store) rlockShared(v *vmState) error {
 }
 
 // refreshManifestLocked reads v's owner and manifest if they are not
-// loaded or the writer held the VM since they were. The writer is not changing the VM:
-// the caller holds its lock shared, so an applying marker is a commit that
+// loaded or the writer held the VM since they were. The writer is not
+// changing the VM: the caller holds its lock shared, so an applying marker is a commit that
 // failed or a writer that crashed (the writer, or the next Store to open
 // the directory when none is running, finishes it).
 func (s *Store) refreshManifestLocked(v *vmState) error {
@@ -403,20 +403,9 @@ func (s *Store) refreshManifestLocked(v *vmState) error {
 		}
 		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
 	}
-	owner, err := s.readFile(ownerPath(vm))
-	if err != nil {
-		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
+	if err := s.readManifest(v); err != nil {
+		return err
 	}
-	var man manifest
-	if b, err := s.readFile(manifestPath(vm)); err != nil {
-		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
-	} else if b != nil {
-		if err := json.Unmarshal(b, &man); err != nil || man.Format != formatVersion {
-			return brokenError{fmt.Errorf("dirstore: VM %s: manifest (format %d): %v", vm, man.Format, err)}
-		}
-	}
-	v.owner = strings.TrimSuffix(string(owner), "\n")
-	v.setPoints(man.Points)
 	v.version = version
 	v.loaded.Store(true)
 	return nil
@@ -454,9 +443,9 @@ func (s *Store) wunlock(v *vmState) {
 	v.mu.Unlock()
 }
 
-// loadLocked reads the owner, manifest and marker of v, finishes or forgets
-// an interrupted commit and removes what crashes left behind.
-func (s *Store) loadLocked(v *vmState) error {
+// readManifest reads the owner and the manifest of v into it (mu held
+// exclusively).
+func (s *Store) readManifest(v *vmState) error {
 	vm := v.name
 	owner, err := s.readFile(ownerPath(vm))
 	if err != nil {
@@ -472,6 +461,16 @@ func (s *Store) loadLocked(v *vmState) error {
 	}
 	v.owner = strings.TrimSuffix(string(owner), "\n")
 	v.setPoints(man.Points)
+	return nil
+}
+
+// loadLocked reads the owner, manifest and marker of v, finishes or forgets
+// an interrupted commit and removes what crashes left behind.
+func (s *Store) loadLocked(v *vmState) error {
+	vm := v.name
+	if err := s.readManifest(v); err != nil {
+		return err
+	}
 
 	if b, err := s.readFile(markerPath(vm)); err != nil {
 		return fmt.Errorf("dirstore: VM %s: %w", vm, err)
