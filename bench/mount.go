@@ -42,7 +42,15 @@ const (
 	// TargetDRFSUntracked is the drfs mount without a Recorder: with
 	// TargetDRFS it splits the cost of drfs between the mount and the log.
 	TargetDRFSUntracked = "drfs-untracked"
+	// TargetPassthroughHP is libfuse's reference server passthrough_hp, in
+	// its own process, with kernel passthrough off where it has it
+	// (--nopassthrough), so that every request reaches the daemon: what the
+	// best FUSE daemon does per request. scripts/passthrough_hp.sh builds it.
+	TargetPassthroughHP = "passthrough_hp"
 )
+
+// targets are the known targets.
+var targets = []string{TargetNative, TargetLoopback, TargetDRFS, TargetDRFSUntracked, TargetPassthroughHP}
 
 // DefaultTargets are the targets of "drfs bench mount", in the order they run.
 var DefaultTargets = []string{TargetNative, TargetLoopback, TargetDRFS}
@@ -83,6 +91,9 @@ type MountConfig struct {
 	// cpu-drfs-seqwrite-1m.pprof, to compare with "go tool pprof
 	// -diff_base" against the loopback's.
 	CPUProfile string
+	// PassthroughHP is the passthrough_hp binary of TargetPassthroughHP;
+	// "" finds it on PATH.
+	PassthroughHP string
 	// Rounds runs every target this many times (one after the other, in
 	// the order of Targets) and reports each job's median round: on a
 	// machine that does other work, one round can mislead. 0 means 1.
@@ -109,10 +120,17 @@ type TargetReport struct {
 	Target string    `json:"target"`
 	Jobs   []Measure `json:"jobs"` // in the order of MountReport.Workloads
 	// PeakRSSWrite and PeakRSSRead are the peak resident set size of the
-	// benchmark's process (the mount, its log, the Go generator if used)
-	// during the write and the read jobs.
+	// process that serves the target during the write and the read jobs:
+	// the benchmark's own (the in-process mounts, the change log, the Go
+	// generator if used) but for passthrough_hp, which runs in its own.
 	PeakRSSWrite int64 `json:"peak_rss_write"`
 	PeakRSSRead  int64 `json:"peak_rss_read"`
+	// PageCacheWrite and PageCacheRead are the peak bytes of the target's
+	// files in the page cache (the backing file and, for drfs, the change
+	// log's), by mincore(2), sampled every 100 ms during the write and the
+	// read jobs.
+	PageCacheWrite int64 `json:"page_cache_write"`
+	PageCacheRead  int64 `json:"page_cache_read"`
 	// WorkloadWritten is what the write jobs wrote; LogWritten is what the
 	// change log wrote meanwhile (its segments and Pebble's files), until it
 	// was closed: drfs only.
@@ -162,8 +180,15 @@ func RunMount(ctx context.Context, cfg MountConfig) (*MountReport, error) {
 		}
 	}
 	for _, t := range cfg.Targets {
-		if !knownTarget(t) {
-			return nil, fmt.Errorf("mount benchmark: unknown target %q (known: %s, %s, %s, %s)", t, TargetNative, TargetLoopback, TargetDRFS, TargetDRFSUntracked)
+		if !slices.Contains(targets, t) {
+			return nil, fmt.Errorf("mount benchmark: unknown target %q (known: %s)", t, strings.Join(targets, ", "))
+		}
+		if t == TargetPassthroughHP {
+			bin, err := lookPassthroughHP(cfg.PassthroughHP)
+			if err != nil {
+				return nil, err
+			}
+			cfg.PassthroughHP = bin
 		}
 	}
 	if err := checkSpace(cfg.Dir, cfg.Size); err != nil {
@@ -223,6 +248,7 @@ func medianOf(rounds []TargetReport, workloads []Workload) TargetReport {
 		sum.Jobs[i] = jobs[(len(jobs)-1)/2]
 	}
 	sum.PeakRSSWrite, sum.PeakRSSRead = rounds[0].PeakRSSWrite, rounds[0].PeakRSSRead
+	sum.PageCacheWrite, sum.PageCacheRead = rounds[0].PageCacheWrite, rounds[0].PageCacheRead
 	for _, r := range rounds {
 		sum.WorkloadWritten += r.WorkloadWritten
 		sum.LogWritten += r.LogWritten
@@ -231,14 +257,6 @@ func medianOf(rounds []TargetReport, workloads []Workload) TargetReport {
 		sum.LogOnDisk = max(sum.LogOnDisk, r.LogOnDisk)
 	}
 	return sum
-}
-
-func knownTarget(t string) bool {
-	switch t {
-	case TargetNative, TargetLoopback, TargetDRFS, TargetDRFSUntracked:
-		return true
-	}
-	return false
 }
 
 // checkSpace refuses to start when the scratch filesystem cannot hold the
@@ -289,7 +307,7 @@ func runTarget(ctx context.Context, cfg MountConfig, tr targetRun, dir string) (
 	}
 	fmt.Fprintf(cfg.Progress, "%s: laid out %s in %.1fs\n", tr, sizeString(cfg.Size), time.Since(start).Seconds())
 
-	m, err := mountTarget(target, dir, cfg.BlockSize, cfg.Progress)
+	m, err := mountTarget(target, dir, cfg.BlockSize, cfg.PassthroughHP, cfg.Progress)
 	if err != nil {
 		return nil, err
 	}
@@ -316,9 +334,10 @@ func runTarget(ctx context.Context, cfg MountConfig, tr targetRun, dir string) (
 	if m.log != nil && cfg.Rotate > 0 && len(writes) > 0 {
 		rot = startRotator(m.log, benchVM, cfg.Rotate)
 	}
-	rss := startRSSWatch()
+	cached := func() int64 { return residentUnder(m.files...) }
+	mem := startMemWatch(m.pid, cached)
 	err = runJobs(ctx, cfg, tr, m, writes, rep)
-	rep.PeakRSSWrite = rss.Stop()
+	rep.PeakRSSWrite, rep.PageCacheWrite = mem.Stop()
 	if rot != nil {
 		rep.Rotations, rep.Dropped, err = rot.stop(err)
 	}
@@ -326,9 +345,9 @@ func runTarget(ctx context.Context, cfg MountConfig, tr targetRun, dir string) (
 		return nil, err
 	}
 
-	rss = startRSSWatch()
+	mem = startMemWatch(m.pid, cached)
 	err = runJobs(ctx, cfg, tr, m, reads, rep)
-	rep.PeakRSSRead = rss.Stop()
+	rep.PeakRSSRead, rep.PageCacheRead = mem.Stop()
 	if err != nil {
 		return nil, err
 	}
@@ -350,11 +369,19 @@ func runTarget(ctx context.Context, cfg MountConfig, tr targetRun, dir string) (
 func runJobs(ctx context.Context, cfg MountConfig, tr targetRun, mt *mountedTarget, jobs []int, rep *TargetReport) error {
 	for _, i := range jobs {
 		w := cfg.Workloads[i]
-		// Every job starts with the backing file out of the page cache:
-		// a target that reads through it must not inherit a warm cache.
-		if err := evict(mt.backing); err != nil {
+		// Every job starts from a known page-cache case: the file out of
+		// the cache (cold), so that a target that reads through it does not
+		// inherit what the job before left there, or, for a warm job, all
+		// of the backing file in it.
+		if err := mt.dropCache(); err != nil {
 			return err
 		}
+		if w.Warm {
+			if err := readAll(mt.backing); err != nil {
+				return err
+			}
+		}
+		cachedAtStart := residentUnder(mt.backing)
 		stopProfile, err := startProfile(cfg.CPUProfile, tr, w)
 		if err != nil {
 			return err
@@ -365,8 +392,8 @@ func runJobs(ctx context.Context, cfg MountConfig, tr targetRun, mt *mountedTarg
 			return err
 		}
 		rep.Jobs[i] = m
-		fmt.Fprintf(cfg.Progress, "%s: %-22s %9.0f IOPS %9.1f MB/s  mean latency %v\n",
-			tr, w.String(), m.IOPS(), m.MBps(), m.MeanLatency.Round(100*time.Nanosecond))
+		fmt.Fprintf(cfg.Progress, "%s: %-29s %9.0f IOPS %9.1f MB/s  mean latency %-8v (%s of the file cached at the start)\n",
+			tr, w.String(), m.IOPS(), m.MBps(), m.MeanLatency.Round(100*time.Nanosecond), sizeString(cachedAtStart))
 	}
 	return nil
 }
@@ -398,6 +425,19 @@ func layOut(path string, size int64) error {
 	return f.Close()
 }
 
+// readAll reads the file at path through the page cache, to the end.
+func readAll(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := io.CopyBuffer(io.Discard, f, make([]byte, 1<<20)); err != nil {
+		return fmt.Errorf("reading %s into the page cache: %w", path, err)
+	}
+	return nil
+}
+
 // evict drops the clean pages of the file at path from the page cache.
 func evict(path string) error {
 	f, err := os.Open(path)
@@ -416,6 +456,8 @@ type mountedTarget struct {
 	path    string       // the benchmark file as the jobs see it
 	backing string       // the file in the source directory
 	close   func() error // unmounts and closes the log
+	pid     int          // the process that serves it; 0: this one
+	files   []string     // what it keeps in the page cache: the source directory, the change log
 
 	// drfs only: the change log, its state directory, its write count.
 	log   *tracker.Log
@@ -423,20 +465,38 @@ type mountedTarget struct {
 	logFS *countingFS
 }
 
-// mountTarget mounts dir/src on dir/mnt as target says. The mount's
-// messages go to logw, each distinct one once.
-func mountTarget(target, dir string, blockSize int, logw io.Writer) (*mountedTarget, error) {
+// dropCache drops the benchmark file's pages from the page cache: the
+// backing file's (after an fsync, so that none is dirty) and, on a mount,
+// those the kernel keeps for the file on the mount.
+func (m *mountedTarget) dropCache() error {
+	if err := syncFile(m.backing); err != nil {
+		return err
+	}
+	if err := evict(m.backing); err != nil {
+		return err
+	}
+	if m.path != m.backing {
+		return evict(m.path)
+	}
+	return nil
+}
+
+// mountTarget mounts dir/src on dir/mnt as target says, with hpBin the
+// passthrough_hp binary. The mount's messages go to logw, each distinct one
+// once.
+func mountTarget(target, dir string, blockSize int, hpBin string, logw io.Writer) (*mountedTarget, error) {
 	src, mnt := filepath.Join(dir, "src"), filepath.Join(dir, "mnt")
 	rel := filepath.Join(benchVM, benchDisk)
 	backing := filepath.Join(src, rel)
-	opts := drfsfs.Options{Logger: log.New(&onceWriter{w: logw, prefix: target + ": "}, "", 0)}
+	logOut := &onceWriter{w: logw, prefix: target + ": "}
+	opts := drfsfs.Options{Logger: log.New(logOut, "", 0)}
 	if target == TargetNative {
-		return &mountedTarget{path: backing, backing: backing, close: func() error { return nil }}, nil
+		return &mountedTarget{path: backing, backing: backing, files: []string{src}, close: func() error { return nil }}, nil
 	}
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return nil, err
 	}
-	m := &mountedTarget{path: filepath.Join(mnt, rel), backing: backing}
+	m := &mountedTarget{path: filepath.Join(mnt, rel), backing: backing, files: []string{src}}
 	switch target {
 	case TargetLoopback:
 		srv, err := mountLoopback(src, mnt, opts)
@@ -450,8 +510,15 @@ func mountTarget(target, dir string, blockSize int, logw io.Writer) (*mountedTar
 			return nil, fmt.Errorf("mounting drfs: %w", err)
 		}
 		m.close = func() error { return unmountRetry(srv.Unmount, mnt) }
+	case TargetPassthroughHP:
+		hp, err := startPassthroughHP(hpBin, src, mnt, logOut)
+		if err != nil {
+			return nil, err
+		}
+		m.pid, m.close = hp.cmd.Process.Pid, func() error { return hp.stop(mnt) }
 	case TargetDRFS:
 		m.state = filepath.Join(dir, "state")
+		m.files = append(m.files, m.state)
 		m.logFS = &countingFS{FS: vfs.Default}
 		changeLog, err := tracker.Open(tracker.Options{Dir: m.state, Source: src, BlockSize: blockSize, FS: m.logFS})
 		if err != nil {

@@ -38,7 +38,7 @@ func BenchmarkMount(b *testing.B) {
 			if err := layOut(filepath.Join(dir, "src", benchVM, benchDisk), size); err != nil {
 				b.Fatal(err)
 			}
-			m, err := mountTarget(target, dir, 4096, io.Discard)
+			m, err := mountTarget(target, dir, 4096, "", io.Discard)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -98,9 +98,15 @@ func TestRunMount(t *testing.T) {
 				cfg.Targets = []string{TargetNative, TargetLoopback, TargetDRFS, TargetDRFSUntracked}
 				cfg.Rounds = 2
 			} else {
-				// Profiles (each costs up to 200ms to stop).
+				// Profiles (each costs up to 200ms to stop), and libfuse's
+				// passthrough_hp when it is built.
 				cfg.Targets = []string{TargetLoopback, TargetDRFS}
 				cfg.CPUProfile = filepath.Join(t.TempDir(), "cpu")
+				if _, err := lookPassthroughHP(""); err == nil {
+					cfg.Targets = append(cfg.Targets, TargetPassthroughHP)
+				} else {
+					t.Log("passthrough_hp is not on PATH (scripts/passthrough_hp.sh): not testing its target")
+				}
 			}
 			rep, err := RunMount(context.Background(), cfg)
 			t.Log("\n" + progress.String())
@@ -118,6 +124,10 @@ func TestRunMount(t *testing.T) {
 				}
 				if tr.PeakRSSWrite <= 0 || tr.PeakRSSRead <= 0 {
 					t.Errorf("%s: peak RSS %d (writes), %d (reads)", tr.Target, tr.PeakRSSWrite, tr.PeakRSSRead)
+				}
+				// The warm job reads all of the file, from the page cache.
+				if tr.PageCacheRead < cfg.Size {
+					t.Errorf("%s: peak page cache during the reads %d, want the file's %d at least", tr.Target, tr.PageCacheRead, cfg.Size)
 				}
 			}
 			drfs := rep.target(TargetDRFS)

@@ -31,17 +31,13 @@ func (r *MountReport) WriteTable(w io.Writer) error {
 		m.CPUs, sizeString(m.MemTotal), m.Kernel, m.FSType, m.FSSource, m.GoVersion)
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	drfs, loop, native := r.target(TargetDRFS), r.target(TargetLoopback), r.target(TargetNative)
-	ratios := drfs != nil
+	ratios := r.ratios()
 	fmt.Fprint(tw, "workload\tunit\t")
 	for _, t := range r.Targets {
 		fmt.Fprintf(tw, "%s\t", t.Target)
 	}
-	if ratios && loop != nil {
-		fmt.Fprint(tw, "drfs/loopback\t")
-	}
-	if ratios && native != nil {
-		fmt.Fprint(tw, "drfs/native\t")
+	for _, q := range ratios {
+		fmt.Fprintf(tw, "%s/%s\t", q[0].Target, q[1].Target)
 	}
 	fmt.Fprintln(tw)
 	for i, wl := range r.Workloads {
@@ -53,11 +49,8 @@ func (r *MountReport) WriteTable(w io.Writer) error {
 		for _, t := range r.Targets {
 			fmt.Fprintf(tw, "%s\t", figure(value(t.Jobs[i])))
 		}
-		if ratios && loop != nil {
-			fmt.Fprintf(tw, "%s\t", ratio(value(drfs.Jobs[i]), value(loop.Jobs[i])))
-		}
-		if ratios && native != nil {
-			fmt.Fprintf(tw, "%s\t", ratio(value(drfs.Jobs[i]), value(native.Jobs[i])))
+		for _, q := range ratios {
+			fmt.Fprintf(tw, "%s\t", ratio(value(q[0].Jobs[i]), value(q[1].Jobs[i])))
 		}
 		fmt.Fprintln(tw)
 	}
@@ -77,25 +70,30 @@ func (r *MountReport) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintln(tw)
 
-	label := "peak RSS of the process"
+	label := "memory (peaks)"
 	if r.Rounds > 1 {
-		label += " (first round)"
+		label += ", first round"
 	}
 	fmt.Fprintf(tw, "%s\t\t", label)
 	for _, t := range r.Targets {
 		fmt.Fprintf(tw, "%s\t", t.Target)
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprint(tw, "during the write jobs\tMiB\t")
-	for _, t := range r.Targets {
-		fmt.Fprintf(tw, "%.1f\t", float64(t.PeakRSSWrite)/(1<<20))
+	for _, row := range []struct {
+		name  string
+		bytes func(TargetReport) int64
+	}{
+		{"RSS of the serving process, write jobs", func(t TargetReport) int64 { return t.PeakRSSWrite }},
+		{"RSS of the serving process, read jobs", func(t TargetReport) int64 { return t.PeakRSSRead }},
+		{"page cache of its files, write jobs", func(t TargetReport) int64 { return t.PageCacheWrite }},
+		{"page cache of its files, read jobs", func(t TargetReport) int64 { return t.PageCacheRead }},
+	} {
+		fmt.Fprintf(tw, "%s\tMiB\t", row.name)
+		for _, t := range r.Targets {
+			fmt.Fprintf(tw, "%.1f\t", float64(row.bytes(t))/(1<<20))
+		}
+		fmt.Fprintln(tw)
 	}
-	fmt.Fprintln(tw)
-	fmt.Fprint(tw, "during the read jobs\tMiB\t")
-	for _, t := range r.Targets {
-		fmt.Fprintf(tw, "%.1f\t", float64(t.PeakRSSRead)/(1<<20))
-	}
-	fmt.Fprintln(tw)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -108,7 +106,30 @@ func (r *MountReport) WriteTable(w io.Writer) error {
 			sizeString(t.WorkloadWritten), sizeString(t.LogWritten), safeDiv(float64(t.LogWritten), float64(t.WorkloadWritten)),
 			t.Rotations, t.Dropped, sizeString(t.LogOnDisk))
 	}
+	fmt.Fprintln(w, "\n(cold): the job starts with the file's pages dropped from the page cache; (warm): with the backing file read once in full.")
+	fmt.Fprintln(w, "RSS: this process for the in-process targets (native is the harness alone), passthrough_hp's own process; page cache: mincore(2) of the backing file and, for drfs, the change log.")
 	return nil
+}
+
+// ratios are the pairs of targets whose ratio the table shows, numerator
+// first: every target to native, then drfs to every other FUSE target.
+func (r *MountReport) ratios() [][2]*TargetReport {
+	var q [][2]*TargetReport
+	if native := r.target(TargetNative); native != nil {
+		for i := range r.Targets {
+			if t := &r.Targets[i]; t != native {
+				q = append(q, [2]*TargetReport{t, native})
+			}
+		}
+	}
+	if drfs := r.target(TargetDRFS); drfs != nil {
+		for i := range r.Targets {
+			if t := &r.Targets[i]; t != drfs && t.Target != TargetNative {
+				q = append(q, [2]*TargetReport{drfs, t})
+			}
+		}
+	}
+	return q
 }
 
 func (r *MountReport) target(name string) *TargetReport {

@@ -411,11 +411,11 @@ func runShipCase(ctx context.Context, cfg ShipConfig, pki *shipPKI, g *shipGen, 
 type meter struct {
 	start time.Time
 	cpu   time.Duration
-	rss   *rssWatch
+	rss   *memWatch
 }
 
 func startMeter() *meter {
-	m := &meter{rss: startRSSWatch()}
+	m := &meter{rss: startMemWatch(0, nil)}
 	m.cpu = selfCPU()
 	m.start = time.Now()
 	return m
@@ -423,7 +423,8 @@ func startMeter() *meter {
 
 func (m *meter) stop(name string, bytes int64) ShipCase {
 	elapsed := time.Since(m.start)
-	return ShipCase{Case: name, Bytes: bytes, Elapsed: elapsed, CPU: selfCPU() - m.cpu, PeakRSS: m.rss.Stop()}
+	rss, _ := m.rss.Stop()
+	return ShipCase{Case: name, Bytes: bytes, Elapsed: elapsed, CPU: selfCPU() - m.cpu, PeakRSS: rss}
 }
 
 // logReadCase reads the generation from the log, its files out of the page

@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -172,22 +171,6 @@ func (s *shipServer) stop() (time.Duration, error) {
 		return 0, fmt.Errorf("the server did not stop cleanly (%v): %s", err, s.tail)
 	}
 	return st.UserTime() + st.SystemTime(), nil
-}
-
-// pidStatus reads a memory field of /proc/PID/status, in bytes.
-func pidStatus(pid int, field string) (int64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(b)) {
-		name, rest, ok := strings.Cut(line, ":")
-		if ok && name == field {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
 }
 
 // lineTail keeps the last lines of a child's stderr for error messages.

@@ -15,18 +15,25 @@ type Workload struct {
 	Random     bool   `json:"random"`      // uniformly random, BlockSize-aligned offsets; else sequential, wrapping at the end of the file
 	BlockSize  int    `json:"block_size"`  // bytes per request, a multiple of 4096
 	QueueDepth int    `json:"queue_depth"` // requests in flight
+	// Warm jobs start with the backing file read once in full, so that the
+	// host page cache holds it; the others start with its pages dropped.
+	Warm bool `json:"warm,omitempty"`
 }
 
-// String describes w for a table, such as "rand write 4 KiB QD16".
+// String describes w for a table with the page-cache case it starts in,
+// such as "rand write 4 KiB QD16 (cold)".
 func (w Workload) String() string {
-	pattern, dir := "seq", "read"
+	pattern, dir, cache := "seq", "read", "cold"
 	if w.Random {
 		pattern = "rand"
 	}
 	if w.Write {
 		dir = "write"
 	}
-	return fmt.Sprintf("%s %s %s QD%d", pattern, dir, sizeString(int64(w.BlockSize)), w.QueueDepth)
+	if w.Warm {
+		cache = "warm"
+	}
+	return fmt.Sprintf("%s %s %s QD%d (%s)", pattern, dir, sizeString(int64(w.BlockSize)), w.QueueDepth, cache)
 }
 
 // Sequential reports whether w is judged by bandwidth rather than IOPS.
@@ -42,11 +49,14 @@ func (w Workload) figure(m Measure) float64 {
 
 // DefaultWorkloads are the jobs of "drfs bench mount", in the order they run:
 // writes first, so that the reads find a file the writes have just changed.
+// Every job starts with the backing file out of the page cache (cold) but
+// the warm random read, which starts with all of it there.
 var DefaultWorkloads = []Workload{
 	{Name: "seqwrite-1m", Write: true, BlockSize: 1 << 20, QueueDepth: 1},
 	{Name: "randwrite-4k-qd1", Write: true, Random: true, BlockSize: 4096, QueueDepth: 1},
 	{Name: "randwrite-4k-qd16", Write: true, Random: true, BlockSize: 4096, QueueDepth: 16},
 	{Name: "randread-4k-qd16", Random: true, BlockSize: 4096, QueueDepth: 16},
+	{Name: "randread-4k-qd16-warm", Random: true, BlockSize: 4096, QueueDepth: 16, Warm: true},
 	{Name: "seqread-1m", BlockSize: 1 << 20, QueueDepth: 1},
 }
 

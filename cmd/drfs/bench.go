@@ -15,7 +15,7 @@ import (
 
 // benchCmd groups the benchmarks, one subcommand each.
 type benchCmd struct {
-	Mount    benchMountCmd    `cmd:"" help:"Compare the drfs mount with the backing directory and with a plain FUSE loopback: sequential and random I/O, and peak memory. Needs root and /dev/fuse."`
+	Mount    benchMountCmd    `cmd:"" help:"Compare the drfs mount with the backing directory, a plain FUSE loopback and, on request, libfuse's passthrough_hp: sequential and random I/O from a cold and a warm page cache, peak memory and page cache. Needs root and /dev/fuse."`
 	Resync   benchResyncCmd   `cmd:"" help:"Resynchronize a changed image by chunk checksums and compare with rsync: time and bytes each way."`
 	Ship     benchShipCmd     `cmd:"" help:"Time draining one generation of the change log: read from the log, copied with cp, written at its places in a sparse file (the floor of a disk image), shipped to a directory store and to drfs target serve over loopback mutual TLS; MB/s, LZ4 ratio, CPU and peak memory of both processes."`
 	Failover benchFailoverCmd `cmd:"" help:"RTO of an unplanned failover to the latest point and to one 10 generations back, of a VM with 1% of its blocks changed per generation; the filesystem and whether reflinks were used."`
@@ -24,17 +24,18 @@ type benchCmd struct {
 }
 
 type benchMountCmd struct {
-	Dir        string        `type:"path" default:"." placeholder:"DIR" help:"Scratch directory on the filesystem to measure: the one your disk images live on, not tmpfs. The benchmark works in a new directory inside it and removes it at the end. Default: the current directory."`
-	Size       byteSize      `default:"1GiB" help:"Size of the benchmark file, written in full on each target before its jobs (units KiB, MiB, GiB; needs 1.25x this free)."`
-	Runtime    time.Duration `default:"10s" help:"Time limit of each job."`
-	Rotate     time.Duration `default:"0" help:"Rotate the change log at this interval during the drfs write jobs and drop the frozen generations, as a shipper that keeps up would (0: never)."`
-	Engine     string        `enum:"auto,fio,go" default:"auto" help:"Workload generator: fio (libaio, direct=1), go (built in: pread/pwrite from one goroutine per queue slot, O_DIRECT), or auto (fio when installed)."`
-	BlockSize  int           `default:"4096" help:"Tracking block size of the change log in bytes, a power of two."`
-	Targets    []string      `default:"native,loopback,drfs" enum:"native,loopback,drfs,drfs-untracked" help:"Targets in the order they run: native (the backing directory), loopback (go-fuse's plain loopback with drfs's mount options), drfs, drfs-untracked (the drfs mount without a change log)."`
-	Workloads  []string      `default:"seqwrite-1m,randwrite-4k-qd1,randwrite-4k-qd16,randread-4k-qd16,seqread-1m" enum:"seqwrite-1m,randwrite-4k-qd1,randwrite-4k-qd16,randread-4k-qd16,seqread-1m" help:"Jobs to run on each target; the write jobs run first, in the order given, then the read jobs."`
-	Rounds     int           `default:"1" help:"Run every target this many times and report each job's median: one round can mislead on a machine that does other work."`
-	JSON       bool          `help:"Print the report as JSON instead of a table."`
-	CPUProfile string        `name:"cpuprofile" type:"path" placeholder:"PREFIX" help:"Write a CPU profile of the process (FUSE servers and change log) during each job on each mount to PREFIX-TARGET-WORKLOAD.pprof, for go tool pprof."`
+	Dir           string        `type:"path" default:"." placeholder:"DIR" help:"Scratch directory on the filesystem to measure: the one your disk images live on, not tmpfs. The benchmark works in a new directory inside it and removes it at the end. Default: the current directory."`
+	Size          byteSize      `default:"1GiB" help:"Size of the benchmark file, written in full on each target before its jobs (units KiB, MiB, GiB; needs 1.25x this free)."`
+	Runtime       time.Duration `default:"10s" help:"Time limit of each job."`
+	Rotate        time.Duration `default:"0" help:"Rotate the change log at this interval during the drfs write jobs and drop the frozen generations, as a shipper that keeps up would (0: never)."`
+	Engine        string        `enum:"auto,fio,go" default:"auto" help:"Workload generator: fio (libaio, direct=1), go (built in: pread/pwrite from one goroutine per queue slot, O_DIRECT), or auto (fio when installed)."`
+	BlockSize     int           `default:"4096" help:"Tracking block size of the change log in bytes, a power of two."`
+	Targets       []string      `default:"native,loopback,drfs" enum:"native,loopback,drfs,drfs-untracked,passthrough_hp" help:"Targets in the order they run: native (the backing directory), loopback (go-fuse's plain loopback with drfs's mount options), drfs, drfs-untracked (the drfs mount without a change log), passthrough_hp (libfuse's reference server, kernel passthrough off; build it with scripts/passthrough_hp.sh)."`
+	PassthroughHP string        `name:"passthrough-hp" type:"path" placeholder:"PATH" help:"The passthrough_hp binary of the passthrough_hp target (default: passthrough_hp on PATH)."`
+	Workloads     []string      `default:"seqwrite-1m,randwrite-4k-qd1,randwrite-4k-qd16,randread-4k-qd16,randread-4k-qd16-warm,seqread-1m" enum:"seqwrite-1m,randwrite-4k-qd1,randwrite-4k-qd16,randread-4k-qd16,randread-4k-qd16-warm,seqread-1m" help:"Jobs to run on each target; the write jobs run first, in the order given, then the read jobs. Each starts with the benchmark file out of the page cache, but randread-4k-qd16-warm, which starts with the backing file read once in full."`
+	Rounds        int           `default:"1" help:"Run every target this many times and report each job's median: one round can mislead on a machine that does other work."`
+	JSON          bool          `help:"Print the report as JSON instead of a table."`
+	CPUProfile    string        `name:"cpuprofile" type:"path" placeholder:"PREFIX" help:"Write a CPU profile of the process (FUSE servers and change log) during each job on each mount to PREFIX-TARGET-WORKLOAD.pprof, for go tool pprof."`
 }
 
 func (c *benchMountCmd) Run() error {
@@ -49,16 +50,17 @@ func (c *benchMountCmd) Run() error {
 		return err
 	}
 	cfg := bench.MountConfig{
-		Workloads:  workloads,
-		Dir:        c.Dir,
-		Size:       int64(c.Size),
-		Runtime:    c.Runtime,
-		Rotate:     c.Rotate,
-		BlockSize:  c.BlockSize,
-		Targets:    c.Targets,
-		Rounds:     c.Rounds,
-		CPUProfile: c.CPUProfile,
-		Progress:   os.Stderr,
+		Workloads:     workloads,
+		Dir:           c.Dir,
+		Size:          int64(c.Size),
+		Runtime:       c.Runtime,
+		Rotate:        c.Rotate,
+		BlockSize:     c.BlockSize,
+		Targets:       c.Targets,
+		PassthroughHP: c.PassthroughHP,
+		Rounds:        c.Rounds,
+		CPUProfile:    c.CPUProfile,
+		Progress:      os.Stderr,
 	}
 	switch c.Engine {
 	case "fio":
