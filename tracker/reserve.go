@@ -47,6 +47,12 @@ type SpaceStatus struct {
 	Held bool `json:"held"`
 }
 
+// FullReason says why a full state directory makes health Critical.
+func (sp SpaceStatus) FullReason() string {
+	return fmt.Sprintf("state directory full since %s (%s): disks changed meanwhile are flagged for resynchronization; space comes back as generations are shipped",
+		sp.Since.Local().Format(time.TimeOnly), sp.Error)
+}
+
 // IsNoSpace reports whether err says a file system is full.
 func IsNoSpace(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)

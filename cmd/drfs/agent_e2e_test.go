@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -108,13 +109,13 @@ func (a *runningAgent) kill(t *testing.T) {
 }
 
 // vmStatus returns the agent's view of vm (drfs status --json).
-func vmStatus(t *testing.T, socket, vm string) vmView {
+func vmStatus(t *testing.T, socket, vm string) agent.VMView {
 	t.Helper()
 	out, err := exec.Command(drfsBin, "status", vm, "--socket", socket, "--json").Output()
 	if err != nil {
 		t.Fatalf("drfs status %s: %v", vm, err)
 	}
-	var v []vmView
+	var v []agent.VMView
 	if err := json.Unmarshal(out, &v); err != nil || len(v) != 1 {
 		t.Fatalf("drfs status %s --json: %v\n%s", vm, err, out)
 	}
@@ -123,7 +124,7 @@ func vmStatus(t *testing.T, socket, vm string) vmView {
 
 // waitState waits until vm is in state with no job running, and returns
 // its view.
-func waitState(t *testing.T, a *runningAgent, vm string, state orchestrator.State) vmView {
+func waitState(t *testing.T, a *runningAgent, vm string, state orchestrator.State) agent.VMView {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/target"
 )
@@ -410,7 +411,7 @@ func TestAgentResyncWaits(t *testing.T) {
 	last := newestConsistent(t, points(t, tgt, "vm1", tls...))
 
 	a = startAgent(t, d, socket, args...)
-	var v vmView
+	var v agent.VMView
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		v = vmStatus(t, socket, "vm1")
 		if v.Job != nil && v.Job.State == orchestrator.JobWaiting {

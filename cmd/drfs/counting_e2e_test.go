@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -115,7 +116,7 @@ func TestFailoverCleanupListsOnce(t *testing.T) {
 		for _, name := range extra {
 			os.WriteFile(filepath.Join(dir, name), []byte("kept"), 0o644)
 		}
-		if err := writeMarker(dir, failoverMarker{Type: orchestrator.Test, Target: "dir:///x", VM: vm, Point: 3, Disks: []string{"disk.img"}}); err != nil {
+		if err := recovery.WriteMarker(dir, recovery.Marker{Type: orchestrator.Test, Target: "dir:///x", VM: vm, Point: 3, Disks: []string{"disk.img"}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -141,7 +142,7 @@ func TestFailoverCleanupListsOnce(t *testing.T) {
 	vmCopy(filepath.Join(plan, "vm1"), "vm1", "vm.xml")
 	vmCopy(filepath.Join(plan, "vm2"), "vm2")
 	os.WriteFile(filepath.Join(plan, "notes.txt"), []byte("kept"), 0o644)
-	if err := writeMarker(plan, failoverMarker{Type: orchestrator.Test, Target: "dir:///x", Plan: "p", VMs: []string{"vm1", "vm2"}}); err != nil {
+	if err := recovery.WriteMarker(plan, recovery.Marker{Type: orchestrator.Test, Target: "dir:///x", Plan: "p", VMs: []string{"vm1", "vm2"}}); err != nil {
 		t.Fatal(err)
 	}
 	out, err = drfsRun(t, "failover", "cleanup", plan)

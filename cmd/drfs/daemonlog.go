@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -37,19 +36,12 @@ func (f logFlags) startLog() *slog.Logger {
 	return l
 }
 
-// say reports msg from code that the long-running commands share with the
-// one-shot ones: through the log of a long-running command, at level;
-// otherwise as the one-shot commands print, "drfs: msg" on standard error
-// ("drfs: warning: msg" for a warning).
-func say(level slog.Level, msg string) {
-	if daemonLog.Load() {
-		slog.Log(context.Background(), level, msg)
-		return
-	}
-	if level >= slog.LevelWarn && level < slog.LevelError {
-		msg = "warning: " + msg
-	}
-	fmt.Fprintln(os.Stderr, "drfs: "+msg)
+// startOneShotLog makes the default logger write as the one-shot
+// commands print: "drfs: msg" on standard error ("drfs: warning: msg"
+// for a warning), for what the engine's packages log through slog. A
+// long-running command replaces it (startLog).
+func startOneShotLog() {
+	slog.SetDefault(slog.New(logging.NewHandler(os.Stderr, &logging.Options{Command: "drfs"})))
 }
 
 // printError prints the error a command ends with: through the log of a

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/internal/tlstest"
 	"github.com/drfs-project/drfs/target"
 )
@@ -123,8 +124,8 @@ func TestFailoverUnplanned(t *testing.T) {
 	if string(gotEnv) != wantEnv {
 		t.Errorf("hook environment:\n%s\nwant:\n%s", gotEnv, wantEnv)
 	}
-	var mk failoverMarker
-	if data, err := os.ReadFile(filepath.Join(dir, markerName)); err != nil || json.Unmarshal(data, &mk) != nil || mk.VM != "vm1" || mk.Point != newest.Generation || mk.Type != "unplanned" {
+	var mk recovery.Marker
+	if data, err := os.ReadFile(filepath.Join(dir, recovery.MarkerName)); err != nil || json.Unmarshal(data, &mk) != nil || mk.VM != "vm1" || mk.Point != newest.Generation || mk.Type != "unplanned" {
 		t.Errorf("marker: %+v, %v", mk, err)
 	}
 
@@ -223,8 +224,8 @@ func TestFailoverTestWhileReplicating(t *testing.T) {
 		t.Errorf("no new recovery points after the test failover: before %d, after %d", before[len(before)-1].Generation, after[len(after)-1].Generation)
 	}
 	m.stop(t)
-	data, err := os.ReadFile(filepath.Join(dir, markerName))
-	var mk failoverMarker
+	data, err := os.ReadFile(filepath.Join(dir, recovery.MarkerName))
+	var mk recovery.Marker
 	if err != nil || json.Unmarshal(data, &mk) != nil || mk.Type != "test" {
 		t.Fatalf("test failover marker: %v %s", err, data)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/target"
 )
@@ -41,13 +42,13 @@ type planVMResult struct {
 	// Status is failed_over, failed or not_run (planned, in a dry run).
 	Status string `json:"status"`
 	Error  string `json:"error,omitempty"`
-	failoverResult
+	recovery.FailoverReport
 }
 
 // planReport says what the run of plan did: the steps before failed done,
 // failed (its number; 0 for none) with err, the rest not run.
-func planReport(c *failoverStartCmd, plan *orchestrator.Plan, typ orchestrator.FailoverType, jobs map[string]*vmFailover, failed int, err error, took time.Duration) *planFailoverResult {
-	res := &planFailoverResult{Plan: plan.Name, Type: typ, Target: redactURL(c.Target), Dir: c.To, DryRun: c.DryRun,
+func planReport(c *failoverStartCmd, plan *orchestrator.Plan, typ orchestrator.FailoverType, jobs map[string]*recovery.Failover, failed int, err error, took time.Duration) *planFailoverResult {
+	res := &planFailoverResult{Plan: plan.Name, Type: typ, Target: recovery.RedactURL(c.Target), Dir: c.To, DryRun: c.DryRun,
 		Completed: !c.DryRun && failed == 0, ElapsedSeconds: took.Seconds(), VMs: []planVMResult{}}
 	if err != nil {
 		res.Error = err.Error()
@@ -67,15 +68,15 @@ func planReport(c *failoverStartCmd, plan *orchestrator.Plan, typ orchestrator.F
 	}
 	for _, vm := range plan.VMs() {
 		j := jobs[vm]
-		r := planVMResult{Status: "not_run", failoverResult: j.report()}
-		if j.res != nil {
-			r.failoverResult = *j.res
+		r := planVMResult{Status: "not_run", FailoverReport: j.Report()}
+		if j.Done != nil {
+			r.FailoverReport = *j.Done
 		}
 		r.DryRun = c.DryRun
 		switch {
-		case j.err != nil:
-			r.Status, r.Error = "failed", j.err.Error()
-		case j.res != nil:
+		case j.Err != nil:
+			r.Status, r.Error = "failed", j.Err.Error()
+		case j.Done != nil:
 			r.Status = "failed_over"
 		}
 		res.VMs = append(res.VMs, r)
@@ -102,7 +103,7 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 	if err := plan.CheckVMs(known); err != nil {
 		return nil, err
 	}
-	jobs := map[string]*vmFailover{}
+	jobs := map[string]*recovery.Failover{}
 	for _, vm := range plan.VMs() {
 		j, err := c.prepare(ctx, store, typ, vm, filepath.Join(c.To, vm))
 		if err != nil {
@@ -119,7 +120,7 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 		for _, s := range steps {
 			fmt.Printf("%d. %s\n", s.N, plan.Describe(s))
 			for _, vm := range s.VMs {
-				fmt.Printf("   %s\n", jobs[vm].describe())
+				fmt.Printf("   %s\n", jobs[vm].Describe())
 			}
 			if s.Kind == orchestrator.StepManual {
 				fmt.Printf("   waits for: drfs plan continue %s\n", plan.Name)
@@ -133,11 +134,11 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 		return nil, err
 	}
 	defer lock.Close()
-	created, err := makeDir(c.To)
+	created, err := recovery.MakeDir(c.To)
 	if err != nil {
 		return nil, err
 	}
-	if err := writeMarker(c.To, failoverMarker{Type: typ, Target: redactURL(c.Target), Time: time.Now().UTC(), Plan: plan.Name, VMs: plan.VMs()}); err != nil {
+	if err := recovery.WriteMarker(c.To, recovery.Marker{Type: typ, Target: recovery.RedactURL(c.Target), Time: time.Now().UTC(), Plan: plan.Name, VMs: plan.VMs()}); err != nil {
 		if created {
 			os.RemoveAll(c.To)
 		}
@@ -155,7 +156,7 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 		var err error
 		switch s.Kind {
 		case orchestrator.StepHook:
-			_, err = runHookTo(ctx, s.Command, []string{
+			_, err = recovery.RunHook(ctx, s.Command, []string{
 				"DRFS_PLAN=" + plan.Name,
 				"DRFS_GROUP=" + g.Name,
 				"DRFS_FAILOVER_TYPE=" + string(typ),
@@ -184,19 +185,19 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 
 // failoverGroup fails the VMs of a group over in parallel, each into its
 // own directory, and records each that succeeded.
-func failoverGroup(ctx context.Context, vms []string, jobs map[string]*vmFailover, run *orchestrator.PlanRun) error {
+func failoverGroup(ctx context.Context, vms []string, jobs map[string]*recovery.Failover, run *orchestrator.PlanRun) error {
 	done := make([]string, len(vms))
 	errs := make([]error, len(vms))
 	var wg sync.WaitGroup
 	for i, vm := range vms {
 		wg.Go(func() {
 			j := jobs[vm]
-			if err := os.Mkdir(j.dir, 0o755); err != nil {
+			if err := os.Mkdir(j.Dir, 0o755); err != nil {
 				errs[i] = err
 			} else {
-				done[i], errs[i] = j.run(ctx)
+				done[i], errs[i] = j.Run(ctx)
 			}
-			j.err = errs[i]
+			j.Err = errs[i]
 		})
 	}
 	wg.Wait()

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -26,7 +27,7 @@ type jobsListCmd struct {
 }
 
 func (c *jobsListCmd) Run() error {
-	jobs, err := newAgentClient(c.Socket).jobs(c.VM)
+	jobs, err := agent.NewClient(c.Socket).Jobs(c.VM)
 	if err != nil {
 		return err
 	}
@@ -72,11 +73,11 @@ type jobsWatchCmd struct {
 }
 
 func (c *jobsWatchCmd) Run() error {
-	cl := newAgentClient(c.Socket)
+	cl := agent.NewClient(c.Socket)
 	bar := newProgressBar(os.Stdout)
 	defer bar.done()
 	for {
-		j, err := cl.job(c.ID)
+		j, err := cl.Job(c.ID)
 		if err != nil {
 			return err
 		}

@@ -134,6 +134,7 @@ func printJSON(v any) error {
 }
 
 func main() {
+	startOneShotLog()
 	var c cli
 	parser, err := kong.New(&c,
 		kong.Name("drfs"),

@@ -1,20 +1,17 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
-	drfsfs "github.com/drfs-project/drfs/fs"
-	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/internal/targets"
-	"github.com/drfs-project/drfs/internal/tracked"
-	"github.com/drfs-project/drfs/tracker"
+	"github.com/drfs-project/drfs/orchestrator"
+	"github.com/drfs-project/drfs/shipper"
 )
 
 type mountCmd struct {
@@ -30,113 +27,78 @@ type mountCmd struct {
 
 func (c *mountCmd) Run() error {
 	c.startLog()
-	sig := notifyStop()
-	defer signal.Stop(sig)
-	if err := checkMountArgs(c.Source, c.Mountpoint, c.State); err != nil {
-		return err
-	}
-	if err := c.replicationFlags.validate(); err != nil {
-		return err
-	}
-	lock, err := lockSource(c.Source)
+	stop := agent.NotifyStop()
+	defer signal.Stop(stop)
+	repl, err := c.replicationFlags.options()
 	if err != nil {
 		return err
 	}
-	defer lock.Release()
-	var store targets.Store
-	if c.Target != "" {
-		if store, err = openTarget(&c.replicationFlags); err != nil {
-			return err
-		}
-		defer store.Close()
-	}
-	log, err := tracker.Open(tracker.Options{Dir: c.State, Source: c.Source, BlockSize: c.BlockSize})
-	if err != nil {
-		return err
-	}
-	var repl *replication
-	if store != nil {
-		if repl, err = startReplication(context.Background(), &c.replicationFlags, c.Source, c.State, log, store, c.BlockSize); err != nil {
-			log.Close()
-			return err
-		}
-	}
-	srv, err := drfsfs.Mount(c.Source, c.Mountpoint, tracked.Recorder(log), drfsfs.Options{Debug: c.Debug, AllowOther: c.AllowOther})
-	if err != nil {
-		log.Close()
-		return err
-	}
-	var states func() []control.Replication
-	if repl != nil {
-		repl.srv = srv
-		states = repl.states
-	}
-	ctl, err := control.Serve(filepath.Join(c.State, control.SocketName), log, states)
-	if err != nil {
-		srv.Unmount()
-		log.Close()
-		return err
-	}
-	if repl != nil {
-		ctl.OnResync(repl.resyncHook)
-	}
-	replCtx, stopRepl := context.WithCancel(context.Background())
-	replDone := make(chan struct{})
-	if repl != nil {
-		go func() { repl.run(replCtx); close(replDone) }()
-		slog.Info(fmt.Sprintf("replicating every %v to %s; resync window %s (local time), resync threshold %d%%",
-			c.Interval, c.Target, repl.window(), c.ResyncThreshold))
-	} else {
-		close(replDone)
-	}
-	slog.Info(fmt.Sprintf("%s mounted at %s, change log in %s; Ctrl-C or SIGTERM unmounts", c.Source, c.Mountpoint, c.State))
+	return agent.RunMount(agent.MountOptions{Source: c.Source, Mountpoint: c.Mountpoint, State: c.State,
+		BlockSize: c.BlockSize, Debug: c.Debug, AllowOther: c.AllowOther, Replication: repl}, stop)
+}
 
-	signalled := waitUnmount(srv, c.Mountpoint, sig, nil)
-	signal.Stop(sig) // a second signal while the last generation ships ends the process
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	ctl.Shutdown(ctx)
-	stopRepl()
-	<-replDone
-	if repl != nil {
-		// The mount is gone, so no write can land any more: one last
-		// rotation gives the target the source's final state.
-		slog.Info("shipping the last generation")
-		repl.final(2 * time.Minute)
+// replicationFlags are the mount's flags for shipping to a target.
+type replicationFlags struct {
+	Target    string            `placeholder:"URL" help:"Replicate to this target: dir:///path (a directory, local or mounted) or https://host:port (a drfs target serve). Without it the mount only records."`
+	Interval  time.Duration     `default:"5m" help:"Replication interval: every VM is rotated and shipped this often (30s, 5m, 15m, or any duration from 1s)."`
+	Retention time.Duration     `default:"24h" help:"Keep recovery points this long on the target (the newest is always kept)."`
+	MaxPoints int               `name:"max-points" default:"0" help:"Keep at most this many recovery points per VM as well (0: no limit but --retention)."`
+	Bandwidth shipper.Bandwidth `default:"0" help:"Upload limit, e.g. 50MiB/s; 0 means unlimited."`
+	Compress  string            `enum:"auto,lz4,none" default:"auto" help:"LZ4 on what is shipped: auto compresses for a target reached over a network (https://, azblob://) and not for a dir:// target, which stores the blocks uncompressed; lz4 always; none for a network faster than LZ4 (about 0.5 GB/s per core)."`
+	SourceID  string            `name:"source-id" placeholder:"NAME" help:"Identity of this source host on the target; a target refuses VMs of another source (default: the host name)."`
+	// The default must stay orchestrator.DefaultWindowSpec (a test checks).
+	ResyncWindow    string  `name:"resync-window" default:"18:00-08:00,sat,sun" placeholder:"SPEC" help:"When automatic resynchronizations run, in local time: HH:MM-HH:MM ranges and days (mon..sun, mon-fri), comma-separated, or always, or never (then only drfs resync --now runs one)."`
+	ResyncThreshold percent `name:"resync-threshold" default:"50%" placeholder:"PCT" help:"When a disk's change log (generations not yet shipped) reaches this share of its size, a disk under 1 GiB counted as 1 GiB, drop the VM's log and compare its disks from a snapshot instead, in the resync window."`
+	targets.TLS
+}
+
+// percent is a percentage from 1 to 100, written 50% or 50.
+type percent int
+
+func (p *percent) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(s, "%")))
+	if err != nil {
+		return fmt.Errorf("%q is not a percentage (such as 50%%)", s)
 	}
-	if err := log.Close(); err != nil {
-		return fmt.Errorf("closing the change log in %s: %w", c.State, err)
+	if n < 1 || n > 100 {
+		return fmt.Errorf("%d%% is out of range (1%%..100%%)", n)
 	}
-	slog.Info("unmounted; change log closed cleanly")
-	if !signalled {
-		return removedOutside(c.Mountpoint, c.Source)
-	}
+	*p = percent(n)
 	return nil
 }
 
-// checkMountArgs refuses bad input before anything is created or changed.
-func checkMountArgs(source, mountpoint, state string) error {
-	st, err := os.Stat(source)
+// options checks the flags and returns the replication they ask for.
+func (f *replicationFlags) options() (agent.ReplicationOptions, error) {
+	o := agent.ReplicationOptions{Target: f.Target, TLS: f.TLS, Interval: f.Interval, Retention: f.Retention,
+		MaxPoints: f.MaxPoints, Bandwidth: f.Bandwidth, Compress: f.Compress, SourceID: f.SourceID,
+		ResyncThreshold: int(f.ResyncThreshold)}
+	if f.Target == "" {
+		return o, nil
+	}
+	if f.Interval < time.Second {
+		return o, fmt.Errorf("--interval %v is too short: use at least 1s (30s, 5m and 15m are the usual choices)", f.Interval)
+	}
+	if f.MaxPoints < 0 {
+		return o, fmt.Errorf("--max-points %d: give 0 (no limit) or a positive count", f.MaxPoints)
+	}
+	if f.Retention < f.Interval {
+		return o, fmt.Errorf("--retention %v is shorter than --interval %v: no older point would ever be kept", f.Retention, f.Interval)
+	}
+	w, err := orchestrator.ParseWindow(f.ResyncWindow)
 	if err != nil {
-		return fmt.Errorf("source %s: %w (give the directory that holds the disk images)", source, errors.Unwrap(err))
+		return o, fmt.Errorf("--resync-window: %w", err)
 	}
-	if !st.IsDir() {
-		return fmt.Errorf("source %s is not a directory (give the directory that holds the disk images)", source)
+	o.Window = w.In(time.Local)
+	if o.ResyncThreshold == 0 {
+		o.ResyncThreshold = orchestrator.DefaultResyncThreshold
 	}
-	if within(state, source) {
-		return fmt.Errorf("state directory %s is inside the source %s: put it elsewhere so the log does not track itself", state, source)
+	if o.SourceID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return o, fmt.Errorf("no --source-id given and the host name is unknown: %w", err)
+		}
+		o.SourceID = h
 	}
-	if within(state, mountpoint) {
-		return fmt.Errorf("state directory %s is inside the mountpoint %s: put it elsewhere", state, mountpoint)
-	}
-	if within(mountpoint, source) || within(source, mountpoint) {
-		return fmt.Errorf("mountpoint %s and source %s overlap: mount somewhere outside the source", mountpoint, source)
-	}
-	return drfsfs.CheckMount(source, mountpoint)
-}
-
-// within reports whether path is dir or below it.
-func within(path, dir string) bool {
-	rel, err := filepath.Rel(dir, path)
-	return err == nil && rel != ".." && !filepath.IsAbs(rel) && (rel == "." || len(rel) < 3 || rel[:3] != "../")
+	return o, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
 )
@@ -129,7 +130,7 @@ func (c *planValidateCmd) validate() (res planValidation, mistakes, err error) {
 		if err != nil {
 			return res, nil, fmt.Errorf("VMs on %s: %w", c.Target, err)
 		}
-		res.Target = redactURL(c.Target)
+		res.Target = recovery.RedactURL(c.Target)
 		if mistakes = plan.CheckVMs(known); mistakes != nil {
 			var errs []error
 			if j, ok := mistakes.(interface{ Unwrap() []error }); ok {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -37,8 +38,8 @@ func (c *failoverStartCmd) runPlanned(ctx context.Context) (any, error) {
 			c.VM, map[bool]string{true: " (after the stop hook)", false: ""}[c.StopHook != ""], c.To, map[bool]string{true: ", run the hook", false: ""}[c.Hook != ""])
 		return nil, nil
 	}
-	cl := newAgentClient(c.Socket)
-	cl.http.Timeout = 0 // the job takes as long as shipping and checking take
+	cl := agent.NewClient(c.Socket)
+	cl.SetTimeout(0) // the job takes as long as shipping and checking take
 	done := make(chan struct{})
 	go func() {
 		// Show the job's progress while the request runs.
@@ -57,7 +58,7 @@ func (c *failoverStartCmd) runPlanned(ctx context.Context) (any, error) {
 			}
 		}
 	}()
-	job, err := cl.failover(failoverRequest{VM: c.VM, To: c.To, Hook: c.Hook, StopHook: c.StopHook})
+	job, err := cl.Failover(agent.FailoverRequest{VM: c.VM, To: c.To, Hook: c.Hook, StopHook: c.StopHook})
 	close(done)
 	if err != nil {
 		return nil, err
@@ -70,8 +71,8 @@ func (c *failoverStartCmd) runPlanned(ctx context.Context) (any, error) {
 }
 
 // activeJob returns vm's unfinished job of kind.
-func activeJob(cl *agentClient, vm string, kind orchestrator.JobKind) (orchestrator.Job, error) {
-	jobs, err := cl.jobs(vm)
+func activeJob(cl *agent.Client, vm string, kind orchestrator.JobKind) (orchestrator.Job, error) {
+	jobs, err := cl.Jobs(vm)
 	if err != nil {
 		return orchestrator.Job{}, err
 	}
@@ -90,7 +91,7 @@ type commitCmd struct {
 
 func (c *commitCmd) Run() error {
 	var msg string
-	if err := newAgentClient(c.Socket).simple("commit", c.VM, &msg); err != nil {
+	if err := agent.NewClient(c.Socket).Post("commit", c.VM, &msg); err != nil {
 		return err
 	}
 	fmt.Println(msg)
@@ -104,7 +105,7 @@ type failoverCancelCmd struct {
 
 func (c *failoverCancelCmd) Run() error {
 	var msg string
-	if err := newAgentClient(c.Socket).simple("failover/cancel", c.VM, &msg); err != nil {
+	if err := agent.NewClient(c.Socket).Post("failover/cancel", c.VM, &msg); err != nil {
 		return err
 	}
 	fmt.Printf("%s: failover cancelled; the source runs and replicates again\n", c.VM)
@@ -119,10 +120,10 @@ type reprotectCmd struct {
 }
 
 func (c *reprotectCmd) Run() error {
-	cl := newAgentClient(c.Socket)
-	cl.http.Timeout = 0 // a copy of the disks
+	cl := agent.NewClient(c.Socket)
+	cl.SetTimeout(0) // a copy of the disks
 	var msg string
-	if err := cl.call("POST", "/v1/reprotect", reprotectRequest{VM: c.VM, Reverse: c.Reverse, SourceID: c.SourceID}, &msg); err != nil {
+	if err := cl.Call("POST", "/v1/reprotect", agent.ReprotectRequest{VM: c.VM, Reverse: c.Reverse, SourceID: c.SourceID}, &msg); err != nil {
 		return err
 	}
 	fmt.Println(msg)
@@ -135,10 +136,10 @@ type failbackCmd struct {
 }
 
 func (c *failbackCmd) Run() error {
-	cl := newAgentClient(c.Socket)
-	cl.http.Timeout = 0
+	cl := agent.NewClient(c.Socket)
+	cl.SetTimeout(0)
 	var msg string
-	if err := cl.simple("failback", c.VM, &msg); err != nil {
+	if err := cl.Post("failback", c.VM, &msg); err != nil {
 		return err
 	}
 	fmt.Println(msg)

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/internal/pointfs"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/target"
@@ -30,7 +31,7 @@ type pointsMountCmd struct {
 // Run mounts the point and serves it until SIGINT or SIGTERM, drfs points
 // umount, or an unmount from outside.
 func (c *pointsMountCmd) Run() error {
-	sig := notifyStop()
+	sig := agent.NotifyStop()
 	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
 		return err

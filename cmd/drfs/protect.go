@@ -5,6 +5,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -26,7 +27,7 @@ type protectCmd struct {
 type protectResult struct {
 	VM     string            `json:"vm"`
 	Job    *orchestrator.Job `json:"job,omitempty"` // none for a change of settings
-	Status *vmView           `json:"status,omitempty"`
+	Status *agent.VMView     `json:"status,omitempty"`
 	// Changed: what changed in the settings of a VM protected already
 	// (no job then).
 	Changed string `json:"settings_changed,omitempty"`
@@ -36,9 +37,9 @@ func (c *protectCmd) Run() error {
 	if c.Interval < 0 || c.Retention < 0 || c.MaxPoints < 0 || c.AppEvery < 0 {
 		return fmt.Errorf("--interval, --retention, --max-points and --app-consistent-every cannot be negative")
 	}
-	cl := newAgentClient(c.Socket)
-	ans, err := cl.protect(protectRequest{VM: c.VM, Target: c.Target,
-		Policy: overrides{Interval: c.Interval, Retention: c.Retention, MaxPoints: c.MaxPoints, AppHook: c.AppHook, AppEvery: c.AppEvery}})
+	cl := agent.NewClient(c.Socket)
+	ans, err := cl.Protect(agent.ProtectRequest{VM: c.VM, Target: c.Target,
+		Policy: agent.Overrides{Interval: c.Interval, Retention: c.Retention, MaxPoints: c.MaxPoints, AppHook: c.AppHook, AppEvery: c.AppEvery}})
 	if err != nil {
 		return err
 	}
@@ -78,16 +79,16 @@ func (c *protectCmd) Run() error {
 // waitProtected follows vm's jobs with a progress line on out until it is
 // Protected, and returns its status then, or until its protection stops
 // on an error.
-func waitProtected(cl *agentClient, vm string, out *os.File) (vmView, error) {
+func waitProtected(cl *agent.Client, vm string, out *os.File) (agent.VMView, error) {
 	bar := newProgressBar(out)
 	defer bar.done()
 	for {
-		v, err := cl.vms(vm)
+		v, err := cl.VMs(vm)
 		if err != nil {
-			return vmView{}, err
+			return agent.VMView{}, err
 		}
 		if len(v) == 0 {
-			return vmView{}, fmt.Errorf("%s is not protected any more", vm)
+			return agent.VMView{}, fmt.Errorf("%s is not protected any more", vm)
 		}
 		st := v[0]
 		switch {
@@ -95,9 +96,9 @@ func waitProtected(cl *agentClient, vm string, out *os.File) (vmView, error) {
 			bar.done()
 			return st, nil
 		case st.State == orchestrator.Unprotected:
-			return vmView{}, fmt.Errorf("%s is not protected any more", vm)
+			return agent.VMView{}, fmt.Errorf("%s is not protected any more", vm)
 		case st.Stopped:
-			return vmView{}, fmt.Errorf("%s: protection stopped: %s", vm, st.Health.Reason)
+			return agent.VMView{}, fmt.Errorf("%s: protection stopped: %s", vm, st.Health.Reason)
 		}
 		if st.Job != nil {
 			bar.show(fmt.Sprintf("%s %s", vm, st.Job.Kind), st.Job.Progress, st.Job.Message)
@@ -115,8 +116,8 @@ type unprotectCmd struct {
 }
 
 func (c *unprotectCmd) Run() error {
-	var res unprotectResult
-	if err := newAgentClient(c.Socket).simple("unprotect", c.VM, &res); err != nil {
+	var res agent.UnprotectResult
+	if err := agent.NewClient(c.Socket).Post("unprotect", c.VM, &res); err != nil {
 		return err
 	}
 	if c.JSON {
@@ -133,7 +134,7 @@ type resumeCmd struct {
 
 func (c *resumeCmd) Run() error {
 	var msg string
-	if err := newAgentClient(c.Socket).simple("resume", c.VM, &msg); err != nil {
+	if err := agent.NewClient(c.Socket).Post("resume", c.VM, &msg); err != nil {
 		return err
 	}
 	fmt.Printf("%s: resumed; replication runs now\n", c.VM)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,58 +25,14 @@ type restoreCmd struct {
 	targets.TLS
 }
 
-// pointRef is a recovery point in the JSON of the commands that choose
-// one.
-type pointRef struct {
-	Generation    uint64           `json:"generation"`
-	Cut           time.Time        `json:"cut"`
-	Kind          target.PointKind `json:"kind"`
-	AppConsistent bool             `json:"app_consistent"`
-}
-
-func refOf(p target.Point) pointRef {
-	return pointRef{Generation: p.Generation, Cut: p.Frozen, Kind: p.Kind, AppConsistent: p.AppConsistent}
-}
-
-// diskCopy is a disk written from a recovery point.
-type diskCopy struct {
-	Name string `json:"name"`
-	Path string `json:"path"`
-	Size int64  `json:"size"`
-}
-
-// copyReport is what materialising a point into a directory did, in the
-// JSON of drfs restore and drfs failover.
-type copyReport struct {
-	VM             string     `json:"vm"`
-	Point          pointRef   `json:"point"`
-	Dir            string     `json:"dir"`
-	Disks          []diskCopy `json:"disks"`
-	BytesWritten   int64      `json:"bytes_written"`
-	BytesShared    int64      `json:"bytes_shared"` // with the replica, by reflink
-	DisksReflinked int        `json:"disks_reflinked"`
-	DisksCopied    int        `json:"disks_copied"`
-}
-
-// newCopyReport says what materialising point p of vm into dir did (m is
-// zero for a dry run).
-func newCopyReport(vm string, p target.Point, dir string, m recovery.Result) copyReport {
-	r := copyReport{VM: vm, Point: refOf(p), Dir: dir, Disks: []diskCopy{}, BytesWritten: m.Written,
-		BytesShared: m.Cloned, DisksReflinked: m.Reflinks, DisksCopied: m.Copies}
-	for _, d := range p.Disks {
-		r.Disks = append(r.Disks, diskCopy{Name: d.Name, Path: filepath.Join(dir, filepath.FromSlash(d.Name)), Size: d.Size})
-	}
-	return r
-}
-
 // restoreResult is the JSON of drfs restore.
 type restoreResult struct {
-	copyReport
+	recovery.CopyReport
 	ElapsedSeconds float64 `json:"elapsed_seconds"`
 }
 
 func (c *restoreCmd) Run() error {
-	if err := checkEmptyDir(c.To); err != nil {
+	if err := recovery.CheckEmptyDir(c.To); err != nil {
 		return err
 	}
 	store, err := targets.OpenExisting(c.Target, c.TLS)
@@ -98,7 +53,7 @@ func (c *restoreCmd) Run() error {
 		return fmt.Errorf("%s point %s is a fuzzy copy (%s), not a consistent state: restore a later point, or add --force", c.VM, p.ID(), p.Kind)
 	}
 	fmt.Fprintf(os.Stderr, "drfs: restoring %s point %s (cut %s) into %s\n", c.VM, p.ID(), p.Frozen.Local().Format(time.RFC3339), c.To)
-	created, err := makeDir(c.To)
+	created, err := recovery.MakeDir(c.To)
 	if err != nil {
 		return err
 	}
@@ -111,27 +66,9 @@ func (c *restoreCmd) Run() error {
 	}
 	fmt.Fprintf(os.Stderr, "drfs: %s restored: %d disk(s) in %s (%s)\n", c.VM, len(p.Disks), c.To, m.Method())
 	if c.JSON {
-		return printJSON(restoreResult{copyReport: newCopyReport(c.VM, p, c.To, m), ElapsedSeconds: m.Took.Seconds()})
+		return printJSON(restoreResult{CopyReport: recovery.NewCopyReport(c.VM, p, c.To, m), ElapsedSeconds: m.Took.Seconds()})
 	}
 	return nil
-}
-
-// checkEmptyDir accepts a directory that does not exist or is empty.
-func checkEmptyDir(dir string) error {
-	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
-		return fmt.Errorf("%s is not empty: use a new or empty directory", dir)
-	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
-// makeDir creates dir if it does not exist, and says whether it did.
-func makeDir(dir string) (bool, error) {
-	if _, err := os.Stat(dir); err == nil {
-		return false, nil
-	}
-	return true, os.MkdirAll(dir, 0o755)
 }
 
 // vmPoints lists the points of vm, saying clearly when the target does not
@@ -181,7 +118,7 @@ func (p *progress) report(disk string, done, total int64, finished bool) {
 	if finished {
 		took := time.Since(p.start).Round(time.Millisecond)
 		if daemonLog.Load() {
-			say(slog.LevelInfo, fmt.Sprintf("%s: %s of data in %v", name, bytesString(total), took))
+			slog.Info(fmt.Sprintf("%s: %s of data in %v", name, bytesString(total), took))
 			return
 		}
 		clearLine := ""

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/internal/control"
 )
 
@@ -29,7 +30,7 @@ func (c *resyncCmd) Run() error {
 		fmt.Printf("%s: %d disk(s) flagged %v: the next replication round compares them with the target and sends what differs (drfs status shows it)\n", c.VM, len(a.Disks), a.Disks)
 	default:
 		fmt.Printf("%s: %d disk(s) flagged %v: resynchronized in the resync window %s (%s); add --now to run it at the next round (drfs status shows it)\n",
-			c.VM, len(a.Disks), a.Disks, a.ResyncWindow, opensString(a.WindowOpens))
+			c.VM, len(a.Disks), a.Disks, a.ResyncWindow, agent.OpensString(a.WindowOpens))
 	}
 	return nil
 }

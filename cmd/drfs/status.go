@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/drfs-project/drfs/internal/control"
-	"github.com/drfs-project/drfs/tracker"
 )
 
 type statusCmd struct {
@@ -108,12 +107,6 @@ func (c *statusCmd) checkMount(st []control.Replication) error {
 		return exitCode{code: code}
 	}
 	return nil
-}
-
-// stateFullReason says why a full state directory makes health Critical.
-func stateFullReason(sp tracker.SpaceStatus) string {
-	return fmt.Sprintf("state directory full since %s (%s): disks changed meanwhile are flagged for resynchronization; space comes back as generations are shipped",
-		sp.Since.Local().Format(time.TimeOnly), sp.Error)
 }
 
 // resyncSummary sums up the resync state of a VM's disks for its STATE.

@@ -6,13 +6,14 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
 // agentStatus prints the protection of every VM of the agent, or of vm;
 // with check, its exit code then says the worst health among them.
 func agentStatus(w io.Writer, socket, vm string, asJSON, check bool) error {
-	views, err := newAgentClient(socket).vms(vm)
+	views, err := agent.NewClient(socket).VMs(vm)
 	if err != nil {
 		return err
 	}
@@ -40,7 +41,7 @@ func agentStatus(w io.Writer, socket, vm string, asJSON, check bool) error {
 }
 
 // printAgentStatus prints views as a table.
-func printAgentStatus(w io.Writer, views []vmView) error {
+func printAgentStatus(w io.Writer, views []agent.VMView) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VM\tSTATE\tHEALTH\tRPO\tLOG\tSENT\tNEXT RETRY\tDETAIL")
 	for _, v := range views {

@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"time"
 
+	"github.com/drfs-project/drfs/agent"
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/resync"
-	"github.com/drfs-project/drfs/target"
 )
 
 type verifyCmd struct {
@@ -30,7 +30,7 @@ type verifyResult struct {
 	VM             string             `json:"vm"`
 	Source         string             `json:"source"`
 	Target         string             `json:"target"`
-	Point          pointRef           `json:"point"`
+	Point          recovery.PointRef  `json:"point"`
 	InSync         bool               `json:"in_sync"`
 	Disks          []verifyDiskResult `json:"disks"`
 	ChunksCompared int64              `json:"chunks_compared"`
@@ -81,7 +81,7 @@ func (c *verifyCmd) Run() error {
 
 // verify compares the VM's disks with the point.
 func (c *verifyCmd) verify() (verifyResult, error) {
-	res := verifyResult{VM: c.VM, Source: c.Source, Target: redactURL(c.Target), InSync: true, Disks: []verifyDiskResult{}}
+	res := verifyResult{VM: c.VM, Source: c.Source, Target: recovery.RedactURL(c.Target), InSync: true, Disks: []verifyDiskResult{}}
 	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
 		return res, err
@@ -96,10 +96,10 @@ func (c *verifyCmd) verify() (verifyResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", c.VM, err)
 	}
-	res.Point = refOf(p)
+	res.Point = recovery.RefOf(p)
 	disks := map[string]string{}
 	sizes := map[string]int64{}
-	walkVM(c.Source, c.VM, func(_, disk, path string, size int64) error {
+	agent.WalkVM(c.Source, c.VM, func(_, disk, path string, size int64) error {
 		disks[disk], sizes[disk] = path, size
 		return nil
 	})
@@ -110,7 +110,7 @@ func (c *verifyCmd) verify() (verifyResult, error) {
 			continue
 		}
 		delete(disks, d.Name)
-		r, err := verifyDisk(ctx, store, c.VM, p.Generation, d.Name, path)
+		r, err := recovery.VerifyFile(ctx, store, c.VM, p.Generation, d.Name, path)
 		if err != nil && !errors.Is(err, resync.ErrDiverged) {
 			return res, err
 		}
@@ -166,25 +166,12 @@ func printVerify(res verifyResult) {
 	}
 }
 
-func verifyDisk(ctx context.Context, store target.Store, vm string, gen uint64, disk, path string) (resync.Result, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return resync.Result{}, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return resync.Result{}, err
-	}
-	return resync.Verify(ctx, f, st.Size(), store, vm, gen, disk, resync.Options{})
-}
-
 // repairHint says how to resynchronize vm with its replica on target,
 // asking the agent on socket whether it runs vm.
 func repairHint(vm, target, socket string) string {
-	cl := newAgentClient(socket)
-	cl.http.Timeout = 5 * time.Second
-	views, err := cl.vms("")
+	cl := agent.NewClient(socket)
+	cl.SetTimeout(5 * time.Second)
+	views, err := cl.VMs("")
 	return hintFor(vm, target, socket, views, err == nil)
 }
 
@@ -193,14 +180,14 @@ func repairHint(vm, target, socket string) string {
 // protects vm; through the mount that replicates it if the agent does not
 // (or drfs protect, if the agent has vm in its source); both ways if no
 // agent answered.
-func hintFor(vm, target, socket string, views []vmView, answered bool) string {
+func hintFor(vm, target, socket string, views []agent.VMView, answered bool) string {
 	mount := fmt.Sprintf("drfs resync STATEDIR %s --now on the drfs mount that replicates it (STATEDIR: its --state; start it with --target %s first if it is not running)", vm, target)
 	if !answered {
 		return fmt.Sprintf("to repair it (no drfs agent answers on %s; give --socket if it listens elsewhere):\n"+
 			"  under the drfs agent: drfs resync AGENT_STATEDIR %s --now (AGENT_STATEDIR: the agent's --state)\n"+
 			"  under a plain mount:  %s", socket, vm, mount)
 	}
-	i := slices.IndexFunc(views, func(v vmView) bool { return v.VM == vm })
+	i := slices.IndexFunc(views, func(v agent.VMView) bool { return v.VM == vm })
 	switch {
 	case i < 0:
 		return fmt.Sprintf("to repair it, run %s (the drfs agent on %s does not know %s)", mount, socket, vm)

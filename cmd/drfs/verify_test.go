@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/drfs-project/drfs/agent"
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
@@ -11,12 +12,12 @@ import (
 // resync that applies to how the VM runs.
 func TestVerifyHint(t *testing.T) {
 	const sock, tgt = "/run/drfs/agent.sock", "dir:///srv/replicas"
-	view := func(vm string, st orchestrator.State) vmView {
-		v := vmView{Target: "https://dr:8443", StateDir: "/var/lib/drfs"}
+	view := func(vm string, st orchestrator.State) agent.VMView {
+		v := agent.VMView{Target: "https://dr:8443", StateDir: "/var/lib/drfs"}
 		v.VM, v.State = vm, st
 		return v
 	}
-	views := []vmView{view("vm1", orchestrator.Protected), view("vm2", orchestrator.Unprotected)}
+	views := []agent.VMView{view("vm1", orchestrator.Protected), view("vm2", orchestrator.Unprotected)}
 	cases := []struct {
 		name     string
 		vm       string
@@ -38,7 +39,7 @@ func TestVerifyHint(t *testing.T) {
 			[]string{"/var/lib/drfs"}},
 	}
 	for _, c := range cases {
-		var vs []vmView
+		var vs []agent.VMView
 		if c.answered {
 			vs = views
 		}

@@ -44,6 +44,10 @@ type Options struct {
 	// Journal writes the journal's shape: the sd-daemon priority prefix at
 	// the start of each line, and no time.
 	Journal bool
+	// Command, if set, writes the shape of a one-shot command's messages
+	// instead: "COMMAND: message", "COMMAND: warning: message" for a
+	// warning, with no time and no level.
+	Command string
 }
 
 // Handler writes records as lines (see the package documentation). It is
@@ -64,6 +68,7 @@ type shared struct {
 	line    []byte       // the lines of the record being written
 	level   slog.Leveler
 	journal bool
+	command string
 }
 
 // NewHandler returns a Handler that writes to w.
@@ -74,6 +79,7 @@ func NewHandler(w io.Writer, opts *Options) *Handler {
 			sh.level = opts.Level
 		}
 		sh.journal = opts.Journal
+		sh.command = opts.Command
 	}
 	// Handle filters nothing: the level is Enabled's.
 	all := &slog.HandlerOptions{Level: slog.Level(math.MinInt)}
@@ -157,6 +163,10 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 
 	var prefix string
 	switch {
+	case sh.command != "" && r.Level >= slog.LevelWarn && r.Level < slog.LevelError:
+		prefix = sh.command + ": warning:"
+	case sh.command != "":
+		prefix = sh.command + ":"
 	case sh.journal:
 		prefix = Priority(r.Level) + level
 	case r.Time.IsZero():

@@ -44,6 +44,24 @@ func TestTerminalShape(t *testing.T) {
 	}
 }
 
+func TestCommandShape(t *testing.T) {
+	var b bytes.Buffer
+	h := NewHandler(&b, &Options{Command: "drfs"})
+	if h.Enabled(t.Context(), slog.LevelDebug) {
+		t.Error("debug enabled at the default level")
+	}
+	record(t, h, slog.LevelInfo, "vm1 restored: 2 disk(s)")
+	record(t, h, slog.LevelWarn, "point 3 is a fuzzy copy")
+	record(t, h, slog.LevelError, "no such VM", "vm", "vm9")
+	want := `drfs: vm1 restored: 2 disk(s)
+drfs: warning: point 3 is a fuzzy copy
+drfs: no such VM vm=vm9
+`
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
 func TestJournalShape(t *testing.T) {
 	var b bytes.Buffer
 	h := NewHandler(&b, &Options{Level: slog.LevelDebug, Journal: true})

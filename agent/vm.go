@@ -1,10 +1,9 @@
-package main
+package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/drfs-project/drfs/internal/clock"
 	"log/slog"
 	"net/url"
 	"os"
@@ -16,9 +15,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/clock"
+	"github.com/drfs-project/drfs/internal/units"
+	"github.com/drfs-project/drfs/target/wrap"
+
 	"golang.org/x/sys/unix"
 
-	drfsfs "github.com/drfs-project/drfs/fs"
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
@@ -34,13 +36,19 @@ import (
 // their change log is dropped as it forms.
 type agent struct {
 	cfg    *orchestrator.Config
-	srv    *drfsfs.Server // the tracking mount; set before start
+	mount  Mount // the tracking mount; set before start
 	log    *tracker.Log
 	bs     int
 	stores storeCache
 	jobs   *orchestrator.Jobs
 	clock  clock.Clock
 	file   string // the persisted state
+	// version is drfs's, as drfs version says it, for the metrics.
+	version string
+	// retry is how the calls to a target are retried within a round
+	// (zero: wrap.DefaultPolicy); the rounds' back-off is the
+	// orchestrator's.
+	retry wrap.Policy
 
 	ctx    context.Context // ends when the agent stops
 	cancel context.CancelFunc
@@ -58,8 +66,8 @@ type agent struct {
 type protection struct {
 	name   string
 	target string
-	store  targets.Store
-	repl   *replication
+	// The target's store and the replication, once the prerequisites
+	// are checked: set by setReplication, read by replication and store.
 	// reverse is the target at this site that the recovery site
 	// replicates back into, while the VM is ReverseReplicating; set under mu.
 	reverse string
@@ -77,7 +85,7 @@ type protection struct {
 		vm *orchestrator.VM
 		// over: the settings drfs protect gave, over the configuration's;
 		// a later drfs protect of the VM changes them (changeSettings).
-		over      overrides
+		over      Overrides
 		lastRound time.Time
 		job       uint64 // the job the VM's current stage runs as; 0 if none
 		// lastApp is when the last app-consistent cut was made, appErr why
@@ -86,15 +94,42 @@ type protection struct {
 		appErr  string
 		// snap is the snapshot of the initial replication, until the VM
 		// finalizes.
-		snap *drfsfs.Snapshot
+		snap Snapshot
 		// hold releases the writes of a VM failed over by a planned
 		// failover; nil when they are not held.
 		hold func()
+		// store and repl: see setReplication.
+		store targets.Store
+		repl  *replication
 	}
 }
 
-// overrides is the policy given to drfs protect, over the configuration's.
-type overrides struct {
+// setReplication sets the store of p's target and its replication, which
+// its supervisor and the API's goroutines then read.
+func (p *protection) setReplication(store targets.Store, r *replication) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mu.store, p.mu.repl = store, r
+}
+
+// replication returns p's replication; nil until its prerequisites are
+// checked.
+func (p *protection) replication() *replication {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.repl
+}
+
+// store returns the store of p's target; nil until its prerequisites are
+// checked.
+func (p *protection) store() targets.Store {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.store
+}
+
+// Overrides is the policy given to drfs protect, over the configuration's.
+type Overrides struct {
 	Interval  time.Duration `json:"interval,omitempty"`
 	Retention time.Duration `json:"retention,omitempty"`
 	MaxPoints int           `json:"max_points,omitempty"`
@@ -104,7 +139,7 @@ type overrides struct {
 	AppEvery time.Duration `json:"app_consistent_every,omitempty"`
 }
 
-func (a *agent) policy(vm string, o overrides) orchestrator.Policy {
+func (a *agent) policy(vm string, o Overrides) orchestrator.Policy {
 	p := a.cfg.PolicyFor(vm)
 	if o.Interval > 0 {
 		p.Interval = o.Interval
@@ -121,8 +156,11 @@ func (a *agent) policy(vm string, o overrides) orchestrator.Policy {
 	return p
 }
 
-func newAgent(cfg *orchestrator.Config, tlsFiles targets.TLS, log *tracker.Log, bs int) (*agent, error) {
-	a := &agent{cfg: cfg, log: log, bs: bs, clock: clock.System{}, stores: storeCache{tls: tlsFiles, bandwidth: cfg.Bandwidth},
+// newAgent returns the agent of cfg's source, its state loaded, its
+// change log log (of block size bs); clk is its time. Set its mount, then
+// start it.
+func newAgent(cfg *orchestrator.Config, tlsFiles targets.TLS, log *tracker.Log, bs int, clk clock.Clock) (*agent, error) {
+	a := &agent{cfg: cfg, log: log, bs: bs, clock: clk, stores: storeCache{tls: tlsFiles, bandwidth: cfg.Bandwidth},
 		file: agentStateFile(cfg.State)}
 	a.jobs = orchestrator.NewJobs(a.clock)
 	a.mu.vms = map[string]*protection{}
@@ -166,9 +204,9 @@ func (a *agent) stop(timeout time.Duration) {
 	defer cancel()
 	for _, p := range a.protections() {
 		a.deleteSnapshot(p) // the next start takes a new one
-		if p.state() == orchestrator.Protected && p.repl != nil {
+		if r := p.replication(); p.state() == orchestrator.Protected && r != nil {
 			slog.Info(p.name + ": shipping the last generation")
-			p.repl.loop.Round(ctx)
+			r.loop.Round(ctx)
 			a.afterRound(p, 0, loopResult(p))
 		}
 	}
@@ -222,7 +260,7 @@ func (p *protection) poke() {
 func (a *agent) disksOf(vm string) (map[string]string, int64) {
 	disks := map[string]string{}
 	var total int64
-	walkVM(a.cfg.Source, vm, func(_, disk, path string, size int64) error {
+	WalkVM(a.cfg.Source, vm, func(_, disk, path string, size int64) error {
 		disks[disk] = path
 		total += size
 		return nil
@@ -233,7 +271,7 @@ func (a *agent) disksOf(vm string) (map[string]string, int64) {
 // vmNames lists the VMs of the source directory.
 func (a *agent) vmNames() []string {
 	seen := map[string]bool{}
-	walkDisks(a.cfg.Source, func(vm, _, _ string, _ int64) error {
+	WalkDisks(a.cfg.Source, func(vm, _, _ string, _ int64) error {
 		seen[vm] = true
 		return nil
 	})
@@ -245,18 +283,18 @@ func (a *agent) vmNames() []string {
 	return names
 }
 
-// protectRequest is what drfs protect asks for.
-type protectRequest struct {
+// ProtectRequest is what drfs protect asks for.
+type ProtectRequest struct {
 	VM     string    `json:"vm"`
 	Target string    `json:"target,omitempty"`
-	Policy overrides `json:"policy"`
+	Policy Overrides `json:"policy"`
 }
 
 // protect enables the protection of a VM: it checks the prerequisites (an
 // enable-protection job), and on success the VM enters its initial
 // replication, which its supervisor runs. A failed check leaves the VM
 // unprotected and says which check failed.
-func (a *agent) protect(req protectRequest) (orchestrator.Job, error) {
+func (a *agent) protect(req ProtectRequest) (orchestrator.Job, error) {
 	vm := req.VM
 	if err := target.CheckVM(vm); err != nil {
 		return orchestrator.Job{}, err
@@ -349,14 +387,14 @@ func (a *agent) enable(p *protection, id uint64) error {
 	if len(disks) == 0 {
 		return fmt.Errorf("VM not found: %s has no disk of %s", a.cfg.Source, vm)
 	}
-	a.jobs.Progress(id, 10, fmt.Sprintf("%d disk(s), %s, in the tracked source", len(disks), bytesString(total)))
+	a.jobs.Progress(id, 10, fmt.Sprintf("%d disk(s), %s, in the tracked source", len(disks), units.Bytes(total)))
 	free, err := freeBytes(a.cfg.State)
 	if err != nil {
 		return fmt.Errorf("state directory %s: %w", a.cfg.State, err)
 	}
 	if free < minFreeState {
 		return fmt.Errorf("low disk space: the state directory %s has %s free, at least %s needed for the change log: %w",
-			a.cfg.State, bytesString(free), bytesString(minFreeState), orchestrator.ErrLowDisk)
+			a.cfg.State, units.Bytes(free), units.Bytes(minFreeState), orchestrator.ErrLowDisk)
 	}
 	store, err := a.stores.get(p.target)
 	if err != nil {
@@ -374,7 +412,7 @@ func (a *agent) enable(p *protection, id uint64) error {
 	if path, ok := strings.CutPrefix(p.target, "dir://"); ok {
 		if tfree, err := freeBytes(path); err == nil && tfree < total {
 			return fmt.Errorf("low disk space on the target: %s has %s free, %s's disks hold up to %s: %w",
-				path, bytesString(tfree), vm, bytesString(total), orchestrator.ErrLowDisk)
+				path, units.Bytes(tfree), vm, units.Bytes(total), orchestrator.ErrLowDisk)
 		}
 	}
 	points, err := store.Points(ctx, vm)
@@ -392,15 +430,16 @@ func (a *agent) enable(p *protection, id uint64) error {
 			d.Release()
 		}
 	}
-	p.store = store
-	if p.repl, err = a.newReplication(p); err != nil {
+	r, err := a.newReplication(p, store)
+	if err != nil {
 		return err
 	}
+	p.setReplication(store, r)
 	// What the log holds of the VM predates its protection: the copy (or
 	// the comparison) supersedes it, and shipping it first would make a
 	// point of changes without their base.
 	a.discard(vm)
-	msg := fmt.Sprintf("prerequisites met: %d disk(s), %s; %s free for the change log", len(disks), bytesString(total), bytesString(free))
+	msg := fmt.Sprintf("prerequisites met: %d disk(s), %s; %s free for the change log", len(disks), units.Bytes(total), units.Bytes(free))
 	if len(points) > 0 {
 		// The target holds the VM from an earlier protection: its replica
 		// may miss what changed since, so every disk is compared, and only
@@ -439,12 +478,14 @@ func freeBytes(dir string) (int64, error) {
 // newReplication returns the replication of p: a shipper loop of its own
 // VM, at its interval, to its target, with its resync window and
 // threshold.
-func (a *agent) newReplication(p *protection) (*replication, error) {
+func (a *agent) newReplication(p *protection, store targets.Store) (*replication, error) {
 	p.mu.Lock()
 	pol := p.mu.vm.Policy()
 	p.mu.Unlock()
-	f := &replicationFlags{Target: p.target, Interval: pol.Interval, Retention: pol.Retention, MaxPoints: pol.MaxPoints,
-		SourceID: a.cfg.SourceID, Compress: a.cfg.Compress, TLS: a.stores.tls, ResyncWindow: pol.ResyncWindow.String(), ResyncThreshold: percent(pol.Threshold()),
+	f := &ReplicationOptions{Target: p.target, Interval: pol.Interval, Retention: pol.Retention, MaxPoints: pol.MaxPoints,
+		SourceID: a.cfg.SourceID, Compress: a.cfg.Compress, TLS: a.stores.tls,
+		Window:          pol.ResyncWindow, // in the configured time zone
+		ResyncThreshold: pol.Threshold(), Clock: a.clock, Retry: a.retry,
 		vms: []string{p.name}}
 	f.wrapCopies = func(copies copiesFunc) copiesFunc {
 		return func(vm string) (map[string]shipper.CopyDisk, target.PointKind, func(error), error) {
@@ -456,10 +497,6 @@ func (a *agent) newReplication(p *protection) (*replication, error) {
 			return disks, kind, done, nil
 		}
 	}
-	if err := f.validate(); err != nil {
-		return nil, err
-	}
-	f.window = pol.ResyncWindow // in the configured time zone
 	via, err := a.stores.shipping(p.target)
 	if err != nil {
 		return nil, err
@@ -471,11 +508,11 @@ func (a *agent) newReplication(p *protection) (*replication, error) {
 		f.keepFollowing = func(string) bool { return a.keepFollowing(p) }
 		f.whileShipping = func(ctx context.Context, _ string) func() { return a.cutWhileShipping(ctx, p) }
 	}
-	r, err := startReplication(a.ctx, f, a.cfg.Source, a.cfg.State, a.log, p.store, a.bs)
+	r, err := startReplication(a.ctx, f, a.cfg.Source, a.cfg.State, a.log, store, a.bs)
 	if err != nil {
 		return nil, err
 	}
-	r.srv = a.srv
+	r.mount = a.mount
 	return r, nil
 }
 
@@ -574,12 +611,12 @@ func (a *agent) discardLoop() {
 
 // unprotect stops the protection of vm and says what it removed and what it
 // left.
-func (a *agent) unprotect(vm string) (unprotectResult, error) {
+func (a *agent) unprotect(vm string) (UnprotectResult, error) {
 	a.mu.Lock()
 	p := a.mu.vms[vm]
 	if p == nil {
 		a.mu.Unlock()
-		return unprotectResult{}, fmt.Errorf("%s is not protected (protected: %s)", vm, orNone(a.protectedNames()))
+		return UnprotectResult{}, fmt.Errorf("%s is not protected (protected: %s)", vm, orNone(a.protectedNames()))
 	}
 	delete(a.mu.vms, vm)
 	a.mu.Unlock()
@@ -588,7 +625,7 @@ func (a *agent) unprotect(vm string) (unprotectResult, error) {
 		a.mu.Lock()
 		a.mu.vms[vm] = p
 		a.mu.Unlock()
-		return unprotectResult{}, fmt.Errorf("cannot unprotect %s: %w; it stays protected (free space in %s, then run drfs unprotect %s again)", vm, err, a.cfg.State, vm)
+		return UnprotectResult{}, fmt.Errorf("cannot unprotect %s: %w; it stays protected (free space in %s, then run drfs unprotect %s again)", vm, err, a.cfg.State, vm)
 	}
 	a.mu.Lock()
 	cancel, done := p.cancel, p.done
@@ -608,11 +645,11 @@ func (a *agent) unprotect(vm string) (unprotectResult, error) {
 	p.mu.Unlock()
 	gens, bytes := a.discard(vm)
 	a.persist()
-	res := unprotectResult{VM: vm, Was: state, Target: p.target, GenerationsDropped: gens, BytesDropped: bytes}
-	if p.store != nil {
+	res := UnprotectResult{VM: vm, Was: state, Target: p.target, GenerationsDropped: gens, BytesDropped: bytes}
+	if p.store() != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		if points, err := p.store.Points(ctx, vm); err == nil {
+		if points, err := p.store().Points(ctx, vm); err == nil {
 			res.PointsKept = len(points)
 		} else if !errors.Is(err, target.ErrNotFound) {
 			res.PointsKept = -1
@@ -666,7 +703,7 @@ func (a *agent) supervise(ctx context.Context, p *protection) {
 		if ctx.Err() != nil {
 			return
 		}
-		if p.repl == nil {
+		if p.replication() == nil {
 			// Restarted before the prerequisites were checked: check again.
 			if !a.reenable(ctx, p) {
 				continue
@@ -774,7 +811,7 @@ func (a *agent) cutWhileShipping(ctx context.Context, p *protection) (stop func(
 			case <-t.C():
 			}
 			if a.generationFull(p) {
-				if _, err := p.repl.rotate(p.name); err != nil {
+				if _, err := p.replication().rotate(p.name); err != nil {
 					slog.Warn(fmt.Sprintf("%s: cutting a full generation: %v", p.name, err))
 				}
 			}
@@ -866,9 +903,12 @@ func (a *agent) attach(p *protection) error {
 	if err != nil {
 		return err
 	}
-	p.store = store
-	p.repl, err = a.newReplication(p)
-	return err
+	r, err := a.newReplication(p, store)
+	if err != nil {
+		return err
+	}
+	p.setReplication(store, r)
+	return nil
 }
 
 // runRound runs one round of p as the job of its stage and moves its
@@ -876,7 +916,7 @@ func (a *agent) attach(p *protection) error {
 func (a *agent) runRound(ctx context.Context, p *protection) {
 	// The initial replication of a VM the target does not hold copies
 	// every disk whole from a snapshot: that repairs any lost tracking.
-	whole := p.state() == orchestrator.InitialReplication && a.srv != nil && !a.targetHolds(ctx, p)
+	whole := p.state() == orchestrator.InitialReplication && a.mount != nil && !a.targetHolds(ctx, p)
 	if reason := a.flagged(p.name); reason != "" && !whole {
 		// Tracking was lost on a disk: this round (or the first in the
 		// resync window) compares it.
@@ -900,7 +940,7 @@ func (a *agent) runRound(ctx context.Context, p *protection) {
 	if whole {
 		res = a.snapshotCopy(ctx, p)
 	} else {
-		p.repl.loop.Round(ctx)
+		p.replication().loop.Round(ctx)
 		res = loopResult(p)
 	}
 	stopProgress()
@@ -927,9 +967,9 @@ func (a *agent) stageJob(p *protection, state orchestrator.State) uint64 {
 		}
 	}
 	if state == orchestrator.Resynchronizing {
-		if wait, opens := p.repl.waitsForWindow(p.name); wait {
+		if wait, opens := p.replication().waitsForWindow(p.name); wait {
 			a.jobs.Wait(j.ID, fmt.Sprintf("waiting for the resync window %s (%s; drfs resync %s %s --now runs it at once)",
-				p.repl.window(), opensString(opens), a.cfg.State, p.name))
+				p.replication().window(), OpensString(opens), a.cfg.State, p.name))
 			a.persist()
 			return j.ID
 		}
@@ -954,7 +994,7 @@ type roundResult struct {
 
 // loopResult is the result of p's last loop round.
 func loopResult(p *protection) roundResult {
-	st, ok := p.repl.loop.State(p.name)
+	st, ok := p.replication().loop.State(p.name)
 	if !ok {
 		return roundResult{err: errors.New("the round did not run")}
 	}
@@ -966,7 +1006,7 @@ func loopResult(p *protection) roundResult {
 func (a *agent) targetHolds(ctx context.Context, p *protection) bool {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	points, err := p.store.Points(ctx, p.name)
+	points, err := p.store().Points(ctx, p.name)
 	return err == nil && len(points) > 0 || err != nil && !errors.Is(err, target.ErrNotFound)
 }
 
@@ -998,7 +1038,7 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 	}
 	// The copy covers whatever changed the disks behind the mount's back.
 	all := func(string) bool { return true }
-	gen, snap, _, err := cutWithSnapshot(ctx, a.srv, a.log, vm, rels, a.snapshotDir(vm), all)
+	gen, snap, _, err := cutWithSnapshot(ctx, a.mount, a.log, vm, rels, a.snapshotDir(vm), all)
 	if err != nil {
 		return roundResult{err: err}
 	}
@@ -1019,7 +1059,7 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 			a.deleteSnapshot(p)
 			return roundResult{err: fmt.Errorf("snapshot of %s: %w", vm, err)}
 		}
-		sv := snapshotView{v}
+		sv := v
 		if exts, err := sv.Extents(); err == nil {
 			for _, e := range exts {
 				total += e.Len
@@ -1030,18 +1070,18 @@ func (a *agent) snapshotCopy(ctx context.Context, p *protection) roundResult {
 	p.copied.Store(0)
 	p.toCopy.Store(total)
 	slog.Info(fmt.Sprintf("%s: initial replication of %d disk(s) (%s allocated) from a snapshot at generation %d to %s",
-		vm, len(names), bytesString(total), gen, p.target))
-	st, err := p.repl.sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindSnapshot)
+		vm, len(names), units.Bytes(total), gen, p.target))
+	st, err := p.replication().sh.ShipCopyDisks(ctx, vm, gen, copies, target.KindSnapshot)
 	p.toCopy.Store(0)
 	// What the copy sent counts in the VM's totals (drfs status, the
 	// metrics) as the rounds' ships do, failed or not.
-	p.repl.loop.Record(vm, st)
+	p.replication().loop.Record(vm, st)
 	if err != nil {
 		a.deleteSnapshot(p)
 		return roundResult{err: err}
 	}
 	slog.Info(fmt.Sprintf("%s: recovery point %d on target: the disks at the snapshot, %s sent in %v",
-		vm, gen, bytesString(int64(st.WireBytes)), st.Duration.Round(time.Millisecond)))
+		vm, gen, units.Bytes(int64(st.WireBytes)), st.Duration.Round(time.Millisecond)))
 	return roundResult{gen: gen, raw: st.RawBytes, wire: st.WireBytes}
 }
 
@@ -1062,18 +1102,6 @@ func (a *agent) deleteSnapshot(p *protection) {
 		slog.Warn(fmt.Sprintf("%s: deleting its snapshot: %v", p.name, err))
 	}
 	os.RemoveAll(a.snapshotDir(p.name))
-}
-
-// snapshotView is a disk of a snapshot as the shipper reads it.
-type snapshotView struct{ *drfsfs.View }
-
-func (v snapshotView) Extents() ([]target.Extent, error) {
-	exts, err := v.View.Extents()
-	out := make([]target.Extent, len(exts))
-	for i, e := range exts {
-		out[i] = target.Extent{Off: e.Off, Len: e.Len}
-	}
-	return out, err
 }
 
 // progressSaveEvery is how often the progress of a running copy is saved
@@ -1100,7 +1128,7 @@ func (a *agent) followCopy(p *protection, id uint64) func() {
 			case <-t.C:
 				if total := p.toCopy.Load(); total > 0 {
 					n := min(p.copied.Load(), total)
-					a.jobs.Progress(id, int(n*99/total), fmt.Sprintf("copied %s of %s", bytesString(n), bytesString(total)))
+					a.jobs.Progress(id, int(n*99/total), fmt.Sprintf("copied %s of %s", units.Bytes(n), units.Bytes(total)))
 					if time.Since(saved) >= progressSaveEvery {
 						// A kill -9 then shows the job failed at the
 						// progress it reached.
@@ -1165,7 +1193,7 @@ func (a *agent) afterRound(p *protection, id uint64, res roundResult) {
 				status.NextRetry.Local().Format(time.TimeOnly)))
 		case after != before:
 			a.jobs.Succeed(id, fmt.Sprintf("recovery point %d on the target (%s of data, %s sent); %s",
-				res.gen, bytesString(int64(res.raw)), bytesString(int64(res.wire)), desc))
+				res.gen, units.Bytes(int64(res.raw)), units.Bytes(int64(res.wire)), desc))
 		}
 	}
 	if after != before {
@@ -1214,7 +1242,7 @@ func (a *agent) anyFlagged(vm string) bool {
 func (a *agent) newestPoint(p *protection) time.Time {
 	ctx, cancel := context.WithTimeout(a.ctx, 20*time.Second)
 	defer cancel()
-	points, err := p.store.Points(ctx, p.name)
+	points, err := p.store().Points(ctx, p.name)
 	if err != nil {
 		return time.Time{}
 	}
@@ -1238,8 +1266,8 @@ func (a *agent) resume(vm string) error {
 	if err != nil {
 		return err
 	}
-	if p.repl != nil {
-		p.repl.loop.Resume(vm)
+	if r := p.replication(); r != nil {
+		r.loop.Resume(vm)
 	}
 	a.persist()
 	p.poke()
@@ -1266,10 +1294,11 @@ func (a *agent) onResync(vm string, now bool) (control.ResyncAnswer, error) {
 	if p == nil {
 		return control.ResyncAnswer{}, fmt.Errorf("%s is not protected: drfs protect %s first", vm, vm)
 	}
-	if p.repl == nil {
+	r := p.replication()
+	if r == nil {
 		return control.ResyncAnswer{}, fmt.Errorf("%s is %s: its replication has not started yet", vm, p.state())
 	}
-	ans, err := p.repl.resyncHook(vm, now)
+	ans, err := r.resyncHook(vm, now)
 	if err != nil {
 		return ans, err
 	}
@@ -1288,8 +1317,8 @@ func (a *agent) onResync(vm string, now bool) (control.ResyncAnswer, error) {
 func (a *agent) replicationStates() []control.Replication {
 	var out []control.Replication
 	for _, p := range a.protections() {
-		if p.repl != nil {
-			out = append(out, p.repl.states()...)
+		if r := p.replication(); r != nil {
+			out = append(out, r.states()...)
 		}
 	}
 	return out
@@ -1343,7 +1372,7 @@ func (a *agent) appConsistentCut(ctx context.Context, p *protection) {
 	var gen uint64
 	if ferr == nil {
 		var rerr error
-		if gen, rerr = p.repl.rotate(p.name); rerr != nil {
+		if gen, rerr = p.replication().rotate(p.name); rerr != nil {
 			ferr = fmt.Errorf("rotating while frozen: %w", rerr)
 		}
 	}
@@ -1363,7 +1392,7 @@ func (a *agent) appConsistentCut(ctx context.Context, p *protection) {
 	appErr := p.mu.appErr
 	p.mu.Unlock()
 	if ferr == nil {
-		p.repl.markAppConsistent(p.name, gen)
+		p.replication().markAppConsistent(p.name, gen)
 	}
 	switch {
 	case ferr == nil && terr != nil:

@@ -1,21 +1,23 @@
-package main
+package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/drfs-project/drfs/internal/recovery"
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/resync"
 )
 
-// failoverRequest is a planned failover asked of the agent.
-type failoverRequest struct {
+// FailoverRequest is a planned failover asked of the agent.
+type FailoverRequest struct {
 	VM string `json:"vm"`
 	// To is the empty directory the replica is materialised in; without
 	// it the point is only made and checked (failing back: the other site
@@ -35,7 +37,7 @@ type failoverRequest struct {
 // the directory. The VM is then FailedOver and its writes stay held while
 // the agent runs: the source disks must not move on from the replica. It
 // runs as a failover job, and returns it.
-func (a *agent) plannedFailover(ctx context.Context, req failoverRequest) (orchestrator.Job, error) {
+func (a *agent) plannedFailover(ctx context.Context, req FailoverRequest) (orchestrator.Job, error) {
 	p := a.protection(req.VM)
 	if p == nil {
 		return orchestrator.Job{}, fmt.Errorf("%s is not protected: nothing to fail over", req.VM)
@@ -44,7 +46,7 @@ func (a *agent) plannedFailover(ctx context.Context, req failoverRequest) (orche
 		return orchestrator.Job{}, fmt.Errorf("cannot fail over %s: it is %s, not Protected (a planned failover needs its replication in step)", req.VM, st)
 	}
 	if req.To != "" {
-		if err := checkEmptyDir(req.To); err != nil {
+		if err := recovery.CheckEmptyDir(req.To); err != nil {
 			return orchestrator.Job{}, err
 		}
 	}
@@ -77,7 +79,7 @@ func (a *agent) plannedFailover(ctx context.Context, req failoverRequest) (orche
 }
 
 // failoverSteps are the steps of a planned failover of p (job id).
-func (a *agent) failoverSteps(ctx context.Context, p *protection, req failoverRequest, id uint64) (string, error) {
+func (a *agent) failoverSteps(ctx context.Context, p *protection, req FailoverRequest, id uint64) (string, error) {
 	vm := p.name
 	disks, _ := a.disksOf(vm)
 	var rels, paths []string
@@ -89,13 +91,13 @@ func (a *agent) failoverSteps(ctx context.Context, p *protection, req failoverRe
 	slices.Sort(paths)
 	if req.StopHook != "" {
 		a.jobs.Progress(id, 5, "stopping the VM: "+req.StopHook)
-		if err := runHook(ctx, req.StopHook, []string{"DRFS_VM=" + vm, "DRFS_DISKS=" + strings.Join(paths, " ")}); err != nil {
+		if _, err := recovery.RunHook(ctx, req.StopHook, []string{"DRFS_VM=" + vm, "DRFS_DISKS=" + strings.Join(paths, " ")}, nil); err != nil {
 			return "", fmt.Errorf("stop hook: %w", err)
 		}
 	}
 	a.jobs.Progress(id, 10, "holding the VM's writes")
 	qctx, cancel := context.WithTimeout(ctx, time.Minute)
-	release, err := a.srv.QuiescePaths(qctx, rels)
+	release, err := a.mount.QuiescePaths(qctx, rels)
 	cancel()
 	if err != nil {
 		return "", fmt.Errorf("holding the writes of %s: %w", vm, err)
@@ -105,13 +107,13 @@ func (a *agent) failoverSteps(ctx context.Context, p *protection, req failoverRe
 	p.mu.Unlock()
 
 	a.jobs.Progress(id, 20, "shipping the last generation")
-	p.repl.loop.Round(ctx)
+	p.replication().loop.Round(ctx)
 	res := loopResult(p)
 	if res.err != nil {
 		return "", fmt.Errorf("shipping the last generation: %w", res.err)
 	}
 	ctx2, cancel := context.WithTimeout(ctx, time.Minute)
-	points, err := p.store.Points(ctx2, vm)
+	points, err := p.store().Points(ctx2, vm)
 	cancel()
 	if err != nil || len(points) == 0 {
 		return "", fmt.Errorf("listing the points of %s on %s: %v", vm, p.target, err)
@@ -128,10 +130,10 @@ func (a *agent) failoverSteps(ctx context.Context, p *protection, req failoverRe
 		if !ok {
 			return "", fmt.Errorf("disk %s of point %s is not in %s", d.Name, point.ID(), a.cfg.Source)
 		}
-		r, err := verifyDisk(ctx, p.store, vm, point.Generation, d.Name, path)
+		r, err := recovery.VerifyFile(ctx, p.store(), vm, point.Generation, d.Name, path)
 		if errors.Is(err, resync.ErrDiverged) || err == nil && !r.InSync() {
 			return "", fmt.Errorf("point %s differs from disk %s (%d range(s), %s): data would be lost; the VM is flagged for resynchronization",
-				point.ID(), d.Name, len(r.Ranges), bytesString(r.SendBytes()))
+				point.ID(), d.Name, len(r.Ranges), units.Bytes(r.SendBytes()))
 		}
 		if err != nil {
 			return "", fmt.Errorf("checking disk %s against point %s: %w", d.Name, point.ID(), err)
@@ -154,15 +156,15 @@ func (a *agent) failoverSteps(ctx context.Context, p *protection, req failoverRe
 			point.ID(), p.target, compared), nil
 	}
 	a.jobs.Progress(id, 70, "materialising point "+point.ID()+" in "+req.To)
-	created, err := makeDir(req.To)
+	created, err := recovery.MakeDir(req.To)
 	if err != nil {
 		return "", err
 	}
-	j := &vmFailover{typ: orchestrator.Planned, targetURL: p.target, store: p.store, vm: vm, point: point,
-		replicas: recovery.ReflinkSource(p.target, vm, points), dir: req.To, hook: req.Hook}
-	done, err := j.run(ctx)
+	j := &recovery.Failover{Type: orchestrator.Planned, TargetURL: p.target, Store: p.store(), VM: vm, Point: point,
+		Replicas: recovery.ReflinkSource(p.target, vm, points), Dir: req.To, Hook: req.Hook, Progress: logCopied(vm)}
+	done, err := j.Run(ctx)
 	if err != nil {
-		if created && j.m.Disks == nil {
+		if created && j.Result.Disks == nil {
 			os.RemoveAll(req.To)
 		}
 		return "", err
@@ -227,16 +229,28 @@ func (a *agent) commitFailover(ctx context.Context, vm string) (string, error) {
 	}
 	a.persist()
 	msg := vm + " committed: the failover is final"
-	if p.store == nil {
+	if p.store() == nil {
 		a.attach(p) // restarted since the failover
 	}
-	if p.store != nil {
-		before, _ := p.store.Points(ctx, vm)
-		if err := p.store.Expire(ctx, vm, a.clock.Now().Add(time.Hour), 1); err != nil {
+	if p.store() != nil {
+		before, _ := p.store().Points(ctx, vm)
+		if err := p.store().Expire(ctx, vm, a.clock.Now().Add(time.Hour), 1); err != nil {
 			return msg, fmt.Errorf("%s; releasing its older recovery points failed: %w", msg, err)
 		}
-		after, _ := p.store.Points(ctx, vm)
+		after, _ := p.store().Points(ctx, vm)
 		msg += fmt.Sprintf("; %d older recovery point(s) released on the target, %d kept", len(before)-len(after), len(after))
 	}
 	return msg, nil
+}
+
+// logCopied is a recovery.Options.Progress that logs each disk of vm as
+// its copy ends.
+func logCopied(vm string) func(disk string, done, total int64, finished bool) {
+	start := time.Now()
+	return func(disk string, done, total int64, finished bool) {
+		if finished {
+			slog.Info(fmt.Sprintf("%s/%s: %s of data in %v", vm, disk, units.Bytes(total), time.Since(start).Round(time.Millisecond)))
+			start = time.Now()
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"encoding/json"
@@ -26,7 +26,7 @@ type agentState struct {
 // protectionRecord is one protected VM in the state file.
 type protectionRecord struct {
 	Target string           `json:"target"`
-	Policy overrides        `json:"policy"`
+	Policy Overrides        `json:"policy"`
 	Status *orchestrator.VM `json:"status"`
 	// Reverse: where the recovery site replicates back into.
 	Reverse string `json:"reverse,omitempty"`

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -17,9 +17,11 @@ import (
 	"time"
 
 	drfsfs "github.com/drfs-project/drfs/fs"
+	"github.com/drfs-project/drfs/internal/clock"
 	"github.com/drfs-project/drfs/internal/control"
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/internal/targets"
-	"github.com/drfs-project/drfs/internal/tracked"
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/shipper"
@@ -28,21 +30,30 @@ import (
 	"github.com/drfs-project/drfs/tracker"
 )
 
-// replicationFlags are the mount's flags for shipping to a target.
-type replicationFlags struct {
-	Target    string            `placeholder:"URL" help:"Replicate to this target: dir:///path (a directory, local or mounted) or https://host:port (a drfs target serve). Without it the mount only records."`
-	Interval  time.Duration     `default:"5m" help:"Replication interval: every VM is rotated and shipped this often (30s, 5m, 15m, or any duration from 1s)."`
-	Retention time.Duration     `default:"24h" help:"Keep recovery points this long on the target (the newest is always kept)."`
-	MaxPoints int               `name:"max-points" default:"0" help:"Keep at most this many recovery points per VM as well (0: no limit but --retention)."`
-	Bandwidth shipper.Bandwidth `default:"0" help:"Upload limit, e.g. 50MiB/s; 0 means unlimited."`
-	Compress  string            `enum:"auto,lz4,none" default:"auto" help:"LZ4 on what is shipped: auto compresses for a target reached over a network (https://, azblob://) and not for a dir:// target, which stores the blocks uncompressed; lz4 always; none for a network faster than LZ4 (about 0.5 GB/s per core)."`
-	SourceID  string            `name:"source-id" placeholder:"NAME" help:"Identity of this source host on the target; a target refuses VMs of another source (default: the host name)."`
-	// The default must stay orchestrator.DefaultWindowSpec (a test checks).
-	ResyncWindow    string  `name:"resync-window" default:"18:00-08:00,sat,sun" placeholder:"SPEC" help:"When automatic resynchronizations run, in local time: HH:MM-HH:MM ranges and days (mon..sun, mon-fri), comma-separated, or always, or never (then only drfs resync --now runs one)."`
-	ResyncThreshold percent `name:"resync-threshold" default:"50%" placeholder:"PCT" help:"When a disk's change log (generations not yet shipped) reaches this share of its size, a disk under 1 GiB counted as 1 GiB, drop the VM's log and compare its disks from a snapshot instead, in the resync window."`
-	targets.TLS
-
-	window orchestrator.Window // parsed ResyncWindow, local time
+// ReplicationOptions shape the replication of a mounted source to a
+// target (drfs mount --target, and the agent for each protected VM).
+type ReplicationOptions struct {
+	Target    string // URL of the target
+	TLS       targets.TLS
+	Interval  time.Duration // every VM is rotated and shipped this often
+	Retention time.Duration // points are kept this long (the newest always)
+	MaxPoints int           // and at most this many (0: no limit)
+	Bandwidth shipper.Bandwidth
+	Compress  string // LZ4: auto, lz4 or none (targets.Compresses)
+	SourceID  string // this host's identity on the target
+	// Window is when automatic resynchronizations run; the zero Window is
+	// the default one (orchestrator.DefaultWindow) in local time.
+	Window orchestrator.Window
+	// ResyncThreshold is the share of a disk's size (in percent, a disk
+	// under 1 GiB counted as 1 GiB) its change log may reach before the
+	// VM's log is dropped and its disks compared instead.
+	ResyncThreshold int
+	// Clock is the time of the resync window and of the retries; nil:
+	// the system's.
+	Clock clock.Clock
+	// Retry is how a call to the target that fails is retried within a
+	// round; zero: wrap.DefaultPolicy.
+	Retry wrap.Policy
 
 	// Set by the agent, which runs one replication per protected VM: only
 	// vms are replicated (nil: every VM of the log), and wrapCopies, if
@@ -63,53 +74,6 @@ type replicationFlags struct {
 	whileShipping func(ctx context.Context, vm string) (stop func())
 }
 
-// percent is a percentage from 1 to 100, written 50% or 50.
-type percent int
-
-func (p *percent) UnmarshalText(b []byte) error {
-	s := strings.TrimSpace(string(b))
-	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(s, "%")))
-	if err != nil {
-		return fmt.Errorf("%q is not a percentage (such as 50%%)", s)
-	}
-	if n < 1 || n > 100 {
-		return fmt.Errorf("%d%% is out of range (1%%..100%%)", n)
-	}
-	*p = percent(n)
-	return nil
-}
-
-func (f *replicationFlags) validate() error {
-	if f.Target == "" {
-		return nil
-	}
-	if f.Interval < time.Second {
-		return fmt.Errorf("--interval %v is too short: use at least 1s (30s, 5m and 15m are the usual choices)", f.Interval)
-	}
-	if f.MaxPoints < 0 {
-		return fmt.Errorf("--max-points %d: give 0 (no limit) or a positive count", f.MaxPoints)
-	}
-	if f.Retention < f.Interval {
-		return fmt.Errorf("--retention %v is shorter than --interval %v: no older point would ever be kept", f.Retention, f.Interval)
-	}
-	w, err := orchestrator.ParseWindow(f.ResyncWindow)
-	if err != nil {
-		return fmt.Errorf("--resync-window: %w", err)
-	}
-	f.window = w.In(time.Local)
-	if f.ResyncThreshold == 0 {
-		f.ResyncThreshold = orchestrator.DefaultResyncThreshold
-	}
-	if f.SourceID == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("no --source-id given and the host name is unknown: %w", err)
-		}
-		f.SourceID = h
-	}
-	return nil
-}
-
 // replication ships a mounted source's change log to a target, continuously.
 //
 // Resynchronization. A disk flagged "resynchronization required" (a failed
@@ -124,17 +88,17 @@ func (f *replicationFlags) validate() error {
 // lost, every point committed until its resync commits is of kind resync:
 // not crash-consistent, so restore --point latest skips it.
 type replication struct {
-	flags  *replicationFlags
+	flags  *ReplicationOptions
 	source string
 	state  string
 	log    *tracker.Log
 	store  targets.Store
 	loop   *shipper.Loop
 	sh     *shipper.Shipper // the loop's
-	now    func() time.Time // the clock of the resync window
-	// srv is the tracking mount, whose snapshots make the copies of a
+	clock  clock.Clock      // the time of the resync window
+	// mount is the tracking mount, whose snapshots make the copies of a
 	// round consistent (see cut); set before the loop runs.
-	srv *drfsfs.Server
+	mount Mount
 
 	mu struct {
 		sync.Mutex
@@ -175,11 +139,11 @@ const thresholdReason = "change log reached "
 // what its log says.
 func lostTracking(reason string) bool { return !strings.HasPrefix(reason, thresholdReason) }
 
-// openTarget opens and checks the target before anything is mounted: a
+// OpenTarget opens and checks the target before anything is mounted: a
 // permanent error (bad URL, refused certificate, a store of another kind)
 // stops the mount; an unreachable target only warns, as the workload must
 // run and the log keeps every change until the target is back.
-func openTarget(f *replicationFlags) (targets.Store, error) {
+func OpenTarget(f *ReplicationOptions) (targets.Store, error) {
 	store, err := targets.Open(f.Target, f.TLS)
 	if err != nil {
 		return nil, err
@@ -198,8 +162,11 @@ func openTarget(f *replicationFlags) (targets.Store, error) {
 
 // startReplication registers every disk of the source with the log and
 // starts shipping.
-func startReplication(ctx context.Context, f *replicationFlags, source, state string, log *tracker.Log, store targets.Store, blockSize int) (*replication, error) {
-	r := &replication{flags: f, source: source, state: state, log: log, store: store, now: time.Now}
+func startReplication(ctx context.Context, f *ReplicationOptions, source, state string, log *tracker.Log, store targets.Store, blockSize int) (*replication, error) {
+	r := &replication{flags: f, source: source, state: state, log: log, store: store, clock: f.Clock}
+	if r.clock == nil {
+		r.clock = clock.System{}
+	}
 	r.mu.unverified, r.mu.copiedWhole = map[string]bool{}, map[string]bool{}
 	r.mu.fuzzy, r.mu.now, r.mu.waitLogged = map[string]bool{}, map[string]bool{}, map[string]time.Time{}
 	r.mu.consistent = map[string]target.Point{}
@@ -212,7 +179,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	}
 	// The log learns of a disk when it is first opened through the mount;
 	// tell it of all of them now so that each VM is replicated whole.
-	err := walkDisks(source, func(vm, disk, path string, size int64) error {
+	err := WalkDisks(source, func(vm, disk, path string, size int64) error {
 		d, err := log.OpenDisk(relPath(source, path), size)
 		if err != nil {
 			return err
@@ -235,7 +202,7 @@ func startReplication(ctx context.Context, f *replicationFlags, source, state st
 	case f.Bandwidth > 0:
 		st = wrap.RateLimit(st, int64(f.Bandwidth))
 	}
-	st = wrap.Retry(st, wrap.DefaultPolicy, nil)
+	st = wrap.Retry(st, f.Retry, f.Clock)
 	lz4, err := targets.Compresses(f.Target, f.Compress)
 	if err != nil {
 		return nil, err
@@ -281,7 +248,7 @@ func (r *replication) states() []control.Replication {
 		c.ResyncWindow = r.window().String()
 		c.Resync = r.resyncStates(s.VM)
 		if sp := r.log.Space(); sp.Full {
-			c.StateFull, c.StateFullSince = stateFullReason(sp), sp.Since
+			c.StateFull, c.StateFullSince = sp.FullReason(), sp.Since
 		}
 		out = append(out, c)
 	}
@@ -332,12 +299,12 @@ func (r *replication) newestConsistent(vm string) (target.Point, bool) {
 // state directory until the copy ends.
 func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipper.CopyDisk, kind target.PointKind) (uint64, map[string]shipper.CopyDisk, target.PointKind, func(), error) {
 	none := func() {}
-	if r.srv == nil {
+	if r.mount == nil {
 		gen, err := r.rotate(vm)
 		return gen, disks, kind, none, err
 	}
 	copied := func(disk string) bool { _, ok := disks[disk]; return ok }
-	if r.srv.Stopped() {
+	if r.mount.Stopped() {
 		gen, behind, err := r.rotateChecked(vm, copied)
 		if len(behind) > 0 {
 			// A disk the copy does not cover changed behind the back:
@@ -352,7 +319,7 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 	}
 	slices.Sort(rels)
 	dir := filepath.Join(r.state, "snapshots", url.PathEscape(vm)+".cut")
-	gen, snap, behind, err := cutWithSnapshot(ctx, r.srv, r.log, vm, rels, dir, copied)
+	gen, snap, behind, err := cutWithSnapshot(ctx, r.mount, r.log, vm, rels, dir, copied)
 	r.reportOutside(vm, behind)
 	// The copy read from the snapshot makes a consistent point, unless a
 	// disk it does not cover changed behind the back: the point holds
@@ -385,7 +352,7 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 			release()
 			return 0, nil, "", nil, fmt.Errorf("snapshot of %s: %w", vm, err)
 		}
-		var view shipper.DiskView = snapshotView{v}
+		view := v
 		if c, ok := d.View.(countingView); ok {
 			view = countingView{view, c.n} // the agent follows the copy's progress
 		}
@@ -406,11 +373,11 @@ func (r *replication) cut(ctx context.Context, vm string, disks map[string]shipp
 // Under the same hold it checks the VM's disks for changes made behind
 // the mount's back (tracker.Log.CheckOutside), except those copied says
 // the copy from this snapshot covers, and returns those it flagged.
-func cutWithSnapshot(ctx context.Context, srv *drfsfs.Server, log *tracker.Log, vm string, rels []string, dir string, copied func(disk string) bool) (uint64, *drfsfs.Snapshot, []tracker.OutsideChange, error) {
+func cutWithSnapshot(ctx context.Context, m Mount, log *tracker.Log, vm string, rels []string, dir string, copied func(disk string) bool) (uint64, Snapshot, []tracker.OutsideChange, error) {
 	os.RemoveAll(dir)
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	release, err := srv.QuiescePaths(qctx, rels)
+	release, err := m.QuiescePaths(qctx, rels)
 	if err != nil {
 		return 0, nil, nil, fmt.Errorf("holding the writes of %s for its snapshot: %w", vm, err)
 	}
@@ -422,10 +389,10 @@ func cutWithSnapshot(ctx context.Context, srv *drfsfs.Server, log *tracker.Log, 
 	// The other disks of the VM are not held: hold them too for the
 	// check (holds nest).
 	var behind []tracker.OutsideChange
-	if others, err := tracked.CheckOutside(qctx, srv, log, vm, copied); err == nil {
+	if others, err := checkOutside(qctx, m, log, vm, copied); err == nil {
 		behind = others
 	}
-	snap, err := srv.Snapshot(rels, dir)
+	snap, err := m.Snapshot(rels, dir)
 	release()
 	if err != nil {
 		os.RemoveAll(dir)
@@ -442,7 +409,7 @@ func (c checkingRotator) VMs() []string                    { return c.r.log.VMs(
 func (c checkingRotator) Rotate(vm string) (uint64, error) { return c.r.rotate(vm) }
 
 // rotate cuts vm's generation and then checks its disks for changes made
-// behind the mount's back since the last cut (tracked.CheckOutside), before
+// behind the mount's back since the last cut (checkOutside), before
 // anything ships the generation: a disk changed so is flagged for
 // resynchronization, and the points from this one are fuzzy until its
 // resync commits. Every cut of a replicated VM goes through it.
@@ -461,7 +428,7 @@ func (r *replication) rotateChecked(vm string, covered func(disk string) bool) (
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	behind, err := tracked.CheckOutside(ctx, r.srv, r.log, vm, covered)
+	behind, err := checkOutside(ctx, r.mount, r.log, vm, covered)
 	if err != nil && !errors.Is(err, drfsfs.ErrClosed) {
 		slog.Warn(fmt.Sprintf("%s: %v", vm, err))
 	}
@@ -485,7 +452,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 	none := func(error) {}
 	r.checkThreshold(vm)
 	disks := map[string]string{}
-	walkVM(r.source, vm, func(_, disk, path string, _ int64) error {
+	WalkVM(r.source, vm, func(_, disk, path string, _ int64) error {
 		disks[disk] = path
 		return nil
 	})
@@ -563,7 +530,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		}
 		r.mu.Unlock()
 		if due, _ := r.resyncDue(vm, reasons); !due {
-			r.logWaiting(vm, reasons, r.now())
+			r.logWaiting(vm, reasons, r.clock.Now())
 			reasons = nil
 		}
 	}
@@ -636,7 +603,7 @@ func (r *replication) resyncDue(vm string, reasons map[string]string) (bool, tim
 	r.mu.Lock()
 	asked := r.mu.now[vm]
 	r.mu.Unlock()
-	now := r.now()
+	now := r.clock.Now()
 	if asked || r.window().InWindow(now) || r.started(vm, reasons) {
 		return true, time.Time{}
 	}
@@ -647,7 +614,7 @@ func (r *replication) resyncDue(vm string, reasons map[string]string) (bool, tim
 // waits for the resync window, and when that opens (zero: never).
 func (r *replication) waitsForWindow(vm string) (bool, time.Time) {
 	disks := map[string]string{}
-	walkVM(r.source, vm, func(_, disk, path string, _ int64) error {
+	WalkVM(r.source, vm, func(_, disk, path string, _ int64) error {
 		disks[disk] = path
 		return nil
 	})
@@ -697,7 +664,7 @@ func (r *replication) flagged(vm string, disks map[string]string) map[string]str
 // checkThreshold flags the disks of vm whose change log (the generations
 // not yet shipped) reached the resync threshold.
 func (r *replication) checkThreshold(vm string) {
-	p := orchestrator.Policy{ResyncThreshold: int(r.flags.ResyncThreshold), ResyncMinLog: testHooks.minLog}
+	p := orchestrator.Policy{ResyncThreshold: r.flags.ResyncThreshold, ResyncMinLog: testHooks.minLog}
 	for _, st := range r.log.Status() {
 		if st.Name != vm {
 			continue
@@ -706,7 +673,7 @@ func (r *replication) checkThreshold(vm string) {
 			if d.Removed || d.Resync || !p.LogOverThreshold(d.LogBytes, d.Size) {
 				continue
 			}
-			why := fmt.Sprintf("%s%d%% of the disk (%s of %s)", thresholdReason, p.Threshold(), bytesString(d.LogBytes), bytesString(p.ThresholdBase(d.Size)))
+			why := fmt.Sprintf("%s%d%% of the disk (%s of %s)", thresholdReason, p.Threshold(), units.Bytes(d.LogBytes), units.Bytes(p.ThresholdBase(d.Size)))
 			slog.Warn(fmt.Sprintf("%s/%s: resynchronization required: %s", vm, d.Name, why))
 			r.log.MarkResync(vm, d.Name, why)
 		}
@@ -715,10 +682,10 @@ func (r *replication) checkThreshold(vm string) {
 
 // window returns the resync window.
 func (r *replication) window() orchestrator.Window {
-	if r.flags.window.String() == "" {
+	if r.flags.Window.String() == "" {
 		return orchestrator.DefaultWindow().In(time.Local)
 	}
-	return r.flags.window
+	return r.flags.Window
 }
 
 // logWaiting says, once per opening of the window, that vm's resync waits.
@@ -737,15 +704,15 @@ func (r *replication) logWaiting(vm string, reasons map[string]string, now time.
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	msg := fmt.Sprintf("%s: resync of %v waits for the resync window %s (%s; drfs resync --now runs it at once)", vm, names, r.window(), opensString(opens))
+	msg := fmt.Sprintf("%s: resync of %v waits for the resync window %s (%s; drfs resync --now runs it at once)", vm, names, r.window(), OpensString(opens))
 	if fuzzy {
 		msg += "; until it commits, the VM's points are not crash-consistent (kind resync)"
 	}
 	slog.Info(msg)
 }
 
-// opensString says when a window opens.
-func opensString(t time.Time) string {
+// OpensString says when a window opens.
+func OpensString(t time.Time) string {
 	if t.IsZero() {
 		return "it never opens"
 	}
@@ -755,7 +722,7 @@ func opensString(t time.Time) string {
 // resyncStates describes the disks of vm that need a resync.
 func (r *replication) resyncStates(vm string) []control.DiskResync {
 	var out []control.DiskResync
-	now := r.now()
+	now := r.clock.Now()
 	r.mu.Lock()
 	asked := r.mu.now[vm]
 	r.mu.Unlock()
@@ -787,7 +754,7 @@ func (r *replication) resyncStates(vm string) []control.DiskResync {
 // resyncHook answers drfs resync: now asks for the VM's resync at the
 // next round; otherwise it runs in the window.
 func (r *replication) resyncHook(vm string, now bool) (control.ResyncAnswer, error) {
-	t := r.now()
+	t := r.clock.Now()
 	if now {
 		r.mu.Lock()
 		r.mu.now[vm] = true
@@ -981,22 +948,22 @@ func (r *replication) diff(ctx context.Context, vm, disk string, d shipper.CopyD
 		saved = time.Now()
 		writeFileAtomic(cpath, p.Cursor.Marshal())
 		slog.Info(fmt.Sprintf("%s/%s: resync compared %s of %s, %s differ, ETA %v", vm, disk,
-			bytesString(p.Offset), bytesString(p.Size), bytesString(p.SendBytes), p.ETA.Round(time.Second)))
+			units.Bytes(p.Offset), units.Bytes(p.Size), units.Bytes(p.SendBytes), p.ETA.Round(time.Second)))
 	}
 	res, err := resync.Diff(ctx, src, size, r.store, vm, gen, disk, opts)
 	switch {
 	case opts.Resume != nil && res.Restarted != "":
 		slog.Warn(fmt.Sprintf("%s/%s: resync started over: its cursor was not usable (%s)", vm, disk, res.Restarted))
 	case opts.Resume != nil:
-		slog.Info(fmt.Sprintf("%s/%s: resync resumed from its cursor at %s of %s", vm, disk, bytesString(res.ResumedAt), bytesString(size)))
+		slog.Info(fmt.Sprintf("%s/%s: resync resumed from its cursor at %s of %s", vm, disk, units.Bytes(res.ResumedAt), units.Bytes(size)))
 	}
 	if err != nil {
 		writeFileAtomic(cpath, res.Cursor.Marshal())
-		return res, fmt.Errorf("resync of %s/%s (resumes from %s next time): %w", vm, disk, bytesString(res.Cursor.Offset), err)
+		return res, fmt.Errorf("resync of %s/%s (resumes from %s next time): %w", vm, disk, units.Bytes(res.Cursor.Offset), err)
 	}
 	slog.Info(fmt.Sprintf("%s/%s: resync against point %d: %d chunks compared, %d differ: sending %s (checksums %s up, %s down) in %v",
-		vm, disk, gen, res.Compared(), res.Differing(), bytesString(res.SendBytes()),
-		bytesString(res.SumBytesUp), bytesString(res.SumBytesDown), res.Duration.Round(time.Millisecond)))
+		vm, disk, gen, res.Compared(), res.Differing(), units.Bytes(res.SendBytes()),
+		units.Bytes(res.SumBytesUp), units.Bytes(res.SumBytesDown), res.Duration.Round(time.Millisecond)))
 	return res, nil
 }
 
@@ -1055,7 +1022,7 @@ func (r *replication) shipped(s shipper.VMState) {
 			how = " (uncompressed)"
 		}
 		slog.Info(fmt.Sprintf("%s: recovery point %d on target: %d block(s), %s raw, %s sent%s in %v",
-			s.VM, s.LastGeneration, s.Last.DataBlocks, bytesString(int64(s.Last.RawBytes)), bytesString(int64(s.Last.WireBytes)),
+			s.VM, s.LastGeneration, s.Last.DataBlocks, units.Bytes(int64(s.Last.RawBytes)), units.Bytes(int64(s.Last.WireBytes)),
 			how, s.Last.Duration.Round(time.Millisecond)))
 	}
 	// Even a point with no change moves the RPO on, and ages the others.
@@ -1104,24 +1071,24 @@ func (r *replication) expire(vm string) {
 	}
 }
 
-// walkDisks calls fn for every disk of the source directory: every
+// WalkDisks calls fn for every disk of the source directory: every
 // regular file in a top-level folder (a VM) and every top-level regular
 // file (a VM of one disk).
-func walkDisks(source string, fn func(vm, disk, path string, size int64) error) error {
+func WalkDisks(source string, fn func(vm, disk, path string, size int64) error) error {
 	entries, err := os.ReadDir(source)
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
-		if err := walkVM(source, e.Name(), fn); err != nil {
+		if err := WalkVM(source, e.Name(), fn); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// walkVM calls fn for every disk of vm.
-func walkVM(source, vm string, fn func(vm, disk, path string, size int64) error) error {
+// WalkVM calls fn for every disk of vm.
+func WalkVM(source, vm string, fn func(vm, disk, path string, size int64) error) error {
 	root := filepath.Join(source, vm)
 	st, err := os.Lstat(root)
 	if err != nil {
@@ -1134,7 +1101,7 @@ func walkVM(source, vm string, fn func(vm, disk, path string, size int64) error)
 		return nil
 	}
 	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() || d.Name() == markerName {
+		if err != nil || !d.Type().IsRegular() || d.Name() == recovery.MarkerName {
 			// The marker a failover leaves beside the disks it made is
 			// not a disk.
 			return err

@@ -1,20 +1,12 @@
-package main
+package agent
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
 	"slices"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/drfs-project/drfs/internal/control"
@@ -25,23 +17,23 @@ import (
 // The agent's control socket speaks JSON over HTTP on a unix socket that
 // only root can open:
 //
-//	GET  /v1/vms[?vm=NAME]         []vmView: every VM of the source
-//	POST /v1/protect               protectRequest → protectAnswer: the enable-protection job, or the settings changed
-//	POST /v1/unprotect?vm=NAME     unprotectResult: what was removed and kept
+//	GET  /v1/vms[?vm=NAME]         []VMView: every VM of the source
+//	POST /v1/protect               ProtectRequest → ProtectAnswer: the enable-protection job, or the settings changed
+//	POST /v1/unprotect?vm=NAME     UnprotectResult: what was removed and kept
 //	POST /v1/resume?vm=NAME        a VM stopped by a permanent error runs again
 //	POST /v1/resync?vm=NAME        every disk compared with the replica, now
-//	POST /v1/failover              failoverRequest → the planned failover's job
+//	POST /v1/failover              FailoverRequest → the planned failover's job
 //	POST /v1/failover/cancel?vm=NAME  the source replicates again
 //	POST /v1/commit?vm=NAME        the failover is final
-//	POST /v1/reprotect             reprotectRequest: reverse replication set up
+//	POST /v1/reprotect             ReprotectRequest: reverse replication set up
 //	POST /v1/failback?vm=NAME      the recovery site's last point written back
 //	GET  /v1/jobs[?vm=NAME]        []orchestrator.Job, oldest first
 //	GET  /v1/jobs/ID               one job
 //
 // An error is a 4xx or 5xx status with the message as the body.
 
-// vmView is one VM as drfs status shows it.
-type vmView struct {
+// VMView is one VM as drfs status shows it.
+type VMView struct {
 	orchestrator.Status
 	Describe  string `json:"state_text"`
 	Target    string `json:"target,omitempty"`
@@ -69,8 +61,8 @@ type vmView struct {
 	StateFull bool `json:"state_dir_full,omitempty"`
 }
 
-// unprotectResult is what drfs unprotect removed and what it kept.
-type unprotectResult struct {
+// UnprotectResult is what drfs unprotect removed and what it kept.
+type UnprotectResult struct {
 	VM     string `json:"vm"`
 	Was    string `json:"was"` // the state it was in, in words
 	Target string `json:"target"`
@@ -83,7 +75,7 @@ type unprotectResult struct {
 }
 
 // String says it in one line.
-func (r unprotectResult) String() string {
+func (r UnprotectResult) String() string {
 	kept := "nothing was sent to it yet"
 	switch {
 	case r.PointsKept > 0:
@@ -92,12 +84,12 @@ func (r unprotectResult) String() string {
 		kept = "its recovery points there are kept"
 	}
 	return fmt.Sprintf("%s unprotected (it was %s): replication to %s stopped; dropped %d generation(s), %s, of its change log; %s",
-		r.VM, r.Was, r.Target, r.GenerationsDropped, bytesString(r.BytesDropped), kept)
+		r.VM, r.Was, r.Target, r.GenerationsDropped, units.Bytes(r.BytesDropped), kept)
 }
 
 // views returns every VM of the source and every protected one, by name;
 // only vm if it is not empty.
-func (a *agent) views(vm string) []vmView {
+func (a *agent) views(vm string) []VMView {
 	now := a.clock.Now()
 	logStatus := map[string]map[string]int64{}
 	for _, st := range a.log.Status() {
@@ -115,12 +107,12 @@ func (a *agent) views(vm string) []vmView {
 	}
 	slices.Sort(names)
 	space := a.log.Space()
-	var out []vmView
+	var out []VMView
 	for _, name := range names {
 		if vm != "" && name != vm {
 			continue
 		}
-		v := vmView{RPO: -1, StateDir: a.cfg.State}
+		v := VMView{RPO: -1, StateDir: a.cfg.State}
 		disks, _ := a.disksOf(name)
 		for d := range disks {
 			v.Disks = append(v.Disks, d)
@@ -144,8 +136,8 @@ func (a *agent) views(vm string) []vmView {
 			for _, b := range logStatus[name] {
 				v.LogBytes += b
 			}
-			if p.repl != nil {
-				if st, ok := p.repl.loop.State(name); ok {
+			if r := p.replication(); r != nil {
+				if st, ok := r.loop.State(name); ok {
 					v.Pending, v.BytesSent = st.Pending, st.WireBytes
 				}
 			}
@@ -156,7 +148,7 @@ func (a *agent) views(vm string) []vmView {
 				// The log cannot keep the VM's changes: its disks are
 				// flagged as they change, and no consistent point is made
 				// until space comes back and they are resynchronized.
-				v.Health = orchestrator.Health{Level: orchestrator.Critical, Reason: stateFullReason(space)}
+				v.Health = orchestrator.Health{Level: orchestrator.Critical, Reason: space.FullReason()}
 			}
 			v.StateFull = space.Full
 			if j, ok := a.jobs.Active(name); ok {
@@ -188,7 +180,7 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 		writeJSON(w, v)
 	})
 	mux.HandleFunc("POST /v1/protect", func(w http.ResponseWriter, r *http.Request) {
-		var req protectRequest
+		var req ProtectRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
 			httpError(w, http.StatusBadRequest, err)
 			return
@@ -200,7 +192,7 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 				httpError(w, http.StatusConflict, err)
 				return
 			}
-			writeJSON(w, protectAnswer{Changed: msg})
+			writeJSON(w, ProtectAnswer{Changed: msg})
 			return
 		}
 		job, err := a.protect(req)
@@ -208,7 +200,7 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 			httpError(w, http.StatusConflict, err)
 			return
 		}
-		writeJSON(w, protectAnswer{Job: job})
+		writeJSON(w, ProtectAnswer{Job: job})
 	})
 	mux.HandleFunc("POST /v1/unprotect", func(w http.ResponseWriter, r *http.Request) {
 		res, err := a.unprotect(r.URL.Query().Get("vm"))
@@ -234,7 +226,7 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 		writeJSON(w, disks)
 	})
 	mux.HandleFunc("POST /v1/failover", func(w http.ResponseWriter, r *http.Request) {
-		var req failoverRequest
+		var req FailoverRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
 			httpError(w, http.StatusBadRequest, err)
 			return
@@ -262,7 +254,7 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 		writeJSON(w, msg)
 	})
 	mux.HandleFunc("POST /v1/reprotect", func(w http.ResponseWriter, r *http.Request) {
-		var req reprotectRequest
+		var req ReprotectRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
 			httpError(w, http.StatusBadRequest, err)
 			return
@@ -310,90 +302,4 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 func httpError(w http.ResponseWriter, code int, err error) {
 	http.Error(w, err.Error(), code)
-}
-
-// agentClient talks to the agent's control socket.
-type agentClient struct {
-	path string
-	http *http.Client
-}
-
-func newAgentClient(path string) *agentClient {
-	return &agentClient{path: path, http: &http.Client{
-		Timeout: 2 * time.Minute, // protect waits for the prerequisite checks
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}},
-	}}
-}
-
-// call sends a request with body in (if not nil) as JSON and decodes the
-// answer into out.
-func (c *agentClient) call(method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, "http://agent"+path, body)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("no drfs agent answers on %s: start it (drfs agent), or give --socket", c.path)
-		}
-		if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("the drfs agent's socket %s is for root only", c.path)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		return errors.New(strings.TrimSpace(string(msg)))
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
-}
-
-func (c *agentClient) vms(vm string) ([]vmView, error) {
-	var out []vmView
-	q := ""
-	if vm != "" {
-		q = "?vm=" + url.QueryEscape(vm)
-	}
-	return out, c.call(http.MethodGet, "/v1/vms"+q, nil, &out)
-}
-
-func (c *agentClient) protect(req protectRequest) (protectAnswer, error) {
-	var ans protectAnswer
-	return ans, c.call(http.MethodPost, "/v1/protect", req, &ans)
-}
-
-func (c *agentClient) simple(verb, vm string, out any) error {
-	return c.call(http.MethodPost, "/v1/"+verb+"?vm="+url.QueryEscape(vm), nil, out)
-}
-
-func (c *agentClient) failover(req failoverRequest) (orchestrator.Job, error) {
-	var j orchestrator.Job
-	return j, c.call(http.MethodPost, "/v1/failover", req, &j)
-}
-
-func (c *agentClient) jobs(vm string) ([]orchestrator.Job, error) {
-	var out []orchestrator.Job
-	q := ""
-	if vm != "" {
-		q = "?vm=" + url.QueryEscape(vm)
-	}
-	return out, c.call(http.MethodGet, "/v1/jobs"+q, nil, &out)
-}
-
-func (c *agentClient) job(id uint64) (orchestrator.Job, error) {
-	var j orchestrator.Job
-	return j, c.call(http.MethodGet, fmt.Sprintf("/v1/jobs/%d", id), nil, &j)
 }

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -10,7 +10,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/internal/targets"
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/resync"
 	"github.com/drfs-project/drfs/shipper"
@@ -37,8 +39,8 @@ import (
 //     direction: a resynchronization against its old replica first, so
 //     again only what changed crosses.
 
-// reprotectRequest is step 1.
-type reprotectRequest struct {
+// ReprotectRequest is step 1.
+type ReprotectRequest struct {
 	VM       string `json:"vm"`
 	Reverse  string `json:"reverse"`
 	SourceID string `json:"source_id"`
@@ -46,7 +48,7 @@ type reprotectRequest struct {
 
 // reprotect seeds the reverse target with the VM's disks and moves the VM
 // to ReverseReplicating.
-func (a *agent) reprotect(ctx context.Context, req reprotectRequest) (string, error) {
+func (a *agent) reprotect(ctx context.Context, req ReprotectRequest) (string, error) {
 	p := a.protection(req.VM)
 	if p == nil {
 		return "", fmt.Errorf("%s is not protected", req.VM)
@@ -83,7 +85,7 @@ func (a *agent) reprotect(ctx context.Context, req reprotectRequest) (string, er
 		return "", err
 	}
 	return fmt.Sprintf("%s: its disks as failed over are point %d of %s (%s, a local copy, in %v); at the recovery site, run: drfs protect %s --target (this target, served to it): only the chunks changed since the failover will cross",
-		p.name, gen, req.Reverse, bytesString(int64(st.RawBytes)), st.Duration.Round(time.Millisecond), p.name), nil
+		p.name, gen, req.Reverse, units.Bytes(int64(st.RawBytes)), st.Duration.Round(time.Millisecond), p.name), nil
 }
 
 // seed copies the disks of vm, whole, into store as its newest point, of
@@ -168,7 +170,7 @@ func (a *agent) failbackSteps(ctx context.Context, vm string, id uint64) (string
 	if st := p.state(); st != orchestrator.ReverseReplicating {
 		return "", fmt.Errorf("cannot fail back %s: it is %s, not ReverseReplicating (drfs reprotect first)", vm, st)
 	}
-	if p.repl == nil {
+	if p.replication() == nil {
 		// Restarted since the failover: the replication to the old
 		// replica is set up again, to resume after the failback.
 		if err := a.attach(p); err != nil {
@@ -205,7 +207,7 @@ func (a *agent) failbackSteps(ctx context.Context, vm string, id uint64) (string
 		if err != nil {
 			return "", fmt.Errorf("writing point %s of %s into disk %s: %w", point.ID(), vm, d.Name, err)
 		}
-		if r, err := verifyDisk(ctx, store, vm, point.Generation, d.Name, disks[d.Name]); err != nil || !r.InSync() {
+		if r, err := recovery.VerifyFile(ctx, store, vm, point.Generation, d.Name, disks[d.Name]); err != nil || !r.InSync() {
 			return "", fmt.Errorf("disk %s differs from point %s after the failback (%v)", d.Name, point.ID(), err)
 		}
 	}
@@ -224,7 +226,7 @@ func (a *agent) failbackSteps(ctx context.Context, vm string, id uint64) (string
 	for name := range disks {
 		a.log.MarkResync(vm, name, "failed back: compared with its replica")
 	}
-	p.repl.resyncHook(vm, true)
+	p.replication().resyncHook(vm, true)
 	a.mu.Lock()
 	if a.mu.vms[vm] == p {
 		a.launchLocked(p)
@@ -232,7 +234,7 @@ func (a *agent) failbackSteps(ctx context.Context, vm string, id uint64) (string
 	a.mu.Unlock()
 	a.persist()
 	return fmt.Sprintf("%s failed back: point %s of %s written into its disks (%s that differed), checked; replication to %s resumes after a comparison with its replica",
-		vm, point.ID(), reverse, bytesString(written), p.target), nil
+		vm, point.ID(), reverse, units.Bytes(written), p.target), nil
 }
 
 // applyPoint makes the disk at path (its file in the source) equal to disk

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"runtime"
@@ -20,7 +20,7 @@ func (a *agent) metricsRegistry() *prometheus.Registry {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "drfs_build_info",
 		Help:        "1, labelled with the version of drfs (and its commit) and of Go that built it.",
-		ConstLabels: prometheus.Labels{"version": strings.TrimPrefix(versionString(), "drfs "), "goversion": runtime.Version()},
+		ConstLabels: prometheus.Labels{"version": strings.TrimPrefix(a.version, "drfs "), "goversion": runtime.Version()},
 	}, func() float64 { return 1 }))
 	return reg
 }

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"errors"
@@ -11,26 +11,26 @@ import (
 	"github.com/drfs-project/drfs/orchestrator"
 )
 
-// protectAnswer is the agent's answer to drfs protect: the
+// ProtectAnswer is the agent's answer to drfs protect: the
 // enable-protection job of a VM it protects now, or, for a VM protected
 // already, what its new settings changed.
-type protectAnswer struct {
+type ProtectAnswer struct {
 	orchestrator.Job
 	Changed string `json:"settings_changed,omitempty"`
 }
 
-// overrides returns the settings drfs protect gave p.
-func (p *protection) overrides() overrides {
+// Overrides returns the settings drfs protect gave p.
+func (p *protection) overrides() Overrides {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.mu.over
 }
 
 // given reports whether o sets anything.
-func (o overrides) given() bool { return o != overrides{} }
+func (o Overrides) given() bool { return o != Overrides{} }
 
 // merge returns o with the settings that next gives replaced.
-func (o overrides) merge(next overrides) overrides {
+func (o Overrides) merge(next Overrides) Overrides {
 	if next.Interval > 0 {
 		o.Interval = next.Interval
 	}
@@ -60,7 +60,7 @@ func (o overrides) merge(next overrides) overrides {
 // expire points from the next round's ship on. The state file keeps them.
 // A new target is refused: the VM is unprotected and protected again for
 // that. It returns what changed, for people.
-func (a *agent) changeSettings(p *protection, req protectRequest) (string, error) {
+func (a *agent) changeSettings(p *protection, req ProtectRequest) (string, error) {
 	vm := p.name
 	if req.Target != "" && req.Target != p.target {
 		return "", fmt.Errorf("%s replicates to %s: its target cannot be changed in place; run drfs unprotect %s, then drfs protect %s --target %s "+
@@ -103,8 +103,8 @@ func (a *agent) changeSettings(p *protection, req protectRequest) (string, error
 		p.mu.Unlock()
 		return "", fmt.Errorf("cannot change the settings of %s: %w; they stay as they were", vm, err)
 	}
-	if p.repl != nil {
-		p.repl.setKeep(pol.Retention, pol.MaxPoints)
+	if r := p.replication(); r != nil {
+		r.setKeep(pol.Retention, pol.MaxPoints)
 	}
 	p.poke() // the next round, at once, starts the new interval
 	msg := vm + ": " + strings.Join(changed, "; ")
