@@ -458,6 +458,42 @@ func TestRestart(t *testing.T) {
 	}
 }
 
+// TestResetSettings: a setting drfs protect gave a protected VM goes
+// back to the agent's configuration with --reset, in place: drfs status
+// shows it, the rounds follow it, and a restart keeps it.
+func TestResetSettings(t *testing.T) {
+	ta := newTestAgent(t, "")
+	if _, err := ta.agent.protect(ProtectRequest{VM: "vm1", Policy: Overrides{Interval: 5 * time.Minute, MaxPoints: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	ta.until("protected", func(v VMView) bool { return v.State == orchestrator.Protected })
+	if v := ta.view(); v.Interval != "5m" || v.MaxPoints != 4 {
+		t.Fatalf("protected with interval %s, max-points %d; want 5m, 4", v.Interval, v.MaxPoints)
+	}
+	p := ta.protection("vm1")
+	if _, err := ta.changeSettings(p, ProtectRequest{VM: "vm1", Policy: Overrides{Interval: time.Minute}, Reset: []string{"interval"}}); err == nil {
+		t.Error("an interval both given and reset was accepted")
+	}
+	msg, err := ta.changeSettings(p, ProtectRequest{VM: "vm1", Reset: []string{"interval"}})
+	if err != nil || !strings.Contains(msg, "interval 5m → 1m") {
+		t.Fatalf("reset interval: %q, %v", msg, err)
+	}
+	if v := ta.view(); v.Interval != "1m" || v.MaxPoints != 4 || v.State != orchestrator.Protected {
+		t.Errorf("after the reset: interval %s, max-points %d, %s; want 1m, 4, Protected", v.Interval, v.MaxPoints, v.State)
+	}
+	ta.idle() // the round the change runs at once
+	ta.write(3)
+	n := len(ta.points())
+	ta.advance(interval)
+	ta.until("a point one configured interval later", func(VMView) bool { return len(ta.points()) > n })
+	ta.checkNewest()
+	ta.close()
+	ta.start()
+	if v := ta.view(); v.Interval != "1m" || v.MaxPoints != 4 {
+		t.Errorf("after a restart: interval %s, max-points %d; want 1m, 4", v.Interval, v.MaxPoints)
+	}
+}
+
 // fakeMount is a Mount for the tests: write writes to a disk of the
 // source and records it in the change log, as the FUSE mount does; a hold
 // waits for the writes in flight and blocks new ones; a snapshot copies

@@ -288,6 +288,9 @@ type ProtectRequest struct {
 	VM     string    `json:"vm"`
 	Target string    `json:"target,omitempty"`
 	Policy Overrides `json:"policy"`
+	// Reset names settings (Settings) of a VM protected already that go
+	// back to the agent's configuration.
+	Reset []string `json:"reset,omitempty"`
 }
 
 // protect enables the protection of a VM: it checks the prerequisites (an
@@ -298,6 +301,9 @@ func (a *agent) protect(req ProtectRequest) (orchestrator.Job, error) {
 	vm := req.VM
 	if err := target.CheckVM(vm); err != nil {
 		return orchestrator.Job{}, err
+	}
+	if len(req.Reset) > 0 {
+		return orchestrator.Job{}, fmt.Errorf("%s is not protected: --reset gives the settings of a protected VM back to the agent's configuration", vm)
 	}
 	disks, _ := a.disksOf(vm)
 	if len(disks) == 0 {
