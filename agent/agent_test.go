@@ -494,6 +494,50 @@ func TestResetSettings(t *testing.T) {
 	}
 }
 
+// TestRetarget: drfs protect --target of a protected VM moves its
+// protection to that target in place, once the target answers: a target
+// that does not leaves it as it was; the new one gets an initial copy from
+// a snapshot, the VM keeps its settings, and its points on the old target
+// stay.
+func TestRetarget(t *testing.T) {
+	ta := newTestAgent(t, "")
+	if _, err := ta.agent.protect(ProtectRequest{VM: "vm1", Policy: Overrides{MaxPoints: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	ta.until("protected", func(v VMView) bool { return v.State == orchestrator.Protected })
+	ta.write(5)
+	ta.advance(interval)
+	ta.until("a point", func(VMView) bool { return len(ta.points()) == 3 })
+	old := ta.checkNewest()
+	p := ta.protection("vm1")
+	if _, _, err := ta.retarget(p, ProtectRequest{VM: "vm1", Target: "https://127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "still replicates to "+ta.url) {
+		t.Errorf("a target that does not answer: %v", err)
+	}
+	if v := ta.view(); v.State != orchestrator.Protected || v.Target != ta.url {
+		t.Fatalf("after a refused move: %s to %s", v.State, v.Target)
+	}
+	ta.idle()
+	from := ta.url
+	to := "dir://" + t.TempDir()
+	job, msg, err := ta.retarget(p, ProtectRequest{VM: "vm1", Target: to})
+	if err != nil || job.ID == 0 || !strings.Contains(msg, "target "+from+" → "+to) || !strings.Contains(msg, "stay (3 point(s))") {
+		t.Fatalf("move: job %d, %q, %v", job.ID, msg, err)
+	}
+	ta.url = to
+	v := ta.until("protected to the new target", func(v VMView) bool { return v.State == orchestrator.Protected && v.Target == to })
+	if v.MaxPoints != 5 {
+		t.Errorf("max-points %d after the move, want 5", v.MaxPoints)
+	}
+	if n := ta.mount.snapshots.Load(); n != 2 {
+		t.Errorf("%d snapshots, want 2 (an initial copy to each target)", n)
+	}
+	ta.checkNewest()
+	ta.url = from
+	if ps := ta.points(); len(ps) != 3 || ps[2].Generation != old.Generation {
+		t.Errorf("the old target holds %d point(s) after the move, want its 3", len(ps))
+	}
+}
+
 // fakeMount is a Mount for the tests: write writes to a disk of the
 // source and records it in the change log, as the FUSE mount does; a hold
 // waits for the writes in flight and blocks new ones; a snapshot copies

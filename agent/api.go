@@ -185,6 +185,16 @@ func (a *agent) serveAPI(path string) (*http.Server, error) {
 			httpError(w, http.StatusBadRequest, err)
 			return
 		}
+		if p := a.protection(req.VM); p != nil && req.Target != "" && req.Target != p.target {
+			// Protected already, to another target: moved in place.
+			job, msg, err := a.retarget(p, req)
+			if err != nil {
+				httpError(w, http.StatusConflict, err)
+				return
+			}
+			writeJSON(w, ProtectAnswer{Job: job, Changed: msg})
+			return
+		}
 		if p := a.protection(req.VM); p != nil {
 			// Protected already: the settings given change in place.
 			msg, err := a.changeSettings(p, req)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -102,10 +103,6 @@ func (o Overrides) merge(next Overrides) Overrides {
 // that. It returns what changed, for people.
 func (a *agent) changeSettings(p *protection, req ProtectRequest) (string, error) {
 	vm := p.name
-	if req.Target != "" && req.Target != p.target {
-		return "", fmt.Errorf("%s replicates to %s: its target cannot be changed in place; run drfs unprotect %s, then drfs protect %s --target %s "+
-			"(the new target gets an initial copy from a snapshot; the recovery points on %s are kept)", vm, p.target, vm, vm, req.Target, p.target)
-	}
 	if !req.Policy.given() && len(req.Reset) == 0 {
 		return "", fmt.Errorf("%s is protected already (%s, target %s): give --interval, --retention, --max-points or --app-consistent-hook/--app-consistent-every to change its settings, --reset SETTING to give one back to the agent's configuration, or drfs unprotect %s first",
 			vm, p.state(), p.target, vm)
@@ -160,6 +157,70 @@ func (a *agent) changeSettings(p *protection, req ProtectRequest) (string, error
 	}
 	slog.Info(msg)
 	return msg, nil
+}
+
+// retarget moves the protection of p to the target req names, in place
+// of drfs unprotect and drfs protect: the new target is checked first (it
+// answers and lets this host in), so that a mistake leaves the VM
+// protected as it was; then the VM is protected anew there, with its
+// settings and those req changes. Its change log is dropped (the initial
+// copy from a snapshot, or the comparison with a replica the new target
+// holds from before, supersedes it); the points on the old target stay.
+// A VM failed over, or replicating back, is refused. It returns the new
+// enable-protection job and what changed, for people.
+func (a *agent) retarget(p *protection, req ProtectRequest) (orchestrator.Job, string, error) {
+	vm, from := p.name, p.target
+	switch st := p.state(); st {
+	case orchestrator.InitialReplication, orchestrator.Finalizing, orchestrator.Protected, orchestrator.Resynchronizing:
+	default:
+		return orchestrator.Job{}, "", fmt.Errorf("cannot move %s to another target while it is %s", vm, st)
+	}
+	if name := req.Policy.conflicts(req.Reset); name != "" {
+		return orchestrator.Job{}, "", fmt.Errorf("--reset %s and --%s: give a setting or reset it, not both", name, name)
+	}
+	over, err := p.overrides().reset(req.Reset)
+	if err != nil {
+		return orchestrator.Job{}, "", err
+	}
+	over = over.merge(req.Policy)
+	if err := a.policy(vm, over).Validate(); err != nil {
+		return orchestrator.Job{}, "", err
+	}
+	store, err := a.stores.get(req.Target)
+	if err != nil {
+		return orchestrator.Job{}, "", fmt.Errorf("%v; %s still replicates to %s", err, vm, from)
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, 20*time.Second)
+	defer cancel()
+	if _, err := store.VMs(ctx); err != nil {
+		return orchestrator.Job{}, "", fmt.Errorf("target %s does not answer or refuses this host: %w; %s still replicates to %s", req.Target, err, vm, from)
+	}
+	res, err := a.unprotect(vm)
+	if err != nil {
+		return orchestrator.Job{}, "", err
+	}
+	job, err := a.protect(ProtectRequest{VM: vm, Target: req.Target, Policy: over})
+	if err != nil {
+		// Back to the old target, which compares its replica with the
+		// disks rather than copying them again.
+		if _, berr := a.protect(ProtectRequest{VM: vm, Target: from, Policy: p.overrides()}); berr != nil {
+			return job, "", fmt.Errorf("%w; protecting it again to %s failed too: %v: run drfs protect %s", err, from, berr, vm)
+		}
+		return job, "", fmt.Errorf("%w; %s is protected to %s again, its replica there compared with the disks", err, vm, from)
+	}
+	msg := fmt.Sprintf("%s: target %s → %s: %s; the recovery points on %s stay (%s), its change log was dropped (%d generation(s), %s)",
+		vm, from, req.Target, job.Message, from, pointsKept(res.PointsKept), res.GenerationsDropped, units.Bytes(res.BytesDropped))
+	slog.Info(msg)
+	return job, msg, nil
+}
+
+// pointsKept says how many points unprotect left on the target (-1: the
+// target did not say).
+func pointsKept(n int) string {
+	if n < 0 {
+		return "the target did not say how many"
+	}
+	return fmt.Sprintf("%d point(s)", n)
 }
 
 func quotedOrNone(s string) string {

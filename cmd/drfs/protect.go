@@ -11,7 +11,7 @@ import (
 
 type protectCmd struct {
 	VM        string        `arg:"" help:"VM to protect: a folder (or one-disk image) of the agent's source directory. For a VM protected already, the settings given change in place."`
-	Target    string        `placeholder:"URL" help:"Target to replicate to (default: the agent's target)."`
+	Target    string        `placeholder:"URL" help:"Target to replicate to (default: the agent's target). For a VM protected already, another target moves its protection there: an initial copy (or a comparison with a replica it holds), the points on the old one kept."`
 	Interval  time.Duration `help:"Replication interval, 1s to 24h (30s, 5m and 15m are the usual choices; default: the agent's, 5m)."`
 	Retention time.Duration `help:"Keep recovery points this long, from the interval to 30 days (default: the agent's, 24h)."`
 	MaxPoints int           `name:"max-points" help:"Keep at most this many recovery points (default: no limit but the retention)."`
@@ -45,7 +45,7 @@ func (c *protectCmd) Run() error {
 	if err != nil {
 		return err
 	}
-	if ans.Changed != "" {
+	if ans.Changed != "" && ans.ID == 0 {
 		// Protected already: its settings changed in place.
 		if c.JSON {
 			return printJSON(protectResult{VM: c.VM, Changed: ans.Changed})
@@ -54,10 +54,13 @@ func (c *protectCmd) Run() error {
 		return nil
 	}
 	job := ans.Job
-	res := protectResult{VM: c.VM, Job: &job}
+	// Changed, with a job: moved to another target, protected anew there.
+	res := protectResult{VM: c.VM, Job: &job, Changed: ans.Changed}
 	out := os.Stdout
 	if c.JSON {
 		out = os.Stderr
+	} else if ans.Changed != "" {
+		fmt.Println(ans.Changed)
 	} else {
 		fmt.Printf("%s: %s\n", c.VM, job.Message)
 		fmt.Printf("%s: initial replication started (follow it with drfs jobs --vm %s, or drfs status %s)\n", c.VM, c.VM, c.VM)

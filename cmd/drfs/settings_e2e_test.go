@@ -36,8 +36,8 @@ func pointsOf(t *testing.T, tgt, vm string) []target.Point {
 // TestProtectSettings: drfs protect of a VM protected already changes its
 // interval, retention and max-points in place, says what changed, keeps
 // its state and points, and the new settings take effect from the next
-// round and survive a restart (kept in the agent's state); a new target is
-// refused with what to do instead.
+// round and survive a restart (kept in the agent's state); another target
+// moves the protection there, once it answers.
 func TestProtectSettings(t *testing.T) {
 	needFUSE(t)
 	d := newDirs(t)
@@ -106,12 +106,8 @@ func TestProtectSettings(t *testing.T) {
 	waitState(t, a, "vm1", orchestrator.Protected)
 	check("after a restart")
 
-	// A new target is refused, with what to do instead; so is nothing to
-	// change, and a policy that does not hold.
-	other := "dir://" + filepath.Join(filepath.Dir(d.state), "other")
-	if out, err := drfsRun(t, "protect", "vm1", "--target", other, "--socket", socket); err == nil || !strings.Contains(out, "drfs unprotect vm1, then drfs protect vm1 --target "+other) {
-		t.Errorf("drfs protect with a new target: %v\n%s", err, out)
-	}
+	// Nothing to change is refused, and so is a policy that does not
+	// hold.
 	if out, err := drfsRun(t, "protect", "vm1", "--socket", socket); err == nil || !strings.Contains(out, "protected already") {
 		t.Errorf("drfs protect with no setting: %v\n%s", err, out)
 	}
@@ -119,9 +115,30 @@ func TestProtectSettings(t *testing.T) {
 		t.Errorf("drfs protect with an interval over the retention: %v\n%s", err, out)
 	}
 	check("after refused changes")
-
-	a.stop(t)
 	verifyInSync(t, tgt, d.src, "vm1")
+
+	// Another target moves the protection there in place, once it
+	// answers: the VM keeps its settings, gets an initial copy there, and
+	// its points on the old target stay.
+	if out, err := drfsRun(t, "protect", "vm1", "--target", "https://127.0.0.1:1", "--socket", socket); err == nil || !strings.Contains(out, "vm1 still replicates to "+tgt) {
+		t.Errorf("drfs protect with a target that does not answer: %v\n%s", err, out)
+	}
+	check("after a target that does not answer")
+	kept := len(pointsOf(t, tgt, "vm1"))
+	other := "dir://" + filepath.Join(filepath.Dir(d.state), "other")
+	out, err = drfsRun(t, "protect", "vm1", "--target", other, "--wait", "--socket", socket)
+	if err != nil || !strings.Contains(out, "vm1: target "+tgt+" → "+other) || !strings.Contains(out, "vm1: Protected") {
+		t.Fatalf("drfs protect with a new target: %v\n%s\n%s", err, out, a.stderr)
+	}
+	if v := vmStatus(t, socket, "vm1"); v.Target != other || v.State != orchestrator.Protected || v.Interval != "1s" || v.MaxPoints != 2 {
+		t.Errorf("after the move: target %s, %s, interval %s, max-points %d; want %s, Protected, 1s, 2", v.Target, v.State, v.Interval, v.MaxPoints, other)
+	}
+	write(3)
+	a.stop(t)
+	verifyInSync(t, other, d.src, "vm1")
+	if n := len(pointsOf(t, tgt, "vm1")); n != kept {
+		t.Errorf("the old target holds %d point(s) after the move, %d before", n, kept)
+	}
 }
 
 // TestChangedBehindMount: a process that writes a protected VM's disk in
