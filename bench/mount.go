@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -127,8 +128,8 @@ type TargetReport struct {
 	PeakRSSRead  int64 `json:"peak_rss_read"`
 	// PageCacheWrite and PageCacheRead are the peak bytes of the target's
 	// files in the page cache (the backing file and, for drfs, the change
-	// log's), by mincore(2), sampled every 100 ms during the write and the
-	// read jobs.
+	// log's), by mincore(2), sampled every 100 ms while the write jobs and
+	// the cold read jobs run: what the target filled from a cold start.
 	PageCacheWrite int64 `json:"page_cache_write"`
 	PageCacheRead  int64 `json:"page_cache_read"`
 	// WorkloadWritten is what the write jobs wrote; LogWritten is what the
@@ -334,7 +335,12 @@ func runTarget(ctx context.Context, cfg MountConfig, tr targetRun, dir string) (
 	if m.log != nil && cfg.Rotate > 0 && len(writes) > 0 {
 		rot = startRotator(m.log, benchVM, cfg.Rotate)
 	}
-	cached := func() int64 { return residentUnder(m.files...) }
+	cached := func() int64 {
+		if !m.coldJob.Load() {
+			return 0
+		}
+		return residentUnder(m.files...)
+	}
 	mem := startMemWatch(m.pid, cached)
 	err = runJobs(ctx, cfg, tr, m, writes, rep)
 	rep.PeakRSSWrite, rep.PageCacheWrite = mem.Stop()
@@ -382,11 +388,15 @@ func runJobs(ctx context.Context, cfg MountConfig, tr targetRun, mt *mountedTarg
 			}
 		}
 		cachedAtStart := residentUnder(mt.backing)
+		// The page cache a target uses is what it fills from a cold start:
+		// not the laying out, the evictions, nor the warm-up read.
+		mt.coldJob.Store(!w.Warm)
 		stopProfile, err := startProfile(cfg.CPUProfile, tr, w)
 		if err != nil {
 			return err
 		}
 		m, err := cfg.Engine.Run(ctx, mt.path, cfg.Size, w, Limit{Runtime: cfg.Runtime})
+		mt.coldJob.Store(false)
 		stopProfile()
 		if err != nil {
 			return err
@@ -458,6 +468,7 @@ type mountedTarget struct {
 	close   func() error // unmounts and closes the log
 	pid     int          // the process that serves it; 0: this one
 	files   []string     // what it keeps in the page cache: the source directory, the change log
+	coldJob atomic.Bool  // a job that started from a cold page cache is running
 
 	// drfs only: the change log, its state directory, its write count.
 	log   *tracker.Log

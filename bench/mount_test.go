@@ -125,9 +125,9 @@ func TestRunMount(t *testing.T) {
 				if tr.PeakRSSWrite <= 0 || tr.PeakRSSRead <= 0 {
 					t.Errorf("%s: peak RSS %d (writes), %d (reads)", tr.Target, tr.PeakRSSWrite, tr.PeakRSSRead)
 				}
-				// The warm job reads all of the file, from the page cache.
-				if tr.PageCacheRead < cfg.Size {
-					t.Errorf("%s: peak page cache during the reads %d, want the file's %d at least", tr.Target, tr.PageCacheRead, cfg.Size)
+				// A target that writes through the page cache fills it.
+				if tr.Target == TargetDRFS && tr.PageCacheWrite == 0 {
+					t.Errorf("%s: no page cache during the writes", tr.Target)
 				}
 			}
 			drfs := rep.target(TargetDRFS)

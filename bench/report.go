@@ -86,7 +86,7 @@ func (r *MountReport) WriteTable(w io.Writer) error {
 		{"RSS of the serving process, write jobs", func(t TargetReport) int64 { return t.PeakRSSWrite }},
 		{"RSS of the serving process, read jobs", func(t TargetReport) int64 { return t.PeakRSSRead }},
 		{"page cache of its files, write jobs", func(t TargetReport) int64 { return t.PageCacheWrite }},
-		{"page cache of its files, read jobs", func(t TargetReport) int64 { return t.PageCacheRead }},
+		{"page cache of its files, cold read jobs", func(t TargetReport) int64 { return t.PageCacheRead }},
 	} {
 		fmt.Fprintf(tw, "%s\tMiB\t", row.name)
 		for _, t := range r.Targets {
@@ -107,7 +107,7 @@ func (r *MountReport) WriteTable(w io.Writer) error {
 			t.Rotations, t.Dropped, sizeString(t.LogOnDisk))
 	}
 	fmt.Fprintln(w, "\n(cold): the job starts with the file's pages dropped from the page cache; (warm): with the backing file read once in full.")
-	fmt.Fprintln(w, "RSS: this process for the in-process targets (native is the harness alone), passthrough_hp's own process; page cache: mincore(2) of the backing file and, for drfs, the change log.")
+	fmt.Fprintln(w, "RSS: this process for the in-process targets (native is the harness alone), passthrough_hp's own process; page cache: mincore(2) of the backing file and, for drfs, the change log, while the cold jobs run.")
 	return nil
 }
 

@@ -55,7 +55,7 @@ func TestWriteTableTargets(t *testing.T) {
 			t.Errorf("row %q: %q", row, got)
 		}
 	}
-	if !strings.Contains(table, "page cache of its files, read jobs") || !strings.Contains(table, "512.0") {
+	if !strings.Contains(table, "page cache of its files, cold read jobs") || !strings.Contains(table, "512.0") {
 		t.Error("no page cache row with drfs's 512 MiB")
 	}
 }
