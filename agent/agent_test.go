@@ -42,14 +42,14 @@ const (
 // testAgent is an agent over a source with one VM, vm1, of one disk.
 type testAgent struct {
 	*agent
-	t      *testing.T
-	src    string
-	state  string
-	url    string
-	clk    *clock.Fake
-	mount  *fakeMount
-	flaky  *flakyStore
-	log    *tracker.Log
+	t     *testing.T
+	src   string
+	state string
+	url   string
+	clk   *clock.Fake
+	mount *fakeMount
+	flaky *flakyStore
+	log   *tracker.Log
 	// cfgText is the agent's configuration file.
 	cfgText string
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"maps"
 	"net/url"
@@ -179,7 +178,7 @@ func startReplication(ctx context.Context, f *ReplicationOptions, source, state 
 	}
 	// The log learns of a disk when it is first opened through the mount;
 	// tell it of all of them now so that each VM is replicated whole.
-	err := WalkDisks(source, func(vm, disk, path string, size int64) error {
+	err := recovery.WalkDisks(source, func(vm, disk, path string, size int64) error {
 		d, err := log.OpenDisk(relPath(source, path), size)
 		if err != nil {
 			return err
@@ -452,7 +451,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 	none := func(error) {}
 	r.checkThreshold(vm)
 	disks := map[string]string{}
-	WalkVM(r.source, vm, func(_, disk, path string, _ int64) error {
+	recovery.WalkVM(r.source, vm, func(_, disk, path string, _ int64) error {
 		disks[disk] = path
 		return nil
 	})
@@ -614,7 +613,7 @@ func (r *replication) resyncDue(vm string, reasons map[string]string) (bool, tim
 // waits for the resync window, and when that opens (zero: never).
 func (r *replication) waitsForWindow(vm string) (bool, time.Time) {
 	disks := map[string]string{}
-	WalkVM(r.source, vm, func(_, disk, path string, _ int64) error {
+	recovery.WalkVM(r.source, vm, func(_, disk, path string, _ int64) error {
 		disks[disk] = path
 		return nil
 	})
@@ -1069,50 +1068,6 @@ func (r *replication) expire(vm string) {
 	if err := r.store.Expire(ctx, vm, before, 1); err != nil {
 		slog.Warn(fmt.Sprintf("%s: expiring old points: %v", vm, err))
 	}
-}
-
-// WalkDisks calls fn for every disk of the source directory: every
-// regular file in a top-level folder (a VM) and every top-level regular
-// file (a VM of one disk).
-func WalkDisks(source string, fn func(vm, disk, path string, size int64) error) error {
-	entries, err := os.ReadDir(source)
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if err := WalkVM(source, e.Name(), fn); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// WalkVM calls fn for every disk of vm.
-func WalkVM(source, vm string, fn func(vm, disk, path string, size int64) error) error {
-	root := filepath.Join(source, vm)
-	st, err := os.Lstat(root)
-	if err != nil {
-		return nil
-	}
-	if st.Mode().IsRegular() {
-		return fn(vm, vm, root, st.Size())
-	}
-	if !st.IsDir() {
-		return nil
-	}
-	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() || d.Name() == recovery.MarkerName {
-			// The marker a failover leaves beside the disks it made is
-			// not a disk.
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, path)
-		return fn(vm, filepath.ToSlash(rel), path, info.Size())
-	})
 }
 
 func relPath(source, path string) string {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/drfs-project/drfs/internal/clock"
+	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/target/wrap"
 
@@ -260,7 +261,7 @@ func (p *protection) poke() {
 func (a *agent) disksOf(vm string) (map[string]string, int64) {
 	disks := map[string]string{}
 	var total int64
-	WalkVM(a.cfg.Source, vm, func(_, disk, path string, size int64) error {
+	recovery.WalkVM(a.cfg.Source, vm, func(_, disk, path string, size int64) error {
 		disks[disk] = path
 		total += size
 		return nil
@@ -271,7 +272,7 @@ func (a *agent) disksOf(vm string) (map[string]string, int64) {
 // vmNames lists the VMs of the source directory.
 func (a *agent) vmNames() []string {
 	seen := map[string]bool{}
-	WalkDisks(a.cfg.Source, func(vm, _, _ string, _ int64) error {
+	recovery.WalkDisks(a.cfg.Source, func(vm, _, _ string, _ int64) error {
 		seen[vm] = true
 		return nil
 	})

@@ -2,19 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/orchestrator"
@@ -129,84 +121,12 @@ func (c *failoverStartCmd) runPlan(ctx context.Context, store target.Store, typ 
 		return nil, nil
 	}
 
-	lock, err := lockPlan(c.StateDir, plan.Name)
-	if err != nil {
-		return nil, err
+	failed, took, err := recovery.RunPlan(ctx, recovery.PlanOptions{Plan: plan, Type: typ, TargetURL: c.Target, Dir: c.To,
+		StateDir: c.StateDir, HookOut: c.hookOutput(), Jobs: jobs})
+	if failed == 0 && err != nil {
+		return nil, err // before the first step
 	}
-	defer lock.Close()
-	created, err := recovery.MakeDir(c.To)
-	if err != nil {
-		return nil, err
-	}
-	if err := recovery.WriteMarker(c.To, recovery.Marker{Type: typ, Target: recovery.RedactURL(c.Target), Time: time.Now().UTC(), Plan: plan.Name, VMs: plan.VMs()}); err != nil {
-		if created {
-			os.RemoveAll(c.To)
-		}
-		return nil, err
-	}
-	start := time.Now()
-	run := orchestrator.NewPlanRun(plan)
-	for {
-		s, ok := run.Next()
-		if !ok {
-			break
-		}
-		fmt.Fprintf(os.Stderr, "drfs: plan %s [%d/%d] %s\n", plan.Name, s.N, run.Len(), plan.Describe(s))
-		g := plan.Groups[s.Group]
-		var err error
-		switch s.Kind {
-		case orchestrator.StepHook:
-			_, err = recovery.RunHook(ctx, s.Command, []string{
-				"DRFS_PLAN=" + plan.Name,
-				"DRFS_GROUP=" + g.Name,
-				"DRFS_FAILOVER_TYPE=" + string(typ),
-				"DRFS_DIR=" + c.To,
-				"DRFS_VMS=" + strings.Join(g.VMs, " "),
-			}, c.hookOutput())
-			if err == nil {
-				run.Record(fmt.Sprintf("%s %s hook ran: %s", g.Name, s.Phase, s.Command))
-			}
-		case orchestrator.StepManual:
-			err = waitManual(ctx, c.StateDir, plan.Name, s, plan.Describe(s))
-			if err == nil {
-				run.Record(fmt.Sprintf("%s %s manual step continued: %s", g.Name, s.Phase, s.Message))
-			}
-		case orchestrator.StepFailover:
-			err = failoverGroup(ctx, s.VMs, jobs, run)
-		}
-		if err != nil {
-			return planReport(c, plan, typ, jobs, s.N, err, time.Since(start)), run.Fail(err)
-		}
-		run.Done()
-	}
-	fmt.Fprintf(os.Stderr, "drfs: plan %s done in %v: %d steps, VMs %s in %s\n", plan.Name, time.Since(start).Round(time.Millisecond), run.Len(), strings.Join(plan.VMs(), " "), c.To)
-	return planReport(c, plan, typ, jobs, 0, nil, time.Since(start)), nil
-}
-
-// failoverGroup fails the VMs of a group over in parallel, each into its
-// own directory, and records each that succeeded.
-func failoverGroup(ctx context.Context, vms []string, jobs map[string]*recovery.Failover, run *orchestrator.PlanRun) error {
-	done := make([]string, len(vms))
-	errs := make([]error, len(vms))
-	var wg sync.WaitGroup
-	for i, vm := range vms {
-		wg.Go(func() {
-			j := jobs[vm]
-			if err := os.Mkdir(j.Dir, 0o755); err != nil {
-				errs[i] = err
-			} else {
-				done[i], errs[i] = j.Run(ctx)
-			}
-			j.Err = errs[i]
-		})
-	}
-	wg.Wait()
-	for i := range vms {
-		if done[i] != "" {
-			run.Record(done[i])
-		}
-	}
-	return errors.Join(errs...)
+	return planReport(c, plan, typ, jobs, failed, err, took), err
 }
 
 // loadPlan reads and checks a plan file, printing each mistake.
@@ -248,82 +168,4 @@ func reportMistakes(file string, mistakes []error) error {
 		fmt.Fprintln(os.Stderr, e)
 	}
 	return fmt.Errorf("%s: %d mistakes (above)", file, len(mistakes))
-}
-
-// The rendezvous of a manual step, in the state directory:
-//
-//	PLAN.lock      flock(2)ed by the process that runs the plan
-//	PLAN.waiting   the step it waits at (JSON: step, message, token, pid)
-//	PLAN.continue  written by drfs plan continue: the token it saw
-//
-// The runner polls for PLAN.continue with its token, removes both files
-// and goes on. A stale file of a run that died is ignored: continue needs
-// the lock held, and a new run removes what an old one left.
-type planWait struct {
-	Step    int    `json:"step"`
-	What    string `json:"what"`
-	Message string `json:"message"`
-	Token   string `json:"token"`
-	PID     int    `json:"pid"`
-}
-
-func planFile(stateDir, plan, ext string) string { return filepath.Join(stateDir, plan+"."+ext) }
-
-// lockPlan takes the plan's lock, so that it runs once at a time, and
-// clears what a run before left.
-func lockPlan(stateDir, plan string) (*os.File, error) {
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("plan state directory: %w", err)
-	}
-	f, err := os.OpenFile(planFile(stateDir, plan, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("plan %s is running already (%s is locked)", plan, f.Name())
-	}
-	os.Remove(planFile(stateDir, plan, "waiting"))
-	os.Remove(planFile(stateDir, plan, "continue"))
-	return f, nil
-}
-
-// pollInterval is how often a waiting plan looks for drfs plan continue.
-const pollInterval = 200 * time.Millisecond
-
-// waitManual shows a manual step and waits for drfs plan continue.
-func waitManual(ctx context.Context, stateDir, plan string, s orchestrator.PlanStep, what string) error {
-	tok := make([]byte, 8)
-	rand.Read(tok)
-	w := planWait{Step: s.N, What: what, Message: s.Message, Token: hex.EncodeToString(tok), PID: os.Getpid()}
-	data, _ := json.Marshal(w)
-	waiting := planFile(stateDir, plan, "waiting")
-	if err := writePlanFile(waiting, data); err != nil {
-		return err
-	}
-	defer os.Remove(waiting)
-	fmt.Fprintf(os.Stderr, "drfs: plan %s: manual step: %s\n", plan, s.Message)
-	fmt.Fprintf(os.Stderr, "drfs: plan %s is waiting: when done, run drfs plan continue %s --state-dir %s\n", plan, plan, stateDir)
-	cont := planFile(stateDir, plan, "continue")
-	start := time.Now()
-	for {
-		if got, err := os.ReadFile(cont); err == nil && strings.TrimSpace(string(got)) == w.Token {
-			os.Remove(cont)
-			fmt.Fprintf(os.Stderr, "drfs: plan %s: continued after %v\n", plan, time.Since(start).Round(time.Second))
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("interrupted while waiting at the manual step")
-		case <-time.After(pollInterval):
-		}
-	}
-}
-
-func writePlanFile(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -165,26 +165,26 @@ func (c *planContinueCmd) Run() error {
 	if err := orchestrator.CheckPlanName(c.Plan); err != nil {
 		return err
 	}
-	data, err := os.ReadFile(planFile(c.StateDir, c.Plan, "waiting"))
+	data, err := os.ReadFile(recovery.PlanFile(c.StateDir, c.Plan, "waiting"))
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("plan %s is not waiting at a manual step (nothing in %s)", c.Plan, c.StateDir)
 	}
 	if err != nil {
 		return err
 	}
-	var w planWait
+	var w recovery.PlanWait
 	if err := json.Unmarshal(data, &w); err != nil {
 		return fmt.Errorf("plan %s: %w", c.Plan, err)
 	}
 	// The runner holds the lock while it waits; a free lock is a run that died.
-	if f, err := os.Open(planFile(c.StateDir, c.Plan, "lock")); err == nil {
+	if f, err := os.Open(recovery.PlanFile(c.StateDir, c.Plan, "lock")); err == nil {
 		free := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil
 		f.Close()
 		if free {
 			return fmt.Errorf("plan %s is not running (its run stopped while waiting at step %d): run it again", c.Plan, w.Step)
 		}
 	}
-	if err := writePlanFile(planFile(c.StateDir, c.Plan, "continue"), []byte(w.Token+"\n")); err != nil {
+	if err := recovery.WritePlanFile(recovery.PlanFile(c.StateDir, c.Plan, "continue"), []byte(w.Token+"\n")); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "drfs: plan %s continues after step %d (%s)\n", c.Plan, w.Step, w.What)

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -12,7 +10,6 @@ import (
 	"github.com/drfs-project/drfs/internal/recovery"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/orchestrator"
-	"github.com/drfs-project/drfs/resync"
 )
 
 type verifyCmd struct {
@@ -23,40 +20,6 @@ type verifyCmd struct {
 	JSON   bool   `help:"Print the comparison as JSON (the exit status is the same: 1 when the VM diverges)."`
 	targets.TLS
 	socketFlag // an agent there that protects the VM gets its own repair hint
-}
-
-// verifyResult is what drfs verify found.
-type verifyResult struct {
-	VM             string             `json:"vm"`
-	Source         string             `json:"source"`
-	Target         string             `json:"target"`
-	Point          recovery.PointRef  `json:"point"`
-	InSync         bool               `json:"in_sync"`
-	Disks          []verifyDiskResult `json:"disks"`
-	ChunksCompared int64              `json:"chunks_compared"`
-	ChecksumBytes  int64              `json:"checksum_bytes"` // exchanged with the store
-	Repair         string             `json:"repair,omitempty"`
-}
-
-// verifyDiskResult is one disk of a verifyResult: of the point, of the
-// source, or of both.
-type verifyDiskResult struct {
-	Name   string `json:"name"`
-	InSync bool   `json:"in_sync"`
-	// Missing is "source" for a disk of the point that the source lacks,
-	// "point" for a disk of the source that the point lacks.
-	Missing        string       `json:"missing,omitempty"`
-	Size           int64        `json:"size"`       // on the source
-	PointSize      int64        `json:"point_size"` // in the point
-	BytesDiffering int64        `json:"bytes_differing"`
-	ChunksCompared int64        `json:"chunks_compared"`
-	Ranges         []rangeBytes `json:"ranges"` // of the source that differ from the point
-}
-
-// rangeBytes is a byte range of a disk.
-type rangeBytes struct {
-	Offset int64 `json:"offset"`
-	Length int64 `json:"length"`
 }
 
 // Run compares every disk of the VM with the point, chunk by chunk, where
@@ -80,64 +43,30 @@ func (c *verifyCmd) Run() error {
 }
 
 // verify compares the VM's disks with the point.
-func (c *verifyCmd) verify() (verifyResult, error) {
-	res := verifyResult{VM: c.VM, Source: c.Source, Target: recovery.RedactURL(c.Target), InSync: true, Disks: []verifyDiskResult{}}
+func (c *verifyCmd) verify() (recovery.VerifyReport, error) {
 	store, err := targets.OpenExisting(c.Target, c.TLS)
 	if err != nil {
-		return res, err
+		return recovery.VerifyReport{}, err
 	}
 	defer store.Close()
 	ctx := context.Background()
 	points, err := store.Points(ctx, c.VM)
 	if err != nil {
-		return res, fmt.Errorf("points of %s on %s: %w", c.VM, c.Target, err)
+		return recovery.VerifyReport{}, fmt.Errorf("points of %s on %s: %w", c.VM, c.Target, err)
 	}
 	p, err := choosePoint(points, c.Point)
 	if err != nil {
-		return res, fmt.Errorf("%s: %w", c.VM, err)
+		return recovery.VerifyReport{}, fmt.Errorf("%s: %w", c.VM, err)
 	}
-	res.Point = recovery.RefOf(p)
-	disks := map[string]string{}
-	sizes := map[string]int64{}
-	agent.WalkVM(c.Source, c.VM, func(_, disk, path string, size int64) error {
-		disks[disk], sizes[disk] = path, size
-		return nil
-	})
-	for _, d := range p.Disks {
-		path, ok := disks[d.Name]
-		if !ok {
-			res.Disks = append(res.Disks, verifyDiskResult{Name: d.Name, Missing: "source", PointSize: d.Size, Ranges: []rangeBytes{}})
-			continue
-		}
-		delete(disks, d.Name)
-		r, err := recovery.VerifyFile(ctx, store, c.VM, p.Generation, d.Name, path)
-		if err != nil && !errors.Is(err, resync.ErrDiverged) {
-			return res, err
-		}
-		vd := verifyDiskResult{Name: d.Name, InSync: r.InSync(), Size: r.Size, PointSize: r.TargetSize,
-			BytesDiffering: r.SendBytes(), ChunksCompared: r.Compared(), Ranges: []rangeBytes{}}
-		for _, e := range r.Ranges {
-			vd.Ranges = append(vd.Ranges, rangeBytes{Offset: e.Off, Length: e.Len})
-		}
-		res.Disks = append(res.Disks, vd)
-		res.ChunksCompared += r.Compared()
-		res.ChecksumBytes += r.SumBytesUp + r.SumBytesDown
-	}
-	extra := slices.Sorted(maps.Keys(disks))
-	for _, name := range extra {
-		res.Disks = append(res.Disks, verifyDiskResult{Name: name, Missing: "point", Size: sizes[name], Ranges: []rangeBytes{}})
-	}
-	for _, d := range res.Disks {
-		res.InSync = res.InSync && d.InSync
-	}
-	if !res.InSync {
+	res, err := recovery.VerifyVM(ctx, store, c.Target, c.VM, c.Source, p)
+	if err == nil && !res.InSync {
 		res.Repair = repairHint(c.VM, c.Target, c.Socket)
 	}
-	return res, nil
+	return res, err
 }
 
 // printVerify prints res as text.
-func printVerify(res verifyResult) {
+func printVerify(res recovery.VerifyReport) {
 	id := fmt.Sprint(res.Point.Generation)
 	for _, d := range res.Disks {
 		switch {
