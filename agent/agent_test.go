@@ -458,6 +458,64 @@ func TestRestart(t *testing.T) {
 	}
 }
 
+// TestCrashRestart: an agent killed (its state directory as a kill -9
+// leaves it: the change log not closed) and started again says why its
+// disks are resynchronized, compares them with the target (only what
+// differs travels), and is Protected again with a point equal to the
+// disk; nothing is copied whole again.
+func TestCrashRestart(t *testing.T) {
+	ta := newTestAgent(t, "resync-window: always\n")
+	ta.protect()
+	ta.write(5)
+	ta.advance(interval)
+	ta.until("a point", func(VMView) bool { return len(ta.points()) == 3 })
+	ta.write(5) // in the log, not shipped
+	ta.idle()
+	crashed := t.TempDir()
+	if err := os.CopyFS(crashed, os.DirFS(ta.state)); err != nil {
+		t.Fatal(err)
+	}
+	ta.close()
+	ta.state = crashed
+	ta.cfgText = replaceSetting(ta.cfgText, "state", crashed)
+	ta.start()
+	v := ta.until("a resync after the crash", func(v VMView) bool {
+		return v.State == orchestrator.Resynchronizing || v.State == orchestrator.Protected && len(ta.points()) > 4
+	})
+	if v.State == orchestrator.Resynchronizing && !strings.Contains(v.ResyncReason, "dirty shutdown") {
+		t.Errorf("resynchronizing after a crash, for the reason %q", v.ResyncReason)
+	}
+	v = ta.until("protected again", func(v VMView) bool { return v.State == orchestrator.Protected && v.Job == nil })
+	if v.Health.Level != orchestrator.Normal {
+		t.Errorf("after the resync: health %s (%s)", v.Health.Level, v.Health.Reason)
+	}
+	if p := ta.checkNewest(); !p.Kind.Consistent() {
+		t.Errorf("the point after the crash's resync is %s", p.Kind)
+	}
+	if ta.mount.snapshots.Load() > 1 {
+		t.Errorf("%d snapshots after the crash", ta.mount.snapshots.Load())
+	}
+	resynced := false
+	for _, j := range ta.jobs.List("vm1") {
+		resynced = resynced || j.Kind == orchestrator.JobResync && j.State == orchestrator.JobSucceeded
+	}
+	if !resynced {
+		t.Error("no resync job after the crash")
+	}
+}
+
+// replaceSetting sets the value of a top-level setting of a configuration.
+func replaceSetting(cfg, name, value string) string {
+	var out []string
+	for _, line := range strings.Split(cfg, "\n") {
+		if strings.HasPrefix(line, name+":") {
+			line = name + ": " + value
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n")
+}
+
 // TestResetSettings: a setting drfs protect gave a protected VM goes
 // back to the agent's configuration with --reset, in place: drfs status
 // shows it, the rounds follow it, and a restart keeps it.
