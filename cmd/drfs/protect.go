@@ -17,7 +17,7 @@ type protectCmd struct {
 	MaxPoints int           `name:"max-points" help:"Keep at most this many recovery points (default: no limit but the retention)."`
 	AppHook   string        `name:"app-consistent-hook" placeholder:"CMD" help:"Command run with DRFS_PHASE=freeze before a cut and DRFS_PHASE=thaw after it (DRFS_VM, DRFS_DISKS set), e.g. a script around virsh domfsfreeze/domfsthaw: that point is app-consistent."`
 	AppEvery  time.Duration `name:"app-consistent-every" help:"How often the app-consistency hook makes an app-consistent point (at most once per interval; default 1h)."`
-	Reset     []string      `placeholder:"SETTING,..." help:"For a VM protected already: give these settings back to the agent's configuration: interval, retention, max-points, app-consistent-hook, app-consistent-every, or all."`
+	Reset     []string      `placeholder:"SETTING" help:"For a VM protected already: give these settings back to the agent's configuration: interval, retention, max-points, app-consistent-hook, app-consistent-every, or all."`
 	Wait      bool          `help:"Wait until the VM is Protected (or its protection fails), showing progress."`
 	JSON      bool          `help:"Print the result as JSON: the job, and with --wait the VM's status at the end (progress goes to stderr)."`
 	socketFlag
