@@ -2,11 +2,13 @@ package fs
 
 import (
 	"context"
+	"os"
 	"syscall"
 	"unsafe"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,9 +41,15 @@ func (f *file) PassthroughFd() (int, bool) {
 // copy (measured: 4 KiB random reads 16-22% faster).
 const smallRead = 32 << 10
 
-// Read reads from the backing file; go-fuse splices large reads to the
-// kernel. Reads take no lock: a read racing a write may see either, as on
-// any file.
+// spliceMax is the largest read go-fuse can splice: its pipe holds the
+// reply header, the data and one more page, within fs.pipe-max-size (1 MiB
+// by default, room for a read of maxRequest; an administrator may lower
+// it). go-fuse would log a larger read's failed splice on every request.
+var spliceMax = splice.MaxPipeSize() - os.Getpagesize() - int(unsafe.Sizeof(fuse.OutHeader{}))
+
+// Read reads from the backing file; go-fuse splices the reads between
+// smallRead and spliceMax to the kernel. Reads take no lock: a read racing
+// a write may see either, as on any file.
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if len(dest) <= smallRead {
 		n, err := unix.Pread(f.fd, dest, off)
@@ -49,6 +57,15 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 			return nil, gofs.ToErrno(err)
 		}
 		return fuse.ReadResultData(dest[:n]), 0
+	}
+	if len(dest) > spliceMax {
+		// A vector, not ReadResultData: go-fuse tries to splice every
+		// other result, and would fail and log it.
+		n, err := unix.Pread(f.fd, dest, off)
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		return fuse.ReadResultVector([][]byte{dest[:n]}), 0
 	}
 	return fuse.ReadResultFd(uintptr(f.fd), off, len(dest)), 0
 }

@@ -85,6 +85,9 @@ func TestNoPassthrough(t *testing.T) {
 	if !mo.DisableXAttrs || mo.MaxBackground != 64 {
 		t.Errorf("DisableXAttrs %v, MaxBackground %d; want true, 64", mo.DisableXAttrs, mo.MaxBackground)
 	}
+	if mo.MaxWrite != maxRequest {
+		t.Errorf("MaxWrite %d, want %d", mo.MaxWrite, maxRequest)
+	}
 
 	// What the kernel and the daemon actually agreed, from the debug log:
 	// the INIT reply, and every OPEN and CREATE reply (a passthrough open
