@@ -51,16 +51,12 @@ var spliceMax = splice.MaxPipeSize() - os.Getpagesize() - int(unsafe.Sizeof(fuse
 // smallRead and spliceMax to the kernel. Reads take no lock: a read racing
 // a write may see either, as on any file.
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if len(dest) <= smallRead {
-		n, err := unix.Pread(f.fd, dest, off)
-		if err != nil {
-			return nil, gofs.ToErrno(err)
-		}
-		return fuse.ReadResultData(dest[:n]), 0
-	}
-	if len(dest) > spliceMax {
-		// A vector, not ReadResultData: go-fuse tries to splice every
-		// other result, and would fail and log it.
+	if len(dest) <= smallRead || len(dest) > spliceMax {
+		// A vector, not ReadResultData: go-fuse writes a vector with one
+		// writev to /dev/fuse, but tries to splice every other result.
+		// For ReadResultData that costs three wasted system calls per
+		// READ (the header written into a pipe, then drained to
+		// /dev/null and FIONREAD); above spliceMax it fails and logs.
 		n, err := unix.Pread(f.fd, dest, off)
 		if err != nil {
 			return nil, gofs.ToErrno(err)
