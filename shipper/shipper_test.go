@@ -292,9 +292,13 @@ func TestRetryRewindsStream(t *testing.T) {
 	ctx := context.Background()
 	disks := []*disk{e.openDisk("vm/a.img"), e.openDisk("vm/b.img"), e.openDisk("vm/c.img")}
 	for _, dk := range disks {
-		// Enough for several flushes of the frame writer.
-		for range 40 {
-			dk.write(rng.Int64N(4<<20), randomData(rng, 1+rng.Int64N(32<<10)))
+		// Enough for several flushes of the frame writer, and
+		// incompressible, so that each stream is longer than its second
+		// cut (200 KiB): 40 disjoint writes of 8 to 32 KiB random bytes.
+		for i := range int64(40) {
+			b := make([]byte, 8<<10+rng.Int64N(24<<10))
+			fillRandom(rng, b)
+			dk.write(i*64<<10+rng.Int64N(32<<10), b)
 		}
 	}
 	gen := rotateModel(t, e, "vm")
