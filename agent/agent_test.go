@@ -189,7 +189,12 @@ func (ta *testAgent) reader() targets.Store {
 // points lists the points of vm1 on the target.
 func (ta *testAgent) points() []target.Point {
 	ta.t.Helper()
-	ps, err := ta.reader().Points(context.Background(), "vm1")
+	s, err := targets.OpenExisting(ta.url, targets.TLS{})
+	if err != nil {
+		ta.t.Fatal(err)
+	}
+	defer s.Close()
+	ps, err := s.Points(context.Background(), "vm1")
 	if err != nil && !errors.Is(err, target.ErrNotFound) {
 		ta.t.Fatal(err)
 	}
@@ -458,11 +463,32 @@ func TestRestart(t *testing.T) {
 	}
 }
 
-// TestCrashRestart: an agent killed (its state directory as a kill -9
-// leaves it: the change log not closed) and started again says why its
-// disks are resynchronized, compares them with the target (only what
-// differs travels), and is Protected again with a point equal to the
-// disk; nothing is copied whole again.
+// crash leaves the agent's state directory as a kill -9 of the agent
+// would, and starts the agent again on it: it copies the directory while
+// the agent runs (the change log not closed, the in-flight table as it
+// is), then closes the agent. hostCrash removes the copy's in-flight table,
+// as a crash of the host leaves it in effect (its pages were in memory).
+func (ta *testAgent) crash(hostCrash bool) {
+	ta.t.Helper()
+	crashed := ta.t.TempDir()
+	if err := os.CopyFS(crashed, os.DirFS(ta.state)); err != nil {
+		ta.t.Fatal(err)
+	}
+	if hostCrash {
+		if err := os.Remove(filepath.Join(crashed, "inflight")); err != nil {
+			ta.t.Fatal(err)
+		}
+	}
+	ta.close()
+	ta.state = crashed
+	ta.cfgText = replaceSetting(ta.cfgText, "state", crashed)
+	ta.start()
+}
+
+// TestCrashRestart: an agent killed (kill -9: the change log not closed,
+// the page cache intact) and started again is Protected again at once,
+// without resynchronizing anything: what it logged before the crash is
+// shipped, and the next point equals the disk.
 func TestCrashRestart(t *testing.T) {
 	ta := newTestAgent(t, "resync-window: always\n")
 	ta.protect()
@@ -471,14 +497,38 @@ func TestCrashRestart(t *testing.T) {
 	ta.until("a point", func(VMView) bool { return len(ta.points()) == 3 })
 	ta.write(5) // in the log, not shipped
 	ta.idle()
-	crashed := t.TempDir()
-	if err := os.CopyFS(crashed, os.DirFS(ta.state)); err != nil {
-		t.Fatal(err)
+	ta.crash(false)
+	if v := ta.view(); v.State != orchestrator.Protected || v.ResyncReason != "" {
+		t.Fatalf("after a crash of the agent: %s (resync reason %q)", v.State, v.ResyncReason)
 	}
-	ta.close()
-	ta.state = crashed
-	ta.cfgText = replaceSetting(ta.cfgText, "state", crashed)
-	ta.start()
+	ta.until("the writes before the crash shipped", func(v VMView) bool { return len(ta.points()) > 3 })
+	if p := ta.checkNewest(); !p.Kind.Consistent() {
+		t.Errorf("the point after the crash is %s", p.Kind)
+	}
+	for _, j := range ta.jobs.List("vm1") {
+		if j.Kind == orchestrator.JobResync {
+			t.Errorf("a resync job after a crash of the agent: %+v", j)
+		}
+	}
+	if ta.mount.snapshots.Load() > 1 {
+		t.Errorf("%d snapshots after the crash", ta.mount.snapshots.Load())
+	}
+}
+
+// TestHostCrashRestart: after a crash of the host (the in-flight table
+// lost with the page cache) the restarted agent says why its disks are
+// resynchronized, compares them with the target (only what differs
+// travels), and is Protected again with a point equal to the disk; nothing
+// is copied whole again.
+func TestHostCrashRestart(t *testing.T) {
+	ta := newTestAgent(t, "resync-window: always\n")
+	ta.protect()
+	ta.write(5)
+	ta.advance(interval)
+	ta.until("a point", func(VMView) bool { return len(ta.points()) == 3 })
+	ta.write(5) // in the log, not shipped
+	ta.idle()
+	ta.crash(true)
 	v := ta.until("a resync after the crash", func(v VMView) bool {
 		return v.State == orchestrator.Resynchronizing || v.State == orchestrator.Protected && len(ta.points()) > 4
 	})

@@ -17,6 +17,7 @@ import (
 	"github.com/drfs-project/drfs/internal/control"
 	"github.com/drfs-project/drfs/internal/targets"
 	"github.com/drfs-project/drfs/internal/tracked"
+	"github.com/drfs-project/drfs/internal/units"
 	"github.com/drfs-project/drfs/orchestrator"
 	"github.com/drfs-project/drfs/tracker"
 )
@@ -59,7 +60,7 @@ func Run(o Options, stop chan os.Signal) error {
 			return fmt.Errorf("no source-id set and the host name is unknown: %w", err)
 		}
 	}
-	log, err := tracker.Open(tracker.Options{Dir: cfg.State, Source: cfg.Source, BlockSize: o.BlockSize})
+	log, err := openLog(tracker.Options{Dir: cfg.State, Source: cfg.Source, BlockSize: o.BlockSize})
 	if err != nil {
 		return err
 	}
@@ -162,7 +163,7 @@ func RunMount(o MountOptions, stop chan os.Signal) error {
 		}
 		defer store.Close()
 	}
-	log, err := tracker.Open(tracker.Options{Dir: o.State, Source: o.Source, BlockSize: o.BlockSize})
+	log, err := openLog(tracker.Options{Dir: o.State, Source: o.Source, BlockSize: o.BlockSize})
 	if err != nil {
 		return err
 	}
@@ -224,4 +225,18 @@ func RunMount(o MountOptions, stop chan os.Signal) error {
 		return removedOutside(o.Mountpoint, o.Source)
 	}
 	return nil
+}
+
+// openLog opens the change log and says how it recovered from a crash of
+// the process that had it open before.
+func openLog(opts tracker.Options) (*tracker.Log, error) {
+	log, err := tracker.Open(opts)
+	if err != nil {
+		return nil, err
+	}
+	if r := log.Recovered(); r.ProcessCrash {
+		slog.Info(fmt.Sprintf("change log: the previous drfs process died without closing it; recovered from its in-flight table: %d change(s) in flight recorded again (%s read from the disks), no disk resynchronized for it",
+			r.InFlight, units.Bytes(r.Reread)))
+	}
+	return log, nil
 }

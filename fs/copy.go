@@ -43,6 +43,7 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn ui
 	held := d.lock.lockRange(int64(offOut), int64(length))
 	defer d.lock.unlockRange(held)
 	d.preserve(int64(offOut), int64(length))
+	defer d.done(d.intend(int64(offOut), int64(length)))
 	count, err := unix.CopyFileRange(in.fd, &oi, dst.fd, &oo, int(length), int(flags))
 	if count > 0 {
 		d.rec.Changed(int64(offOut), int64(count), &dst.src)

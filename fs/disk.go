@@ -73,6 +73,22 @@ func (d *disk) touched() {
 // caller holds the block lock of the range (or the whole file) and has not
 // changed it yet. n < 0 means up to the end of the file. Without a
 // snapshot it costs an atomic load.
+// intend tells an InFlightRecorder that [off, off+n) of the backing file is
+// about to change (n < 0: to its end), and returns the token for done.
+func (d *disk) intend(off, n int64) uint32 {
+	if r, ok := d.rec.(InFlightRecorder); ok {
+		return r.Begin(off, n)
+	}
+	return 0
+}
+
+// done ends what intend began.
+func (d *disk) done(token uint32) {
+	if r, ok := d.rec.(InFlightRecorder); ok {
+		r.End(token)
+	}
+}
+
 func (d *disk) preserve(off, n int64) {
 	if s := d.snap.Load(); s != nil {
 		s.preserve(off, n)

@@ -81,10 +81,12 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	defer d.end()
 	held := d.lock.lockRange(off, int64(len(data)))
 	d.preserve(off, int64(len(data)))
+	token := d.intend(off, int64(len(data)))
 	n, err := pwrite(f.fd, data, off)
 	if n > 0 {
 		d.rec.Written(off, data[:n], &f.src)
 	}
+	d.done(token)
 	d.lock.unlockRange(held)
 	return uint32(n), gofs.ToErrno(err)
 }

@@ -47,6 +47,7 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 		held := d.lock.lockRange(o, n)
 		defer d.lock.unlockRange(held)
 		d.preserve(o, n)
+		defer d.done(d.intend(o, n))
 		if err := fallocate(f.fd, mode, o, n); err != nil {
 			return gofs.ToErrno(err)
 		}
@@ -59,6 +60,7 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 
 	d.lock.lockFile()
 	defer d.lock.unlockFile()
+	defer d.done(d.intend(o, -1))
 	before, err := f.size()
 	if err != nil {
 		return gofs.ToErrno(err)
@@ -134,6 +136,7 @@ func (f *file) truncate(ctx context.Context, size int64) syscall.Errno {
 	d.lock.lockFile()
 	defer d.lock.unlockFile()
 	d.preserve(size, -1)
+	defer d.done(d.intend(size, -1))
 	if err := unix.Ftruncate(f.fd, size); err != nil {
 		return gofs.ToErrno(err)
 	}
@@ -160,6 +163,7 @@ func (f *file) truncateOnOpen(ctx context.Context, n *node, rel string, flags ui
 	}
 	if f.disk != nil {
 		f.disk.preserve(0, -1)
+		defer f.disk.done(f.disk.intend(0, -1))
 	}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		err = unix.Ftruncate(f.fd, 0)

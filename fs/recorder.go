@@ -72,6 +72,21 @@ type DiskRecorder interface {
 	Release()
 }
 
+// InFlightRecorder is a DiskRecorder that keeps, where the death of the
+// process does not erase it, which changes fs has begun and not yet
+// reported: after a kill -9 it can record those ranges again instead of
+// losing track of the whole disk. fs calls Begin before it changes the
+// backing file, with the block lock of the change held, and End with
+// Begin's token once the report (Written, Zeroed, Changed, Resized) has
+// returned or the change failed. n < 0 means from off to the end of the
+// file, for a change of its size. Begin may wait while many changes are in
+// flight; it does not fail.
+type InFlightRecorder interface {
+	DiskRecorder
+	Begin(off, n int64) uint32
+	End(token uint32)
+}
+
 // MetadataRecorder is a DiskRecorder that also hears of the changes of a
 // disk's file that move its ctime but no byte of it: mode, owner, times,
 // extended attributes, and fallocate's reservations. fs calls Touched after

@@ -155,6 +155,32 @@ func (d *Disk) enter() (*Disk, bool) {
 	}
 }
 
+// Begin records, where it survives the death of the process, that a change
+// of [off, off+n) of the disk's file is about to be made (n < 0: a change
+// of its size), so that after a kill -9 the next Open records that range
+// again from the file rather than resynchronizing every disk. Call it
+// before changing the file, under the same block lock as the report that
+// follows, and End with its token after the report. It may wait while
+// tableSlots changes are in flight. The token is 0 when the log keeps no
+// in-flight table (End accepts it).
+func (d *Disk) Begin(off, n int64) uint32 {
+	t := d.l.inflight
+	if t == nil || d.l.closed.Load() {
+		return 0
+	}
+	for f := d.forward.Load(); f != nil; f = f.forward.Load() {
+		d = f
+	}
+	return t.begin(d.id, off, n)
+}
+
+// End frees the token of a Begin.
+func (d *Disk) End(token uint32) {
+	if token != 0 {
+		d.l.inflight.end(token)
+	}
+}
+
 // Written records that data was written at off. Blocks only partly covered
 // by data are read back whole from src.
 func (d *Disk) Written(off int64, data []byte, src io.ReaderAt) {

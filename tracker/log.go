@@ -100,6 +100,14 @@ type Log struct {
 
 	// dirty: the state directory was not closed cleanly before this Open.
 	dirty bool
+	// inflight is the in-flight table (inflight.go); nil when the state
+	// directory is not on the operating system's file system, or
+	// read-only. crash is what the previous process left in it, until
+	// Open has acted on it; recovered, what that recovery did.
+	inflight  *inFlight
+	crash     crashState
+	recovered Recovery
+	stopBeat  chan struct{} // closed by Close: ends the heartbeat
 
 	// full: the state directory ran out of space (see reserve.go); space
 	// holds the reserve's state and why it is full.
@@ -204,7 +212,8 @@ func Open(opts Options) (*Log, error) {
 	if bs := opts.BlockSize; bs < 512 || bs > 16<<20 || bs&(bs-1) != 0 {
 		return nil, fmt.Errorf("tracker: block size %d is not a power of two from 512 to 16 MiB", bs)
 	}
-	if opts.FS == nil {
+	osFS := opts.FS == nil
+	if osFS {
 		opts.FS = vfs.Default
 	}
 	if opts.Clock == nil {
@@ -265,6 +274,13 @@ func Open(opts Options) (*Log, error) {
 		}
 	}
 	l := &Log{opts: opts, fs: fs, bs: int64(opts.BlockSize), db: db, lock: lock, readAhead: prefetchWindow}
+	if osFS && !opts.ReadOnly {
+		if l.inflight, l.crash, err = openInFlight(opts.Dir); err != nil {
+			db.Close()
+			lock.Close()
+			return nil, err
+		}
+	}
 	full.Store(l)
 	l.mu.vms = make(map[string]*vm)
 	l.mu.vmByID = make(map[uint32]*vm)
@@ -277,10 +293,17 @@ func Open(opts Options) (*Log, error) {
 		return &b
 	}
 	if err := l.load(); err != nil {
+		if l.inflight != nil {
+			l.inflight.detach()
+		}
 		l.closeFiles()
 		db.Close()
 		lock.Close()
 		return nil, err
+	}
+	if l.inflight != nil {
+		l.stopBeat = make(chan struct{})
+		go l.heartbeat()
 	}
 	if !opts.ReadOnly {
 		if startFull {
@@ -405,6 +428,9 @@ func (l *Log) load() error {
 		clean = c != nil
 	}
 	l.dirty = !clean
+	// A process that died on this host left its writes in the page cache:
+	// only what it had in flight can be missing from the log.
+	processCrash := l.dirty && l.crash.sameBoot
 
 	if err := l.loadMeta(); err != nil {
 		return fmt.Errorf("tracker: reading the index of %s: %w", dir, err)
@@ -415,7 +441,7 @@ func (l *Log) load() error {
 	}
 	sort.Slice(vms, func(i, j int) bool { return vms[i].id < vms[j].id })
 	for _, v := range vms {
-		if err := l.recoverVM(v, clean); err != nil {
+		if err := l.recoverVM(v, clean, processCrash); err != nil {
 			return fmt.Errorf("tracker: recovering VM %s in %s: %w", v.name, dir, err)
 		}
 	}
@@ -423,13 +449,16 @@ func (l *Log) load() error {
 		l.removeOrphanSegments()
 	}
 	disks := l.sortedDisks()
-	if l.dirty {
+	switch {
+	case processCrash:
+		l.recoverInFlight(disks)
+	case l.dirty:
 		for _, d := range disks {
 			if !d.meta.removed {
 				l.markResync(d, reasonDirty)
 			}
 		}
-	} else {
+	default:
 		for _, d := range disks {
 			if !d.meta.removed && d.meta.hasIdentity {
 				if why := l.identityChanged(d); why != "" {
@@ -437,6 +466,12 @@ func (l *Log) load() error {
 				}
 			}
 		}
+	}
+	// What the previous process left is acted on (a crash before this
+	// point finds it again).
+	l.crash = crashState{}
+	if l.inflight != nil {
+		l.inflight.reset(bootID())
 	}
 	// The base of the checks for changes behind the mount's back.
 	l.mu.Lock()
@@ -554,7 +589,11 @@ func (l *Log) loadMeta() error {
 // recoverVM rebuilds the VM's generations that were not frozen from their
 // segments. The last one stays active when the log was closed cleanly and
 // its segment ends with a whole record; the others are frozen now.
-func (l *Log) recoverVM(v *vm, clean bool) error {
+//
+// After a process crash (skipHoles) the scan goes past the records that
+// were in flight, and the last generation stays active: recoverInFlight
+// then records again the blocks those records held.
+func (l *Log) recoverVM(v *vm, clean, skipHoles bool) error {
 	gens := v.mu.gens
 	for i, gi := range gens {
 		if gi.frozen {
@@ -566,11 +605,14 @@ func (l *Log) recoverVM(v *vm, clean bool) error {
 			continue
 		}
 		last := i == len(gens)-1
-		g, res, err := l.recoverGeneration(v, gi)
+		g, res, err := l.recoverGeneration(v, gi, skipHoles)
 		damaged := err != nil || res.torn()
+		if skipHoles {
+			damaged = err != nil || res.unexplained
+		}
 		// A torn tail is expected after a crash (every disk is flagged
 		// then anyway); after a clean close it means records were lost.
-		if clean && damaged {
+		if (clean || skipHoles) && damaged {
 			for id := range g.mu.disks {
 				if d := l.mu.disks[id]; d != nil {
 					l.markResync(d, fmt.Sprintf("%s (generation %d)", reasonDamaged, gi.n))
@@ -578,7 +620,7 @@ func (l *Log) recoverVM(v *vm, clean bool) error {
 			}
 		}
 		gi.live = g
-		if l.opts.ReadOnly || (last && clean && !damaged) {
+		if l.opts.ReadOnly || (last && (clean || skipHoles) && !damaged) {
 			v.active = g
 			continue
 		}
@@ -616,7 +658,7 @@ func (l *Log) recoverVM(v *vm, clean bool) error {
 // recoverGeneration rebuilds a generation's index by reading its segment.
 // It always returns a usable generation, empty when the segment is missing
 // or unreadable (the error says so).
-func (l *Log) recoverGeneration(v *vm, gi *genInfo) (*generation, scanResult, error) {
+func (l *Log) recoverGeneration(v *vm, gi *genInfo, skipHoles bool) (*generation, scanResult, error) {
 	g := &generation{n: gi.n, created: gi.created}
 	g.mu.disks = make(map[uint32]*genDisk)
 	path := segmentPath(l.fs, l.opts.Dir, v.id, gi.n)
@@ -631,7 +673,7 @@ func (l *Log) recoverGeneration(v *vm, gi *genInfo) (*generation, scanResult, er
 	if err != nil {
 		return g, scanResult{}, err
 	}
-	res, err := scanSegment(f, l.bs, func(h recHeader, dataOff int64) {
+	res, err := scanSegment(f, l.bs, skipHoles, func(h recHeader, dataOff int64) {
 		d := l.mu.disks[h.disk]
 		if d == nil {
 			return
@@ -654,6 +696,15 @@ func (l *Log) recoverGeneration(v *vm, gi *genInfo) (*generation, scanResult, er
 	}
 	g.seg.f = f
 	g.seg.tail.Store(max(res.end, segHeaderSize))
+	if skipHoles && err == nil && !res.unexplained {
+		// New records go after everything the dead process wrote, and
+		// what it tore reads as a hole from now on, so that the next
+		// scan finds the same records.
+		g.seg.tail.Store(max(res.size, segHeaderSize))
+		if err = zeroRanges(f, res.junk); err != nil {
+			err = fmt.Errorf("clearing the torn records of %s: %w", path, err)
+		}
+	}
 	return g, res, err
 }
 
@@ -743,6 +794,10 @@ func (l *Log) Close() error {
 		}
 	}
 	l.closeFiles()
+	if l.inflight != nil {
+		close(l.stopBeat)
+		l.inflight.detach()
+	}
 	if err := l.db.Close(); err != nil {
 		errs = append(errs, err)
 	}

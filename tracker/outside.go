@@ -35,7 +35,13 @@ type fileWatch struct {
 // called after the change was made to the file (before the change is
 // reported), so the file's ctime is not later than the time it records.
 // The wall clock is the one the file system stamps ctime with.
-func (d *Disk) touch() { d.changedAt.Store(time.Now().UnixNano()) }
+func (d *Disk) touch() {
+	now := time.Now().UnixNano()
+	d.changedAt.Store(now)
+	if t := d.l.inflight; t != nil {
+		t.vouch(d.id, now)
+	}
+}
 
 // Touched records that the mount changed the file's metadata (mode, owner,
 // times, extended attributes) or reserved space for it: its ctime moved,
@@ -106,6 +112,7 @@ func (l *Log) CheckOutside(vmName string, covered func(disk string) bool) []Outs
 		l.mu.Lock()
 		if d.meta.rel == rel {
 			d.watch = fileWatch{ok: ok, state: s, changedAt: changedAt}
+			l.vouchLocked(d)
 		}
 		l.mu.Unlock()
 		if why != "" {
@@ -147,4 +154,15 @@ func stamp(ns int64) string { return time.Unix(0, ns).UTC().Format(time.RFC3339N
 func (l *Log) watchLocked(d *Disk) {
 	s, ok := statFile(l.sourcePath(d.meta.rel))
 	d.watch = fileWatch{ok: ok, state: s, changedAt: d.changedAt.Load()}
+	l.vouchLocked(d)
+}
+
+// vouchLocked records in the in-flight table the newest ctime of d's file
+// that is explained: the file as the last check found it, or the mount's
+// last change. After a process crash, a newer ctime is someone else's
+// change. Log.mu is held.
+func (l *Log) vouchLocked(d *Disk) {
+	if l.inflight != nil && d.watch.ok {
+		l.inflight.vouch(d.id, max(d.watch.state.ctime, d.changedAt.Load()))
+	}
 }

@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -136,6 +137,13 @@ type scanResult struct {
 	header segHeader
 	end    int64 // offset after the last whole, valid record
 	size   int64 // file size
+
+	// Of a scan that skips holes: junk lists the ranges of torn writes it
+	// skipped (the start of a record header; a header whose record runs
+	// past the end of the file), to be zeroed; unexplained is set when it
+	// stopped at bytes that no torn write explains.
+	junk        [][2]int64
+	unexplained bool
 }
 
 // torn reports whether the file has bytes after its last valid record: a
@@ -146,7 +154,18 @@ func (r scanResult) torn() bool { return r.end != r.size }
 // each header and the offset of its payload. It stops at the first header
 // that is not whole and valid, or whose payload runs past the end of the
 // file: that is the torn tail of a crash.
-func scanSegment(f vfs.File, bs int64, fn func(h recHeader, dataOff int64)) (scanResult, error) {
+//
+// With skipHoles, the segment is one that a process which died left in
+// the page cache (the host did not crash). Its writers reserved their
+// records in order and wrote them in any order, each header first: a
+// record whose writer died reads as zeros (a hole), as the first bytes of
+// its header followed by zeros, or as a whole header whose data may be
+// torn (replayed; Open records its blocks again, they were in flight).
+// The scan then goes on past holes and the starts of headers to the next
+// record, which begins with its magic; it stops, unexplained, at anything
+// else. A guest's data is never read as a header: the scan only lands on
+// the first non-zero byte after zeros, which is a record's first byte.
+func scanSegment(f vfs.File, bs int64, skipHoles bool, fn func(h recHeader, dataOff int64)) (scanResult, error) {
 	var res scanResult
 	st, err := f.Stat()
 	if err != nil {
@@ -163,42 +182,96 @@ func scanSegment(f vfs.File, bs int64, fn func(h recHeader, dataOff int64)) (sca
 	if int64(res.header.blockSize) != bs {
 		return res, fmt.Errorf("segment block size %d, log block size %d", res.header.blockSize, bs)
 	}
-	off := int64(segHeaderSize)
-	res.end = off
 	// Headers are read through a window so a segment of small records is
 	// not read one header per call; data is skipped, not read.
-	const window = 1 << 20
-	buf := make([]byte, window)
-	var bufOff int64 = -1
-	var bufLen int
-	for off+recHeaderSize <= res.size {
-		if bufOff < 0 || off < bufOff || off+recHeaderSize > bufOff+int64(bufLen) {
-			n, err := f.ReadAt(buf, off)
-			if err != nil && !errors.Is(err, io.EOF) {
-				return res, err
-			}
-			bufOff, bufLen = off, n
-			if n < recHeaderSize {
-				break
-			}
+	w := window{f: f, buf: make([]byte, 1<<20), off: -1}
+	off := int64(segHeaderSize)
+	res.end = off
+	for off < res.size {
+		b, err := w.at(off, recHeaderSize)
+		if err != nil {
+			return res, err
 		}
-		h, ok := decodeRecHeader(buf[off-bufOff : off-bufOff+recHeaderSize])
-		if !ok {
+		if h, ok := decodeRecHeader(b); ok {
+			next := off + recHeaderSize
+			if h.kind == KindData {
+				next += int64(min(h.count, uint64(res.size)/uint64(bs)+1)) * bs
+			}
+			if next <= res.size {
+				fn(h, off+recHeaderSize)
+				off = next
+				res.end = off
+				continue
+			}
+			if skipHoles {
+				// The last record, torn: nothing was written after it.
+				res.junk = append(res.junk, [2]int64{off, res.size})
+			}
 			break
 		}
-		next := off + recHeaderSize
-		if h.kind == KindData {
-			if h.count > uint64(res.size)/uint64(bs) {
-				break
-			}
-			next += int64(h.count) * bs
-			if next > res.size {
-				break
-			}
+		if !skipHoles {
+			break
 		}
-		fn(h, off+recHeaderSize)
-		off = next
-		res.end = off
+		if b[0] != 0 {
+			// The first bytes of a header, then zeros.
+			n := len(b)
+			for n > 0 && b[n-1] == 0 {
+				n--
+			}
+			m := min(n, len(recMagic))
+			if n >= recHeaderSize || !bytes.Equal(b[:m], recMagic[:m]) {
+				res.unexplained = true
+				break
+			}
+			res.junk = append(res.junk, [2]int64{off, off + int64(n)})
+			off += int64(n)
+		}
+		// A hole: on to the next non-zero byte.
+		if off, err = w.nonZero(off, res.size); err != nil {
+			return res, err
+		}
 	}
 	return res, nil
+}
+
+// window reads a file through a buffer.
+type window struct {
+	f   vfs.File
+	buf []byte
+	off int64 // file offset of buf[0], -1 before the first read
+	n   int
+}
+
+// at returns up to n bytes at off (fewer at the end of the file).
+func (w *window) at(off int64, n int) ([]byte, error) {
+	if w.off < 0 || off < w.off || off+int64(n) > w.off+int64(w.n) {
+		m, err := w.f.ReadAt(w.buf, off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		w.off, w.n = off, m
+	}
+	b := w.buf[off-w.off : w.n]
+	return b[:min(n, len(b))], nil
+}
+
+// nonZero returns the offset of the first non-zero byte at or after off,
+// or size.
+func (w *window) nonZero(off, size int64) (int64, error) {
+	for off < size {
+		b, err := w.at(off, len(w.buf))
+		if err != nil {
+			return 0, err
+		}
+		if len(b) == 0 {
+			return size, nil
+		}
+		for i, c := range b {
+			if c != 0 {
+				return off + int64(i), nil
+			}
+		}
+		off += int64(len(b))
+	}
+	return size, nil
 }

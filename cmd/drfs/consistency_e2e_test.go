@@ -174,7 +174,7 @@ func TestHeavyWriterAgent(t *testing.T) {
 	t.Logf("%d points, newest consistent %s (%s) %v before the kill", len(pts), newest.ID(), newest.Kind, killed.Sub(newest.Frozen).Round(time.Millisecond))
 	checkConsistentPoints(t, tgt, w, base, tls...)
 
-	// Restarted: the dirty shutdown resynchronizes; then a clean stop
+	// Restarted: recovered from the in-flight table; then a clean stop
 	// leaves latest equal to the disk.
 	a = startAgent(t, d, socket, args...)
 	waitState(t, a, "vm1", orchestrator.Protected)
@@ -391,8 +391,8 @@ func TestConsistencyRandom(t *testing.T) {
 	}
 }
 
-// TestAgentResyncWaits: after a kill -9 with the resync window never open,
-// the VM's resync waits: its job is shown waiting (not running at 0%), its
+// TestAgentResyncWaits: after a kill -9 and a change behind the dead
+// agent's back, with the resync window never open, the VM's resync waits: its job is shown waiting (not running at 0%), its
 // health is Critical (no consistent point can be made), its RPO is the age
 // of the last consistent point; drfs resync --now repairs it.
 func TestAgentResyncWaits(t *testing.T) {
@@ -409,6 +409,8 @@ func TestAgentResyncWaits(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	a.kill(t)
 	last := newestConsistent(t, points(t, tgt, "vm1", tls...))
+	time.Sleep(300 * time.Millisecond)
+	behindBack(t, rand.New(rand.NewPCG(seed(t), 22)), filepath.Join(d.src, "vm1", "disk.img"), 64<<20, 4)
 
 	a = startAgent(t, d, socket, args...)
 	var v agent.VMView

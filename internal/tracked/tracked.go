@@ -24,3 +24,9 @@ func (r recorder) OpenDisk(rel string, size int64) (drfsfs.DiskRecorder, error) 
 
 func (r recorder) Renamed(from, to string) { r.log.Renamed(from, to) }
 func (r recorder) Removed(rel string)      { r.log.Removed(rel) }
+
+// The change log keeps the changes in flight and hears of metadata changes.
+var (
+	_ drfsfs.InFlightRecorder = (*tracker.Disk)(nil)
+	_ drfsfs.MetadataRecorder = (*tracker.Disk)(nil)
+)

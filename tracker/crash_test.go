@@ -1,0 +1,165 @@
+package tracker
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// crashProcess leaves the log as a SIGKILL of its process would: nothing
+// synced, no clean marker, the writes made so far in the page cache (here,
+// in the files), the in-flight table as it is.
+func (l *Log) crashProcess() {
+	l.closed.Store(true)
+	close(l.stopBeat)
+	l.closeFiles()
+	l.db.Close()
+	l.lock.Close()
+}
+
+// TestProcessCrash: after a process crash the log is recovered from the
+// in-flight table, without flagging any disk: records written after a
+// hole (a record reserved and never written) and after the start of a
+// header survive, the changes in flight are recorded again from the file,
+// and the generation then equals the file. A disk changed while drfs was
+// down is flagged; after a host crash (another boot) every disk is.
+func TestProcessCrash(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 21))
+	src, state := t.TempDir(), t.TempDir()
+	const size = 1 << 20
+	for _, rel := range []string{"vm/disk.img", "vm/b.img"} {
+		path := filepath.Join(src, rel)
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file, err := os.OpenFile(filepath.Join(src, "vm/disk.img"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	open := func() *Log {
+		t.Helper()
+		l, err := Open(Options{Dir: state, Source: src})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	l := open()
+	d, err := l.OpenDisk("vm/disk.img", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.OpenDisk("vm/b.img", size); err != nil {
+		t.Fatal(err)
+	}
+	// change writes random bytes at a random place of the file, the way fs
+	// does: Begin, the file, the report, End. report false stops it before
+	// the report, as a process killed there.
+	change := func(report bool) {
+		off := rng.Int64N(size - 64<<10)
+		p := make([]byte, 1+rng.IntN(64<<10))
+		fillRandom(rng, p)
+		token := d.Begin(off, int64(len(p)))
+		if _, err := file.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		if report {
+			d.Written(off, p, file)
+			d.End(token)
+		}
+	}
+	for range 100 {
+		change(true)
+	}
+	seg := l.mu.vms["vm"].active.seg
+	// A writer killed after reserving its record, before writing it.
+	change(false)
+	seg.reserve(recHeaderSize + 3*l.bs)
+	for range 20 {
+		change(true)
+	}
+	// One killed while writing the first bytes of its header.
+	change(false)
+	var h [recHeaderSize]byte
+	(&recHeader{kind: KindData, disk: d.id, block: 7, count: 1, size: size, maxSize: size}).encode(h[:])
+	if _, err := seg.f.WriteAt(h[:21], seg.reserve(recHeaderSize+l.bs)); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		change(true)
+	}
+	// And one killed while writing its data, which is the last record.
+	change(false)
+	(&recHeader{kind: KindData, disk: d.id, block: 9, count: 4, size: size, maxSize: size}).encode(h[:])
+	if _, err := seg.f.WriteAt(append(h[:], 1, 2, 3), seg.reserve(recHeaderSize+4*l.bs)); err != nil {
+		t.Fatal(err)
+	}
+	l.crashProcess()
+
+	// b.img is changed while drfs is down.
+	time.Sleep(20 * time.Millisecond)
+	if err := os.WriteFile(filepath.Join(src, "vm/b.img"), bytes.Repeat([]byte{1}, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l = open()
+	rec := l.Recovered()
+	t.Logf("recovery: %+v", rec)
+	if !rec.ProcessCrash || rec.InFlight != 3 || rec.Reread <= 0 || rec.Reread > 3*64<<10 {
+		t.Errorf("recovery %+v, want a process crash with 3 changes in flight, up to 192 KiB read again", rec)
+	}
+	if ds := diskStatus(t, l, "vm", "disk.img"); ds.Resync {
+		t.Errorf("disk.img flagged after a process crash: %s", ds.Reason)
+	}
+	if ds := diskStatus(t, l, "vm", "b.img"); !ds.Resync || !strings.Contains(ds.Reason, "while drfs was down") {
+		t.Errorf("b.img, changed while drfs was down: %+v", ds)
+	}
+	want, err := os.ReadFile(filepath.Join(src, "vm/disk.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotateMatches(t, l, "vm", make([]byte, size), want, l.bs)
+
+	// Crashed again, and this time the recovery finds the same records.
+	d, err = l.OpenDisk("vm/disk.img", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		change(true)
+	}
+	change(false)
+	l.crashProcess()
+	l = open()
+	if ds := diskStatus(t, l, "vm", "disk.img"); ds.Resync {
+		t.Errorf("disk.img flagged after a second process crash: %s", ds.Reason)
+	}
+	got := append([]byte(nil), want...)
+	want, _ = os.ReadFile(filepath.Join(src, "vm/disk.img"))
+	rotateMatches(t, l, "vm", got, want, l.bs)
+
+	// A host crash: the table is of another boot.
+	d, err = l.OpenDisk("vm/disk.img", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	change(true)
+	l.crashProcess()
+	boot := bootID
+	bootID = func() string { return "another boot" }
+	defer func() { bootID = boot }()
+	l = open()
+	defer l.Close()
+	if rec := l.Recovered(); rec.ProcessCrash {
+		t.Errorf("recovery after a host crash: %+v", rec)
+	}
+	if ds := diskStatus(t, l, "vm", "disk.img"); !ds.Resync || !strings.Contains(ds.Reason, "dirty shutdown") {
+		t.Errorf("disk.img after a host crash: %+v", ds)
+	}
+}
