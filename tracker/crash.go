@@ -3,6 +3,7 @@ package tracker
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -22,6 +23,9 @@ type Recovery struct {
 	// Reread is how many bytes of the disks' files were read to record
 	// those changes again.
 	Reread int64
+	// Pending: the log was opened read-only, so nothing was recorded
+	// again yet; the next Open that may write does it.
+	Pending bool
 }
 
 // Recovered reports what Open did after an unclean stop; the zero value
@@ -47,7 +51,7 @@ func (cs crashState) crashBound(ins []intent) int64 {
 // and is flagged instead.
 func (l *Log) recoverInFlight(disks []*Disk) {
 	cs := l.crash
-	l.recovered = Recovery{ProcessCrash: true, InFlight: len(cs.intents)}
+	l.recovered = Recovery{ProcessCrash: true, InFlight: len(cs.intents), Pending: l.opts.ReadOnly}
 	byDisk := make(map[uint32][]intent)
 	for _, in := range cs.intents {
 		byDisk[in.disk] = append(byDisk[in.disk], in)
@@ -84,7 +88,7 @@ func (l *Log) recoverInFlight(disks []*Disk) {
 		d.mu.Lock()
 		size := d.mu.size
 		d.mu.Unlock()
-		if len(ins) == 0 && size == st.size {
+		if l.opts.ReadOnly || len(ins) == 0 && size == st.size {
 			continue
 		}
 		f, err := os.Open(path)
@@ -122,6 +126,16 @@ func (l *Log) heartbeat() {
 			l.inflight.beat()
 		}
 	}
+}
+
+// readInFlight reads the in-flight table of the state directory dir as the
+// last process left it, for a read-only Open.
+func readInFlight(dir string) crashState {
+	b, err := os.ReadFile(filepath.Join(dir, tableName))
+	if err != nil {
+		return crashState{}
+	}
+	return readCrashState(b, bootID())
 }
 
 // zeroRanges writes zeros over ranges of f.

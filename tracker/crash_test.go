@@ -108,6 +108,21 @@ func TestProcessCrash(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "vm/b.img"), bytes.Repeat([]byte{1}, size), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A read-only look first: it changes nothing, and tells the same.
+	ro, err := Open(Options{Dir: state, Source: src, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec := ro.Recovered(); !rec.ProcessCrash || !rec.Pending || rec.InFlight != 3 {
+		t.Errorf("read-only recovery %+v, want a pending one of 3 changes in flight", rec)
+	}
+	if ds := diskStatus(t, ro, "vm", "disk.img"); ds.Resync {
+		t.Errorf("disk.img flagged by a read-only look after a process crash: %s", ds.Reason)
+	}
+	if ds := diskStatus(t, ro, "vm", "b.img"); !ds.Resync {
+		t.Errorf("b.img, changed while drfs was down, not flagged by a read-only look: %+v", ds)
+	}
+	ro.Close()
 	l = open()
 	rec := l.Recovered()
 	t.Logf("recovery: %+v", rec)

@@ -274,7 +274,10 @@ func Open(opts Options) (*Log, error) {
 		}
 	}
 	l := &Log{opts: opts, fs: fs, bs: int64(opts.BlockSize), db: db, lock: lock, readAhead: prefetchWindow}
-	if osFS && !opts.ReadOnly {
+	switch {
+	case osFS && opts.ReadOnly:
+		l.crash = readInFlight(opts.Dir)
+	case osFS:
 		if l.inflight, l.crash, err = openInFlight(opts.Dir); err != nil {
 			db.Close()
 			lock.Close()
@@ -696,7 +699,7 @@ func (l *Log) recoverGeneration(v *vm, gi *genInfo, skipHoles bool) (*generation
 	}
 	g.seg.f = f
 	g.seg.tail.Store(max(res.end, segHeaderSize))
-	if skipHoles && err == nil && !res.unexplained {
+	if skipHoles && err == nil && !res.unexplained && !l.opts.ReadOnly {
 		// New records go after everything the dead process wrote, and
 		// what it tore reads as a hole from now on, so that the next
 		// scan finds the same records.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -59,6 +60,9 @@ func readStatus(state string) ([]tracker.VMStatus, error) {
 		return nil, err
 	}
 	defer log.Close()
+	if r := log.Recovered(); r.Pending {
+		slog.Info(fmt.Sprintf("the process that had the change log open died without closing it; the next drfs start recovers it from its in-flight table (%d change(s) in flight), without resynchronizing the disks it does not show as flagged", r.InFlight))
+	}
 	return log.Status(), nil
 }
 
