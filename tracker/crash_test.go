@@ -178,3 +178,55 @@ func TestProcessCrash(t *testing.T) {
 		t.Errorf("disk.img after a host crash: %+v", ds)
 	}
 }
+
+// TestProcessCrashGarbage: bytes that no torn write explains (not a
+// header's start, in a segment a dead process left) stop the scan, and the
+// disks of that generation are flagged: the records after them are not
+// trusted, and nothing is read past them as a header.
+func TestProcessCrashGarbage(t *testing.T) {
+	src, state := t.TempDir(), t.TempDir()
+	const size = 1 << 20
+	path := filepath.Join(src, "vm/disk.img")
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	l, err := Open(Options{Dir: state, Source: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := l.OpenDisk("vm/disk.img", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(off int64, p []byte) {
+		token := d.Begin(off, int64(len(p)))
+		file.WriteAt(p, off)
+		d.Written(off, p, file)
+		d.End(token)
+	}
+	write(0, bytes.Repeat([]byte{1}, 8192))
+	seg := l.mu.vms["vm"].active.seg
+	// A forged record header inside bytes that do not start with the
+	// magic: a scan that searched for headers would take it.
+	junk := make([]byte, 4096)
+	copy(junk, "not a record")
+	(&recHeader{kind: KindData, disk: d.id, block: 100, count: 1, size: size, maxSize: size}).encode(junk[512:])
+	seg.f.WriteAt(junk, seg.reserve(int64(len(junk))))
+	write(65536, bytes.Repeat([]byte{2}, 4096))
+	l.crashProcess()
+
+	l, err = Open(Options{Dir: state, Source: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if ds := diskStatus(t, l, "vm", "disk.img"); !ds.Resync || !strings.Contains(ds.Reason, "segment damaged") {
+		t.Errorf("disk.img after garbage in its segment: %+v", ds)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // The in-flight table is a small file of the state directory, mapped
@@ -76,6 +78,21 @@ type crashState struct {
 	intents  []intent
 	vouched  []int64 // by disk id; 0: unknown
 	beat     int64   // the last heartbeat, unix nanoseconds
+}
+
+// onOS reports whether fs is the operating system's file system, itself or
+// wrapped (a wrapper says so with an Unwrap method).
+func onOS(fs vfs.FS) bool {
+	for {
+		if fs == vfs.Default {
+			return true
+		}
+		u, ok := fs.(interface{ Unwrap() vfs.FS })
+		if !ok {
+			return false
+		}
+		fs = u.Unwrap()
+	}
 }
 
 func newInFlight(mem []byte) *inFlight {

@@ -39,6 +39,10 @@ type Options struct {
 	ReadOnly bool
 	// Clock is the clock; the system clock when nil.
 	Clock clock.Clock
+	// NoInFlight keeps no in-flight table, as when FS is not the
+	// operating system's: a crash of the process then flags every disk,
+	// as a crash of the host does. For measuring the table's cost.
+	NoInFlight bool
 	// Reserve is the size of the reserve file kept in the state directory
 	// (see SpaceStatus): 0 for min(64 MiB, a tenth of its file system),
 	// negative for none.
@@ -212,10 +216,12 @@ func Open(opts Options) (*Log, error) {
 	if bs := opts.BlockSize; bs < 512 || bs > 16<<20 || bs&(bs-1) != 0 {
 		return nil, fmt.Errorf("tracker: block size %d is not a power of two from 512 to 16 MiB", bs)
 	}
-	osFS := opts.FS == nil
-	if osFS {
+	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
+	// The in-flight table is a shared mapping of a file of the state
+	// directory: only where that is a file of the operating system.
+	osFS := onOS(opts.FS) && !opts.NoInFlight
 	if opts.Clock == nil {
 		opts.Clock = clock.System{}
 	}
