@@ -57,32 +57,22 @@ func (l *Log) recoverInFlight(disks []*Disk) {
 		byDisk[in.disk] = append(byDisk[in.disk], in)
 	}
 	for _, d := range disks {
-		if d.meta.removed || d.flagged.Load() {
-			// A flagged disk is compared whole by its resync anyway.
+		if d.meta.removed {
 			continue
 		}
 		path := l.sourcePath(d.meta.rel)
 		st, ok := statFile(path)
-		if !ok {
-			l.markResync(d, reasonOutside+" while drfs was down: the file is missing")
-			continue
-		}
-		var allowed int64
-		if d.id < tableDisks {
-			allowed = cs.vouched[d.id]
-		}
-		if allowed == 0 {
-			l.markResync(d, reasonDirty+" (the in-flight table has no record of the disk)")
-			continue
-		}
-		// A change in flight moved the ctime up to the crash.
 		ins := byDisk[d.id]
-		if len(ins) > 0 {
-			allowed = max(allowed, cs.crashBound(ins))
+		// A disk flagged already keeps its reason (and its resync's
+		// cursor): only its changes in flight are recorded again, for
+		// the part its resync compared before the crash.
+		if !d.flagged.Load() {
+			if why := cs.changedWhileDown(d.id, st, ok, ins); why != "" {
+				l.markResync(d, why)
+				continue
+			}
 		}
-		if st.ctime > allowed {
-			l.markResync(d, fmt.Sprintf("%s while drfs was down: inode changed %s (ctime), after the mount's last change at %s",
-				reasonOutside, stamp(st.ctime), stamp(allowed)))
+		if !ok {
 			continue
 		}
 		d.mu.Lock()
@@ -111,6 +101,31 @@ func (l *Log) recoverInFlight(disks []*Disk) {
 		}
 		f.Close()
 	}
+}
+
+// changedWhileDown says why the file of disk id, found as st (ok: found),
+// was changed while drfs was down, or "": its ctime is later than the
+// newest one the mount explained, or, when it had changes in flight, than
+// the crash.
+func (cs crashState) changedWhileDown(id uint32, st fileState, ok bool, ins []intent) string {
+	if !ok {
+		return reasonOutside + " while drfs was down: the file is missing"
+	}
+	var allowed int64
+	if id < tableDisks {
+		allowed = cs.vouched[id]
+	}
+	if allowed == 0 {
+		return reasonDirty + " (the in-flight table has no record of the disk)"
+	}
+	if len(ins) > 0 {
+		allowed = max(allowed, cs.crashBound(ins))
+	}
+	if st.ctime > allowed {
+		return fmt.Sprintf("%s while drfs was down: inode changed %s (ctime), after the mount's last change at %s",
+			reasonOutside, stamp(st.ctime), stamp(allowed))
+	}
+	return ""
 }
 
 // heartbeat stores the in-flight table's heartbeat every beatPeriod until
