@@ -167,6 +167,9 @@ func (r *testRecorder) verify(t testing.TB) {
 		if d.released != 1 {
 			t.Errorf("disk %s released %d times, want 1", d.path, d.released)
 		}
+		if len(d.intents) != 0 {
+			t.Errorf("disk %s: %d change(s) begun and never ended", d.path, len(d.intents))
+		}
 		if !d.gone {
 			got, err := os.ReadFile(filepath.Join(r.src, d.path))
 			if err != nil {
@@ -211,6 +214,47 @@ type shadowDisk struct {
 	inflight    int
 	maxInflight int
 	touched     int // Touched calls
+
+	// intents are the changes begun (InFlightRecorder) and not ended, by
+	// token.
+	intents   map[uint32][2]int64
+	nextToken uint32
+}
+
+// Begin records a change about to be made (InFlightRecorder).
+func (d *shadowDisk) Begin(off, n int64) uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.intents == nil {
+		d.intents = make(map[uint32][2]int64)
+	}
+	d.nextToken++
+	d.intents[d.nextToken] = [2]int64{off, n}
+	return d.nextToken
+}
+
+// End ends a change begun.
+func (d *shadowDisk) End(token uint32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.intents[token]; !ok {
+		d.r.t.Errorf("End(%d) of no change begun", token)
+	}
+	delete(d.intents, token)
+}
+
+// coveredLocked reports whether a change begun and not ended covers e: its
+// range, or the size for a Resized.
+func (d *shadowDisk) coveredLocked(e event) bool {
+	for _, in := range d.intents {
+		switch {
+		case in[1] < 0 && (e.kind == evResized || e.off >= in[0]):
+			return true
+		case e.kind != evResized && in[1] >= 0 && e.off >= in[0] && e.off+e.n <= in[0]+in[1]:
+			return true
+		}
+	}
+	return false
 }
 
 func (d *shadowDisk) BlockSize() int { return int(d.bs) }
@@ -244,6 +288,9 @@ func (d *shadowDisk) enter(e event) {
 			}
 			d.busy[b] = true
 		}
+	}
+	if !d.coveredLocked(e) {
+		d.r.t.Errorf("%v outside any change begun (Begin)", e)
 	}
 	d.inflight++
 	d.maxInflight = max(d.maxInflight, d.inflight)
