@@ -485,18 +485,25 @@ func (ta *testAgent) crash(hostCrash bool) {
 	ta.start()
 }
 
-// TestCrashRestart: an agent killed (kill -9: the change log not closed,
-// the page cache intact) and started again is Protected again at once,
-// without resynchronizing anything: what it logged before the crash is
-// shipped, and the next point equals the disk.
-func TestCrashRestart(t *testing.T) {
-	ta := newTestAgent(t, "resync-window: always\n")
+// shippedAndLogged protects vm1 and leaves it with three points on the
+// target and writes in the log that are not shipped yet, the agent idle.
+func (ta *testAgent) shippedAndLogged() {
+	ta.t.Helper()
 	ta.protect()
 	ta.write(5)
 	ta.advance(interval)
 	ta.until("a point", func(VMView) bool { return len(ta.points()) == 3 })
 	ta.write(5) // in the log, not shipped
 	ta.idle()
+}
+
+// TestCrashRestart: an agent killed (kill -9: the change log not closed,
+// the page cache intact) and started again is Protected again at once,
+// without resynchronizing anything: what it logged before the crash is
+// shipped, and the next point equals the disk.
+func TestCrashRestart(t *testing.T) {
+	ta := newTestAgent(t, "resync-window: always\n")
+	ta.shippedAndLogged()
 	ta.crash(false)
 	if v := ta.view(); v.State != orchestrator.Protected || v.ResyncReason != "" {
 		t.Fatalf("after a crash of the agent: %s (resync reason %q)", v.State, v.ResyncReason)
@@ -522,12 +529,7 @@ func TestCrashRestart(t *testing.T) {
 // is copied whole again.
 func TestHostCrashRestart(t *testing.T) {
 	ta := newTestAgent(t, "resync-window: always\n")
-	ta.protect()
-	ta.write(5)
-	ta.advance(interval)
-	ta.until("a point", func(VMView) bool { return len(ta.points()) == 3 })
-	ta.write(5) // in the log, not shipped
-	ta.idle()
+	ta.shippedAndLogged()
 	ta.crash(true)
 	v := ta.until("a resync after the crash", func(v VMView) bool {
 		return v.State == orchestrator.Resynchronizing || v.State == orchestrator.Protected && len(ta.points()) > 4
