@@ -182,9 +182,10 @@ func scanSegment(f vfs.File, bs int64, skipHoles bool, fn func(h recHeader, data
 	if int64(res.header.blockSize) != bs {
 		return res, fmt.Errorf("segment block size %d, log block size %d", res.header.blockSize, bs)
 	}
-	// Headers are read through a window so a segment of small records is
-	// not read one header per call; data is skipped, not read.
-	w := window{f: f, buf: make([]byte, 1<<20), off: -1}
+	// Headers are read through a 64 KiB window, so that a segment of small
+	// records is not read one header per call, nor one of large records
+	// (1 MiB writes) read whole: data is skipped, not read.
+	w := window{f: f, buf: make([]byte, 64<<10), off: -1}
 	off := int64(segHeaderSize)
 	res.end = off
 	for off < res.size {
