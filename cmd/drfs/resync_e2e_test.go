@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,10 +70,27 @@ func verifyInSync(t *testing.T, tgt, src, vm string) {
 	}
 }
 
+var seedFlag = flag.Uint64("seed", 0, "base seed of the randomized end-to-end tests (0: from the clock); each prints its own")
+
+// seeds counts, per test, the seeds seed has given it.
+var seeds sync.Map // test name → *atomic.Uint64
+
+// seed returns a seed for a randomized step of the test t: the test's base
+// seed (-seed, or the clock), plus how many seeds it took before. The
+// first call prints the base and how to replay the test with it.
 func seed(t *testing.T) uint64 {
-	s := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", s)
-	return s
+	t.Helper()
+	n, loaded := seeds.LoadOrStore(t.Name(), new(atomic.Uint64))
+	k := n.(*atomic.Uint64).Add(1) - 1
+	base := *seedFlag
+	if base == 0 {
+		v, _ := seeds.LoadOrStore(t.Name()+"\x00base", uint64(time.Now().UnixNano()))
+		base = v.(uint64)
+	}
+	if !loaded {
+		t.Logf("seed %d (replay with: go test ./cmd/drfs -run '^%s$' -seed %d)", base, t.Name(), base)
+	}
+	return base + k
 }
 
 func TestResyncWindowDefault(t *testing.T) {
