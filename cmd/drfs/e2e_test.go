@@ -347,6 +347,11 @@ func TestKillNine(t *testing.T) {
 	f.Close()
 	n := acked.Load()
 	t.Logf("%d writes acknowledged before SIGKILL", n)
+	// drfs log on the dead mount's state: nothing flagged, the recovery
+	// pending.
+	if out, err := drfsRun(t, "log", d.state); err != nil || !strings.Contains(out, "recovers it from its in-flight table") || strings.Contains(out, "REQUIRED") {
+		t.Errorf("drfs log after SIGKILL, before the restart: %v\n%s", err, out)
+	}
 
 	m = startMount(t, d.src, d.mnt, d.state)
 	if ds := diskStatus(t, logStatus(t, d.state), "vm1", "disk.img"); ds.Resync {
