@@ -60,6 +60,9 @@ func (GoEngine) Run(ctx context.Context, path string, size int64, w Workload, li
 		firstErr  error
 	)
 	remaining.Store(lim.Ops)
+	// The job's time starts before its timer, so that a job of Runtime
+	// never reports less.
+	start := time.Now()
 	if lim.Runtime > 0 {
 		t := time.AfterFunc(lim.Runtime, func() { stop.Store(true) })
 		defer t.Stop()
@@ -117,7 +120,6 @@ func (GoEngine) Run(ctx context.Context, path string, size int64, w Workload, li
 		}
 	}
 
-	start := time.Now()
 	var wg sync.WaitGroup
 	for i := range max(w.QueueDepth, 1) {
 		wg.Go(func() { worker(i) })
