@@ -110,21 +110,22 @@ type Server struct {
 // and released every DiskRecorder. It fails (and the mount goes on) while a
 // file of the mount is open. Calling it again after success is a no-op.
 //
-// It fails at once while a Quiesce holds writes (release it first): the
-// kernel writes dirty pages back during an unmount, and those writes would
-// wait for the release inside the unmount. While it runs, Quiesce and
-// Snapshot fail with ErrClosed. Snapshots end with the mount: their files
-// stay until Delete.
+// While a Quiesce holds writes it first waits, up to HoldWait, for the
+// holds to be released: the kernel writes dirty pages back during an
+// unmount, and those writes would wait for the release inside the unmount.
+// drfs's own quiesces (a snapshot's cut) last well under a second; one that
+// outlasts HoldWait makes Unmount fail, and the mount goes on. From the
+// start of Unmount, Quiesce and Snapshot fail with ErrClosed. Snapshots end
+// with the mount: their files stay until Delete.
 func (s *Server) Unmount() error {
 	m := s.m
 	m.mu.Lock()
-	if n := len(m.mu.holds); n > 0 {
-		m.mu.Unlock()
-		return fmt.Errorf("unmount %s: writes are held by %d quiesce(s): release them first", m.mountpoint, n)
-	}
 	m.mu.unmounting++
 	m.mu.Unlock()
-	err := s.fuse.Unmount()
+	err := m.waitHolds(HoldWait)
+	if err == nil {
+		err = s.fuse.Unmount()
+	}
 	m.mu.Lock()
 	m.mu.unmounting--
 	m.mu.Unlock()
@@ -133,6 +134,27 @@ func (s *Server) Unmount() error {
 	}
 	<-s.done
 	return nil
+}
+
+// HoldWait is how long Unmount waits for the quiesces in place to be
+// released.
+var HoldWait = 30 * time.Second
+
+// waitHolds waits until no quiesce holds writes, or fails after wait.
+func (m *mount) waitHolds(wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		m.mu.Lock()
+		n := len(m.mu.holds)
+		m.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("writes are still held by %d quiesce(s) after %v: release them first", n, wait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // Stopped reports whether the mount has stopped (as Wait would return at

@@ -225,9 +225,11 @@ func TestQuiesceDeadline(t *testing.T) {
 
 // TestQuiesceMmapFsyncUnmount: writes to a shared mapping reach the daemon
 // at msync and are held; fsync of a file without dirty pages goes on;
-// Unmount fails at once instead of hanging; after release everything
-// completes, recorded once, and the mount unmounts cleanly.
+// Unmount fails after HoldWait instead of hanging; after release
+// everything completes, recorded once, and the mount unmounts cleanly.
 func TestQuiesceMmapFsyncUnmount(t *testing.T) {
+	defer func(w time.Duration) { HoldWait = w }(HoldWait)
+	HoldWait = 500 * time.Millisecond
 	tm, _ := hookedMount(t, map[string][]byte{"d": make([]byte, 16384), "e": make([]byte, 4096)})
 	efd := openRW(t, tm.path("e"), 0)
 	if _, err := unix.Pwrite(efd, []byte("x"), 0); err != nil {
@@ -259,6 +261,39 @@ func TestQuiesceMmapFsyncUnmount(t *testing.T) {
 	want := randomBytes(rand.New(rand.NewPCG(7, 0)), 19)
 	if got := readFile(t, tm.path("d"))[5000:5019]; !bytes.Equal(got, want) {
 		t.Errorf("read back %x, want %x", got, want)
+	}
+}
+
+// TestUnmountWaitsForQuiesce: an Unmount that comes during a quiesce (a
+// stop during drfs's own snapshot cut) waits for its release and then
+// unmounts; a quiesce asked for meanwhile fails with ErrClosed.
+func TestUnmountWaitsForQuiesce(t *testing.T) {
+	tm, _ := hookedMount(t, map[string][]byte{"d": make([]byte, 4096)})
+	release, err := tm.srv.Quiesce(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unmounted := make(chan error, 1)
+	go func() { unmounted <- tm.srv.Unmount() }()
+	select {
+	case err := <-unmounted:
+		t.Fatalf("Unmount returned %v while quiesced, want it to wait", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := tm.srv.Quiesce(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Quiesce during Unmount = %v, want ErrClosed", err)
+	}
+	release()
+	select {
+	case err := <-unmounted:
+		if err != nil {
+			t.Fatalf("Unmount after the release: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Unmount did not end after the release")
+	}
+	if !tm.srv.Stopped() {
+		t.Error("the mount has not stopped")
 	}
 }
 
