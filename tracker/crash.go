@@ -23,6 +23,14 @@ type Recovery struct {
 	// Reread is how many bytes of the disks' files were read to record
 	// those changes again.
 	Reread int64
+	// HostCrash: the host crashed (or the table was not kept) and the
+	// previous process kept an activity log: only the disks' hot extents
+	// are compared with their replicas, HotExtents ranges of HotBytes
+	// bytes in all. Without an activity log every disk is resynchronized
+	// whole.
+	HostCrash  bool
+	HotExtents int
+	HotBytes   int64
 	// Pending: the log was opened read-only, so nothing was recorded
 	// again yet; the next Open that may write does it.
 	Pending bool

@@ -72,6 +72,9 @@ type diskMeta struct {
 	hasIdentity bool
 	identity    identity
 	unsaved     bool // the last change of it could not be stored
+	// hot limits a resync to these byte ranges (its hot extents after a
+	// crash of the host); nil: the whole disk.
+	hot []Extent
 }
 
 func (l *Log) newDiskObject(v *vm, id uint32, rel string) *Disk {
@@ -163,21 +166,55 @@ func (d *Disk) enter() (*Disk, bool) {
 // follows, and End with its token after the report. It may wait while
 // tableSlots changes are in flight. The token is 0 when the log keeps no
 // in-flight table (End accepts it).
+//
+// Begin also makes the extents of the change hot in the activity log
+// (activity.go), which after a crash of the host bounds what is compared:
+// it then waits for the activity log's commit when an extent was cold.
+// The token's low 16 bits are the in-flight table's, the high ones the
+// activity log's.
 func (d *Disk) Begin(off, n int64) uint32 {
-	t := d.l.inflight
-	if t == nil || d.l.closed.Load() {
+	l := d.l
+	if l.closed.Load() {
 		return 0
 	}
 	for f := d.forward.Load(); f != nil; f = f.forward.Load() {
 		d = f
 	}
-	return t.begin(d.id, off, n)
+	var token uint32
+	if l.activity != nil {
+		aoff, an := off, n
+		if n < 0 {
+			aoff, an = d.sizeChange(off)
+		}
+		token = l.beginActivity(d, aoff, an) << 16
+	}
+	if l.inflight != nil {
+		token |= l.inflight.begin(d.id, off, n)
+	}
+	return token
+}
+
+// sizeChange returns the byte range that a change of the disk's size to
+// size may leave different from the replica: what a shrink drops, or the
+// end of a disk that grows (the growth reads as zeros on both sides; the
+// extent only makes the resync set the size).
+func (d *Disk) sizeChange(size int64) (int64, int64) {
+	d.mu.Lock()
+	cur := d.mu.size
+	d.mu.Unlock()
+	if size < cur {
+		return size, cur - size
+	}
+	return cur, 1
 }
 
 // End frees the token of a Begin.
 func (d *Disk) End(token uint32) {
-	if token != 0 {
-		d.l.inflight.end(token)
+	if t := token & 0xffff; t != 0 {
+		d.l.inflight.end(t)
+	}
+	if t := token >> 16; t != 0 {
+		d.l.activity.end(t)
 	}
 }
 

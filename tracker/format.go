@@ -153,6 +153,7 @@ const (
 	keyGen    = 'g' // "g" vm gen: generation record
 	keyIndex  = 'i' // "i" vm gen disk block: index entry
 	keySize   = 's' // "s" vm disk: the disk's size at the newest cut
+	keyHot    = 'h' // "h" vm disk: the byte ranges a flagged disk's resync is limited to
 )
 
 // sizeBlock is the block number of the size (or removed) entry of a disk in
@@ -166,6 +167,44 @@ func vmKey(vm uint32) []byte {
 func diskKey(vm, disk uint32) []byte {
 	b := binary.BigEndian.AppendUint32([]byte{keyDisk}, vm)
 	return binary.BigEndian.AppendUint32(b, disk)
+}
+
+func hotKey(vm, disk uint32) []byte {
+	b := binary.BigEndian.AppendUint32([]byte{keyHot}, vm)
+	return binary.BigEndian.AppendUint32(b, disk)
+}
+
+// encodeHot encodes the hot ranges of a disk: a uvarint count, then each
+// range's offset and length as uvarints.
+func encodeHot(rs []Extent) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(rs)))
+	for _, r := range rs {
+		b = binary.AppendUvarint(b, uint64(r.Off))
+		b = binary.AppendUvarint(b, uint64(r.Len))
+	}
+	return b
+}
+
+func decodeHot(b []byte) ([]Extent, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)) {
+		return nil, errors.New("damaged hot ranges")
+	}
+	b = b[k:]
+	rs := make([]Extent, 0, n)
+	for i := uint64(0); i < n; i++ {
+		off, k1 := binary.Uvarint(b)
+		if k1 <= 0 {
+			return nil, errors.New("damaged hot ranges")
+		}
+		ln, k2 := binary.Uvarint(b[k1:])
+		if k2 <= 0 || int64(off) < 0 || int64(ln) <= 0 {
+			return nil, errors.New("damaged hot ranges")
+		}
+		rs = append(rs, Extent{int64(off), int64(ln)})
+		b = b[k1+k2:]
+	}
+	return rs, nil
 }
 
 func sizeKey(vm, disk uint32) []byte {

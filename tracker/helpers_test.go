@@ -163,6 +163,15 @@ func openMem(t testing.TB, fs vfs.FS, bs int) *Log {
 	return l
 }
 
+func openMemNoActivity(t testing.TB, fs vfs.FS, bs int) *Log {
+	t.Helper()
+	l, err := Open(Options{Dir: "/state", Source: "/src", FS: fs, BlockSize: bs, NoActivity: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 func statusOf(t testing.TB, l *Log, vm string) VMStatus {
 	t.Helper()
 	for _, s := range l.Status() {

@@ -43,6 +43,20 @@ type Options struct {
 	// operating system's: a crash of the process then flags every disk,
 	// as a crash of the host does. For measuring the table's cost.
 	NoInFlight bool
+	// ActivityExtent and ActivitySlots shape the activity log (see
+	// activity.go): the size of an extent, a power of two (4 MiB when 0),
+	// and how many may be hot at once (1024 when 0). A crash of the host
+	// costs comparing at most ActivityExtent × ActivitySlots bytes.
+	ActivityExtent int64
+	ActivitySlots  int
+	// NoActivity keeps no activity log: a crash of the host then flags
+	// every disk whole. For measuring its cost.
+	NoActivity bool
+	// SyncFile syncs the file of the disk at rel (relative to Source) to
+	// stable storage, for the activity log's cooling; nil opens it under
+	// Source and fsyncs it. Tests replace it to model what a crash of the
+	// host keeps.
+	SyncFile func(rel string) error
 	// Reserve is the size of the reserve file kept in the state directory
 	// (see SpaceStatus): 0 for min(64 MiB, a tenth of its file system),
 	// negative for none.
@@ -112,6 +126,16 @@ type Log struct {
 	crash     crashState
 	recovered Recovery
 	stopBeat  chan struct{} // closed by Close: ends the heartbeat
+
+	// activity is the activity log (activity.go); nil when read-only or
+	// NoActivity. prevActivity is what the previous process left in it,
+	// until Open has acted on it. The cooler runs until stopCool is
+	// closed, then closes coolDone; settleMu serializes settle.
+	activity     *activity
+	prevActivity activityState
+	stopCool     chan struct{}
+	coolDone     chan struct{}
+	settleMu     sync.Mutex
 
 	// full: the state directory ran out of space (see reserve.go); space
 	// holds the reserve's state and why it is full.
@@ -213,6 +237,15 @@ func Open(opts Options) (*Log, error) {
 	if opts.BlockSize == 0 {
 		opts.BlockSize = 4096
 	}
+	if opts.ActivityExtent == 0 {
+		opts.ActivityExtent = DefaultActivityExtent
+	}
+	if opts.ActivitySlots == 0 {
+		opts.ActivitySlots = DefaultActivitySlots
+	}
+	if e := opts.ActivityExtent; e < int64(opts.BlockSize) || e&(e-1) != 0 || opts.ActivitySlots < 4 {
+		return nil, fmt.Errorf("tracker: activity log of %d extents of %d bytes: the extent size must be a power of two of at least the block size, and there must be 4 extents or more", opts.ActivitySlots, e)
+	}
 	if bs := opts.BlockSize; bs < 512 || bs > 16<<20 || bs&(bs-1) != 0 {
 		return nil, fmt.Errorf("tracker: block size %d is not a power of two from 512 to 16 MiB", bs)
 	}
@@ -290,6 +323,7 @@ func Open(opts Options) (*Log, error) {
 			return nil, err
 		}
 	}
+	l.prevActivity = readActivity(fs, l.activityPath())
 	full.Store(l)
 	l.mu.vms = make(map[string]*vm)
 	l.mu.vmByID = make(map[uint32]*vm)
@@ -302,6 +336,7 @@ func Open(opts Options) (*Log, error) {
 		return &b
 	}
 	if err := l.load(); err != nil {
+		l.stopActivity(false)
 		if l.inflight != nil {
 			l.inflight.detach()
 		}
@@ -461,6 +496,8 @@ func (l *Log) load() error {
 	switch {
 	case processCrash:
 		l.recoverInFlight(disks)
+	case l.dirty && l.prevActivity.valid:
+		l.recoverHot(disks, l.prevActivity)
 	case l.dirty:
 		for _, d := range disks {
 			if !d.meta.removed {
@@ -479,8 +516,14 @@ func (l *Log) load() error {
 	// What the previous process left is acted on (a crash before this
 	// point finds it again).
 	l.crash = crashState{}
+	l.prevActivity = activityState{}
 	if l.inflight != nil {
 		l.inflight.reset(bootID())
+	}
+	if !l.opts.ReadOnly {
+		if err := l.startActivity(); err != nil {
+			return err
+		}
 	}
 	// The base of the checks for changes behind the mount's back.
 	l.mu.Lock()
@@ -552,6 +595,22 @@ func (l *Log) loadMeta() error {
 		l.mu.nextDisk = max(l.mu.nextDisk, d.id+1)
 		if d.meta.resync {
 			d.flagged.Store(true)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = l.scan([]byte{keyHot}, func(k, val []byte) error {
+		if len(k) != 9 {
+			return fmt.Errorf("damaged hot ranges key %x", k)
+		}
+		rs, err := decodeHot(val)
+		if err != nil {
+			return err
+		}
+		if d := l.mu.disks[be32(k[5:])]; d != nil && d.meta.resync {
+			d.meta.hot = rs
 		}
 		return nil
 	})
@@ -766,8 +825,17 @@ func (l *Log) Close() error {
 		return ErrClosed
 	}
 	var errs []error
+	clean := false
 	if !l.opts.ReadOnly {
 		ok := true
+		if l.activity != nil {
+			// The disks' files too are synced: a crash of the host after
+			// a clean close then finds them as the log says.
+			if err := l.settle(); err != nil {
+				errs = append(errs, fmt.Errorf("tracker: syncing the disks at close: %w", err))
+				ok = false
+			}
+		}
 		l.mu.Lock()
 		vms := make([]*vm, 0, len(l.mu.vmByID))
 		for _, v := range l.mu.vmByID {
@@ -799,9 +867,12 @@ func (l *Log) Close() error {
 		if ok {
 			if err := l.persistClean(); err != nil {
 				errs = append(errs, err)
+			} else {
+				clean = true
 			}
 		}
 	}
+	l.stopActivity(clean)
 	l.closeFiles()
 	if l.inflight != nil {
 		close(l.stopBeat)

@@ -382,7 +382,7 @@ func (l *Log) ClearResync(vmName, disk string) {
 	if !d.meta.resync || l.closed.Load() {
 		return
 	}
-	d.meta.resync, d.meta.reason, d.meta.since = false, "", time.Time{}
+	d.meta.resync, d.meta.reason, d.meta.since, d.meta.hot = false, "", time.Time{}, nil
 	d.flagged.Store(false)
 	d.unlogged.Store(false)
 	if !l.opts.ReadOnly {
@@ -439,7 +439,13 @@ func (l *Log) markLost(d *Disk, reason string) {
 // set before. Log.mu must be held.
 func (d *Disk) flagLocked(reason string) bool {
 	if d.meta.resync {
-		return false
+		if d.meta.hot == nil {
+			return false
+		}
+		// Flagged to compare its hot extents only: the new reason needs
+		// the whole disk compared.
+		d.meta.hot, d.meta.reason = nil, reason
+		return true
 	}
 	d.meta.resync, d.meta.reason, d.meta.since = true, reason, d.l.now()
 	d.flagged.Store(true)
@@ -452,7 +458,15 @@ func (l *Log) persistDiskLocked(d *Disk) error {
 	if l.opts.ReadOnly {
 		return nil
 	}
-	err := l.checkSpace(l.db.Set(diskKey(d.v.id, d.id), d.recordLocked().encode(), pebble.Sync))
+	b := l.db.NewBatch()
+	defer b.Close()
+	b.Set(diskKey(d.v.id, d.id), d.recordLocked().encode(), nil)
+	if d.meta.hot != nil {
+		b.Set(hotKey(d.v.id, d.id), encodeHot(d.meta.hot), nil)
+	} else {
+		b.Delete(hotKey(d.v.id, d.id), nil)
+	}
+	err := l.checkSpace(b.Commit(pebble.Sync))
 	d.meta.unsaved = err != nil
 	return err
 }

@@ -16,7 +16,7 @@ import (
 )
 
 // TestCrashAfterSync: records synced before a crash are there after it, and
-// every disk is flagged "dirty shutdown".
+// without an activity log every disk is flagged "dirty shutdown".
 func TestCrashAfterSync(t *testing.T) {
 	for _, unsynced := range []int{0, 50, 100} {
 		t.Run(fmt.Sprintf("unsynced%d", unsynced), func(t *testing.T) {
@@ -24,7 +24,7 @@ func TestCrashAfterSync(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 1))
 			const bs = 4096
 			fs := vfs.NewCrashableMem()
-			l := openMem(t, fs, bs)
+			l := openMemNoActivity(t, fs, bs)
 			img := &image{b: make([]byte, 64*bs)}
 			other := &image{b: make([]byte, 8*bs)}
 			d, err := l.OpenDisk("vm/disk.img", int64(len(img.b)))
@@ -65,7 +65,7 @@ func TestCrashAfterSync(t *testing.T) {
 			crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: unsynced, RNG: rng})
 			l.Close()
 
-			l2 := openMem(t, crashed, bs)
+			l2 := openMemNoActivity(t, crashed, bs)
 			defer l2.Close()
 			if l2.Clean() {
 				t.Error("log reports a clean shutdown after a crash")
