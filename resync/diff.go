@@ -39,6 +39,12 @@ type Options struct {
 	// multiple of the coarsest chunk: the unit of progress and of the
 	// cursor, and the most one checksum request covers. DefaultWindow if 0.
 	Window int64
+	// Only, if not nil, limits the comparison to these byte ranges of the
+	// source (in order, not overlapping), each rounded out to the coarsest
+	// chunk: after a crash of the host, the extents the activity log
+	// names hot. The rest of the disk is taken as equal; the sizes are
+	// still compared. A cursor must be resumed with the same Only.
+	Only []target.Extent
 	// Resume continues the comparison a cursor recorded (see Cursor). A
 	// cursor of another point, source size or chunk sizes is not used:
 	// the comparison starts over and Result.Restarted says why.
@@ -226,8 +232,16 @@ func Diff(ctx context.Context, src io.ReaderAt, size int64, store target.Store, 
 	defer sm.close()
 	source := newSource(src, size)
 	send := rangeBytes(cur.Ranges)
+	total := onlyBytes(o.Only, o.Chunks[0], 0, size)
 	for cur.Offset < size {
 		end := min(cur.Offset+o.Window, size)
+		if o.Only != nil {
+			var ok bool
+			if cur.Offset, end, ok = nextOnly(o.Only, o.Chunks[0], cur.Offset, o.Window, size); !ok {
+				cur.Offset = size
+				break
+			}
+		}
 		w, err := compareWindow(ctx, source, sm, o.Chunks, cur.Offset, end)
 		if err != nil {
 			return done(err)
@@ -246,13 +260,52 @@ func Diff(ctx context.Context, src io.ReaderAt, size int64, store target.Store, 
 				Elapsed:   o.Clock.Now().Sub(start),
 				Cursor:    &cur,
 			}
-			if did := cur.Offset - res.ResumedAt; did > 0 {
-				p.ETA = time.Duration(float64(p.Elapsed) * float64(size-cur.Offset) / float64(did))
+			if did := onlyBytes(o.Only, o.Chunks[0], res.ResumedAt, cur.Offset); did > 0 {
+				left := onlyBytes(o.Only, o.Chunks[0], cur.Offset, size)
+				p.ETA = time.Duration(float64(p.Elapsed) * float64(left) / float64(did))
 			}
 			o.Progress(p)
 		}
 	}
+	if o.Only != nil && o.Progress != nil && total == 0 {
+		o.Progress(Progress{Offset: size, Size: size, Elapsed: o.Clock.Now().Sub(start), Cursor: &cur})
+	}
 	return done(nil)
+}
+
+// nextOnly returns the window to compare next under only (its ranges
+// rounded out to chunk): from off, or the start of the next range if
+// later, to at most window bytes on and the end of that range; false when
+// only holds nothing more before size.
+func nextOnly(only []target.Extent, chunk, off, window, size int64) (int64, int64, bool) {
+	for _, r := range only {
+		lo, hi := r.Off/chunk*chunk, min(roundUp(r.Off+r.Len, chunk), size)
+		if hi <= off {
+			continue
+		}
+		if lo >= size {
+			break
+		}
+		start := max(off, lo)
+		return start, min(start+window, hi), true
+	}
+	return 0, 0, false
+}
+
+// onlyBytes is how many bytes of [from, to) a comparison under only covers
+// (all of them when only is nil).
+func onlyBytes(only []target.Extent, chunk, from, to int64) int64 {
+	if only == nil {
+		return max(to-from, 0)
+	}
+	var n int64
+	for _, r := range only {
+		lo, hi := max(r.Off/chunk*chunk, from), min(roundUp(r.Off+r.Len, chunk), to)
+		if hi > lo {
+			n += hi - lo
+		}
+	}
+	return n
 }
 
 // Verify is Diff run to check a replica rather than to repair it (the

@@ -340,3 +340,76 @@ func TestSplitLargeRequests(t *testing.T) {
 		t.Fatalf("%d requests, %d chunks compared", res.Requests, res.Levels[0].Compared)
 	}
 }
+
+// TestDiffOnly: limited to some ranges (an activity log's hot extents),
+// Diff finds exactly the changed blocks inside them, rounded out to the
+// coarsest chunk, reads nothing of the source outside them, and resumes
+// from a cursor cut between them.
+func TestDiffOnly(t *testing.T) {
+	rng := testRand(t)
+	size := int64(24<<20 + 5000)
+	r := newRig(t, randomImage(rng, size))
+	blocks := corrupt(t, rng, r.srcPath, size, 1+rng.IntN(60))
+	var only []target.Extent
+	for off := int64(0); off < size+4<<20; off += 4 << 20 {
+		if rng.IntN(2) == 0 {
+			// Not chunk-aligned: Diff rounds out to 1 MiB.
+			only = append(only, target.Extent{Off: off + int64(rng.IntN(1<<20)), Len: int64(1 + rng.IntN(2<<20))})
+		}
+	}
+	covered := func(b int64) bool {
+		for _, o := range only {
+			if b*bs >= o.Off/(1<<20)*(1<<20) && b*bs < (o.Off+o.Len+1<<20-1)/(1<<20)*(1<<20) {
+				return true
+			}
+		}
+		return false
+	}
+	inside := map[int64]bool{}
+	for b := range blocks {
+		if covered(b) {
+			inside[b] = true
+		}
+	}
+	want := blockRanges(inside, size)
+	t.Logf("only %v: %d of %d changed blocks inside", only, len(inside), len(blocks))
+	res := r.mustDiff(nil, resync.Options{Only: only})
+	wantRanges(t, "Diff with Only", res.Ranges, want)
+	var onlyBytes int64
+	for _, o := range only {
+		lo, hi := o.Off/(1<<20)*(1<<20), min((o.Off+o.Len+1<<20-1)/(1<<20)*(1<<20), size)
+		if hi > lo {
+			onlyBytes += hi - lo
+		}
+	}
+	if res.SourceRead > onlyBytes {
+		t.Fatalf("read %d bytes of the source, only %d are in the ranges", res.SourceRead, onlyBytes)
+	}
+	// Cut after the first window, then resumed with the same ranges.
+	cctx, cancel := context.WithCancel(ctx)
+	windows := 0
+	f, err := os.Open(r.srcPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	part, err := resync.Diff(cctx, f, size, r.st, r.vm, r.gen, r.disk, resync.Options{Only: only, Window: 1 << 20, Progress: func(resync.Progress) {
+		if windows++; windows == 2 {
+			cancel()
+		}
+	}})
+	cancel()
+	if err == nil && len(only) > 2 {
+		t.Fatal("Diff was not cut")
+	}
+	res, err = resync.Diff(ctx, f, size, r.st, r.vm, r.gen, r.disk, resync.Options{Only: only, Window: 1 << 20, Resume: &part.Cursor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRanges(t, "resumed Diff with Only", res.Ranges, want)
+	// Nothing to compare: in sync whatever the disk holds.
+	res = r.mustDiff(nil, resync.Options{Only: []target.Extent{}})
+	if len(res.Ranges) != 0 || res.SourceRead != 0 {
+		t.Fatalf("empty Only: %+v", res)
+	}
+}
