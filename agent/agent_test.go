@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -468,7 +469,12 @@ func TestRestart(t *testing.T) {
 // the agent runs (the change log not closed, the in-flight table as it
 // is), then closes the agent. hostCrash removes the copy's in-flight table,
 // as a crash of the host leaves it in effect (its pages were in memory).
-func (ta *testAgent) crash(hostCrash bool) {
+//
+// A host crash loses the in-flight table (its pages are never synced) and
+// the host boots again (DRFS_TEST_BOOT_TIME) before the agent starts;
+// without activity, the activity log is lost too, as when the agent kept
+// none.
+func (ta *testAgent) crash(hostCrash, activity bool) {
 	ta.t.Helper()
 	crashed := ta.t.TempDir()
 	if err := os.CopyFS(crashed, os.DirFS(ta.state)); err != nil {
@@ -478,6 +484,12 @@ func (ta *testAgent) crash(hostCrash bool) {
 		if err := os.Remove(filepath.Join(crashed, "inflight")); err != nil {
 			ta.t.Fatal(err)
 		}
+		if !activity {
+			if err := os.Remove(filepath.Join(crashed, "activity")); err != nil {
+				ta.t.Fatal(err)
+			}
+		}
+		ta.t.Setenv("DRFS_TEST_BOOT_TIME", strconv.FormatInt(time.Now().UnixNano(), 10))
 	}
 	ta.close()
 	ta.state = crashed
@@ -504,7 +516,7 @@ func (ta *testAgent) shippedAndLogged() {
 func TestCrashRestart(t *testing.T) {
 	ta := newTestAgent(t, "resync-window: always\n")
 	ta.shippedAndLogged()
-	ta.crash(false)
+	ta.crash(false, true)
 	if v := ta.view(); v.State != orchestrator.Protected || v.ResyncReason != "" {
 		t.Fatalf("after a crash of the agent: %s (resync reason %q)", v.State, v.ResyncReason)
 	}
@@ -525,17 +537,31 @@ func TestCrashRestart(t *testing.T) {
 // TestHostCrashRestart: after a crash of the host (the in-flight table
 // lost with the page cache) the restarted agent says why its disks are
 // resynchronized, compares them with the target (only what differs
-// travels), and is Protected again with a point equal to the disk; nothing
-// is copied whole again.
+// travels; with an activity log, only its hot extents, and outside the
+// resync window), and is Protected again with a point equal to the disk;
+// nothing is copied whole again.
 func TestHostCrashRestart(t *testing.T) {
-	ta := newTestAgent(t, "resync-window: always\n")
+	for _, activity := range []bool{true, false} {
+		t.Run(fmt.Sprintf("activity=%v", activity), func(t *testing.T) {
+			testHostCrashRestart(t, activity)
+		})
+	}
+}
+
+func testHostCrashRestart(t *testing.T, activity bool) {
+	window, want := "resync-window: always\n", "dirty shutdown"
+	if activity {
+		// A resync window that never opens: the hot extents do not wait.
+		window, want = "resync-window: never\n", "hot extent(s)"
+	}
+	ta := newTestAgent(t, window)
 	ta.shippedAndLogged()
-	ta.crash(true)
+	ta.crash(true, activity)
 	v := ta.until("a resync after the crash", func(v VMView) bool {
 		return v.State == orchestrator.Resynchronizing || v.State == orchestrator.Protected && len(ta.points()) > 4
 	})
-	if v.State == orchestrator.Resynchronizing && !strings.Contains(v.ResyncReason, "dirty shutdown") {
-		t.Errorf("resynchronizing after a crash, for the reason %q", v.ResyncReason)
+	if v.State == orchestrator.Resynchronizing && !strings.Contains(v.ResyncReason, want) {
+		t.Errorf("resynchronizing after a crash, for the reason %q, want %q", v.ResyncReason, want)
 	}
 	v = ta.until("protected again", func(v VMView) bool { return v.State == orchestrator.Protected && v.Job == nil })
 	if v.Health.Level != orchestrator.Normal {
@@ -691,6 +717,9 @@ func (m *fakeMount) write(rel string, off int64, data []byte) error {
 		return err
 	}
 	defer d.Release()
+	// As fs does: Begin before the file changes, End after the report.
+	tok := d.Begin(off, int64(len(data)))
+	defer d.End(tok)
 	if _, err := f.WriteAt(data, off); err != nil {
 		return err
 	}

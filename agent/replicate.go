@@ -548,13 +548,15 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 		why := fmt.Sprintf("its change log was dropped (%d generation(s)) when the log of %s", len(gens), over)
 		slog.Warn(fmt.Sprintf("%s: %s: every disk is compared with the target instead", vm, why))
 		for disk := range disks {
-			if was, ok := reasons[disk]; onTarget[disk] && (!ok || !lostTracking(was)) {
+			// A disk to compare by its hot extents is compared whole:
+			// the dropped log held changes anywhere in it.
+			if was, ok := reasons[disk]; onTarget[disk] && (!ok || !lostTracking(was) || tracker.IsHotReason(was)) {
 				reasons[disk] = why
 			}
 		}
 	}
 	for disk := range reasons {
-		files[disk], kind = shipper.CopyDisk{Path: disks[disk], Partial: true}, target.KindResync
+		files[disk], kind = shipper.CopyDisk{Path: disks[disk], Partial: true, Only: r.resyncRanges(vm, disk, reasons[disk])}, target.KindResync
 	}
 	if len(files) == 0 {
 		return nil, "", none, nil
@@ -578,7 +580,7 @@ func (r *replication) copies(vm string) (map[string]shipper.CopyDisk, target.Poi
 	// loss during it must flag the disk again, not be wiped by this copy's
 	// success.
 	for disk, why := range reasons {
-		writeFileAtomic(r.pendingPath(vm, disk), []byte(why))
+		writeFileAtomic(r.pendingPath(vm, disk), encodePending(why, files[disk].Only))
 		r.log.ClearResync(vm, disk)
 	}
 	return files, kind, r.afterCopy(vm, files, reasons, len(reasons) > 0), nil
@@ -603,10 +605,22 @@ func (r *replication) resyncDue(vm string, reasons map[string]string) (bool, tim
 	asked := r.mu.now[vm]
 	r.mu.Unlock()
 	now := r.clock.Now()
-	if asked || r.window().InWindow(now) || r.started(vm, reasons) {
+	if asked || r.window().InWindow(now) || r.started(vm, reasons) || allHot(reasons) {
 		return true, time.Time{}
 	}
 	return false, r.window().NextOpen(now)
+}
+
+// allHot reports whether every disk among reasons only has its hot extents
+// to compare after a crash of the host: a small resync that does not wait
+// for the resync window.
+func allHot(reasons map[string]string) bool {
+	for _, why := range reasons {
+		if !tracker.IsHotReason(why) {
+			return false
+		}
+	}
+	return len(reasons) > 0
 }
 
 // waitsForWindow reports whether a resync of vm's flagged disks is due but
@@ -834,7 +848,7 @@ func (r *replication) afterCopy(vm string, files map[string]shipper.CopyDisk, re
 	return func(err error) {
 		if err != nil {
 			for disk, why := range reasons {
-				r.log.MarkResync(vm, disk, why)
+				r.log.MarkResyncRanges(vm, disk, why, fromTargetExtents(files[disk].Only))
 			}
 			return
 		}
@@ -860,14 +874,81 @@ func (r *replication) pendingPath(vm, disk string) string {
 
 // pending returns the reason of a started resync of a disk.
 func (r *replication) pending(vm, disk string) (string, bool) {
+	why, _, ok := r.readPending(vm, disk)
+	return why, ok
+}
+
+// readPending returns the reason of a started resync of a disk and the
+// byte ranges it is limited to (nil: the whole disk).
+func (r *replication) readPending(vm, disk string) (string, []target.Extent, bool) {
 	b, err := os.ReadFile(r.pendingPath(vm, disk))
 	if err != nil {
-		return "", false
+		return "", nil, false
 	}
-	if len(b) == 0 {
-		b = []byte("a resynchronization was under way")
+	why, only := decodePending(b)
+	if why == "" {
+		why = "a resynchronization was under way"
 	}
-	return string(b), true
+	return why, only, true
+}
+
+// resyncRanges returns the byte ranges that the resync of a disk of vm
+// flagged for why compares: for a crash of the host, its hot extents (from
+// its pending resync, or from the log), otherwise nil, the whole disk.
+func (r *replication) resyncRanges(vm, disk, why string) []target.Extent {
+	if !tracker.IsHotReason(why) {
+		return nil
+	}
+	if _, only, ok := r.readPending(vm, disk); ok {
+		return only
+	}
+	var out []target.Extent
+	for _, e := range r.log.ResyncRanges(vm, disk) {
+		out = append(out, target.Extent{Off: e.Off, Len: e.Len})
+	}
+	return out
+}
+
+// encodePending is the content of a pending file: the reason, then, when
+// the resync is limited to some byte ranges, a line "only" and a line
+// "OFFSET LENGTH" per range.
+func encodePending(why string, only []target.Extent) []byte {
+	b := []byte(why)
+	if only != nil {
+		b = append(b, "\nonly"...)
+		for _, e := range only {
+			b = fmt.Appendf(b, "\n%d %d", e.Off, e.Len)
+		}
+	}
+	return b
+}
+
+func decodePending(b []byte) (string, []target.Extent) {
+	why, rest, ok := strings.Cut(string(b), "\nonly")
+	if !ok {
+		return why, nil
+	}
+	only := []target.Extent{}
+	for _, line := range strings.Split(strings.TrimPrefix(rest, "\n"), "\n") {
+		var e target.Extent
+		if _, err := fmt.Sscanf(line, "%d %d", &e.Off, &e.Len); err != nil {
+			return why, nil // unreadable: compare the whole disk
+		}
+		only = append(only, e)
+	}
+	return why, only
+}
+
+// fromTargetExtents converts byte ranges for the log (nil stays nil).
+func fromTargetExtents(es []target.Extent) []tracker.Extent {
+	if es == nil {
+		return nil
+	}
+	out := make([]tracker.Extent, len(es))
+	for i, e := range es {
+		out[i] = tracker.Extent{Off: e.Off, Len: e.Len}
+	}
+	return out
 }
 
 // cursorPath is where the resync cursor of a disk is kept, so that a
@@ -938,6 +1019,7 @@ func (r *replication) diff(ctx context.Context, vm, disk string, d shipper.CopyD
 		}
 	}
 	opts.Window = testHooks.window
+	opts.Only = d.Only
 	var saved time.Time
 	opts.Progress = func(p resync.Progress) {
 		time.Sleep(testHooks.pace)

@@ -28,6 +28,8 @@ type Options struct {
 	TLS    targets.TLS          // the TLS files of the targets
 	// BlockSize is the tracking block size of a new state directory.
 	BlockSize int
+	// Activity shapes the change log's activity log.
+	Activity Activity
 	// Socket is the path of the agent's API (drfs status, protect, ...).
 	Socket string
 	// MetricsListen, if set, is the address of the Prometheus endpoint.
@@ -60,7 +62,8 @@ func Run(o Options, stop chan os.Signal) error {
 			return fmt.Errorf("no source-id set and the host name is unknown: %w", err)
 		}
 	}
-	log, err := openLog(tracker.Options{Dir: cfg.State, Source: cfg.Source, BlockSize: o.BlockSize})
+	log, err := openLog(tracker.Options{Dir: cfg.State, Source: cfg.Source, BlockSize: o.BlockSize,
+		ActivityExtent: o.Activity.Extent, ActivitySlots: o.Activity.Extents})
 	if err != nil {
 		return err
 	}
@@ -130,10 +133,20 @@ func Run(o Options, stop chan os.Signal) error {
 	return nil
 }
 
+// Activity shapes the activity log of the change log, which bounds what a
+// crash of the host costs: Extents extents of Extent bytes may be hot at
+// once, and only those are compared with the target after the crash. Zero
+// values take the tracker's defaults (4 MiB × 1024).
+type Activity struct {
+	Extent  int64
+	Extents int
+}
+
 // MountOptions are what RunMount runs with (drfs mount).
 type MountOptions struct {
 	Source, Mountpoint, State string
-	BlockSize                 int  // of a new state directory
+	BlockSize                 int // of a new state directory
+	Activity                  Activity
 	Debug                     bool // log every FUSE request
 	AllowOther                bool
 	// Replication, if its Target is set, replicates the source there
@@ -163,7 +176,8 @@ func RunMount(o MountOptions, stop chan os.Signal) error {
 		}
 		defer store.Close()
 	}
-	log, err := openLog(tracker.Options{Dir: o.State, Source: o.Source, BlockSize: o.BlockSize})
+	log, err := openLog(tracker.Options{Dir: o.State, Source: o.Source, BlockSize: o.BlockSize,
+		ActivityExtent: o.Activity.Extent, ActivitySlots: o.Activity.Extents})
 	if err != nil {
 		return err
 	}
@@ -237,6 +251,10 @@ func openLog(opts tracker.Options) (*tracker.Log, error) {
 	if r := log.Recovered(); r.ProcessCrash {
 		slog.Info(fmt.Sprintf("change log: the previous drfs process died without closing it; recovered from its in-flight table: %d change(s) in flight recorded again (%s read from the disks), no disk resynchronized for it",
 			r.InFlight, units.Bytes(r.Reread)))
+	}
+	if r := log.Recovered(); r.HostCrash {
+		slog.Warn(fmt.Sprintf("change log: the host crashed while drfs ran; its activity log names %d hot extent(s) (%s): only those are compared with the target, not whole disks",
+			r.HotExtents, units.Bytes(r.HotBytes)))
 	}
 	return log, nil
 }

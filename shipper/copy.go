@@ -56,6 +56,11 @@ type CopyDisk struct {
 	Partial bool
 	Ranges  []target.Extent
 	Against uint64
+	// Only, for a Partial copy whose Ranges are still to be found, limits
+	// the comparison that finds them to these byte ranges (the disk's hot
+	// extents after a crash of the host, see resync.Options.Only); nil
+	// compares the whole disk.
+	Only []target.Extent
 }
 
 // DiskView is a disk to copy from other than a file: a snapshot's view.

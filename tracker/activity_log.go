@@ -29,8 +29,13 @@ func IsHotReason(reason string) bool {
 }
 
 // bootTime is when this boot of the host began, Unix nanoseconds; 0 when
-// the system does not say. Tests replace it to simulate a reboot.
+// the system does not say. Tests replace it to simulate a reboot, or set
+// DRFS_TEST_BOOT_TIME (Unix nanoseconds) for the binary. Not for use
+// outside tests.
 var bootTime = func() int64 {
+	if ns, err := strconv.ParseInt(os.Getenv("DRFS_TEST_BOOT_TIME"), 10, 64); err == nil {
+		return ns
+	}
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0

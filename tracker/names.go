@@ -443,8 +443,10 @@ func (d *Disk) flagLocked(reason string) bool {
 			return false
 		}
 		// Flagged to compare its hot extents only: the new reason needs
-		// the whole disk compared.
-		d.meta.hot, d.meta.reason = nil, reason
+		// the whole disk compared, and the tracking lost at the crash
+		// stays said.
+		d.meta.hot = nil
+		d.meta.reason = fmt.Sprintf("%s (a crash of the host, then: %s)", reasonDirty, reason)
 		return true
 	}
 	d.meta.resync, d.meta.reason, d.meta.since = true, reason, d.l.now()

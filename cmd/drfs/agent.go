@@ -46,6 +46,7 @@ type agentCmd struct {
 	logFlags
 	MetricsListen string `name:"metrics-listen" placeholder:"ADDR" help:"Serve Prometheus metrics on this address, e.g. 127.0.0.1:9477."`
 	BlockSize     int    `default:"4096" help:"Tracking block size in bytes (fixed when the state directory is created)."`
+	activityFlags
 }
 
 // settingFlags are the agent's flags that stand for configuration
@@ -147,8 +148,12 @@ func (c *agentCmd) Run(kctx *kong.Context) error {
 	if err := checkTargets(cfg, tlsFiles, c.Config != ""); err != nil {
 		return err
 	}
+	act, err := c.activityFlags.options()
+	if err != nil {
+		return err
+	}
 	stop := agent.NotifyStop()
 	defer signal.Stop(stop)
-	return agent.Run(agent.Options{Config: cfg, TLS: tlsFiles, BlockSize: c.BlockSize, Socket: c.Socket,
+	return agent.Run(agent.Options{Config: cfg, TLS: tlsFiles, BlockSize: c.BlockSize, Activity: act, Socket: c.Socket,
 		MetricsListen: c.MetricsListen, Version: versionString()}, stop)
 }

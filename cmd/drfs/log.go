@@ -63,6 +63,9 @@ func readStatus(state string) ([]tracker.VMStatus, error) {
 	if r := log.Recovered(); r.Pending {
 		slog.Info(fmt.Sprintf("the process that had the change log open died without closing it; the next drfs start recovers it from its in-flight table (%d change(s) in flight), without resynchronizing the disks it does not show as flagged", r.InFlight))
 	}
+	if r := log.Recovered(); r.HostCrash && r.Pending {
+		slog.Info(fmt.Sprintf("the host crashed while drfs ran; the next drfs start compares %d hot extent(s) (%s) with the target, as the activity log names them, instead of whole disks", r.HotExtents, bytesString(r.HotBytes)))
+	}
 	return log.Status(), nil
 }
 
@@ -84,6 +87,11 @@ func printStatus(w io.Writer, vms []tracker.VMStatus, resync map[string]control.
 			switch {
 			case known && rs.Running:
 				resync = "RUNNING: " + rs.Reason
+			case d.Resync && tracker.IsHotReason(d.Reason):
+				resync = fmt.Sprintf("%s (since %s)", d.Reason, d.Since.Format(time.RFC3339))
+				if known {
+					resync += "; " + resyncWhen(rs, time.Now())
+				}
 			case d.Resync:
 				resync = fmt.Sprintf("REQUIRED since %s: %s", d.Since.Format(time.RFC3339), d.Reason)
 				if known {

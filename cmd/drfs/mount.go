@@ -22,6 +22,7 @@ type mountCmd struct {
 	Debug      bool   `help:"Log every FUSE request (slow)."`
 	AllowOther bool   `name:"allow-other" help:"Let users other than root open the disks on the mount, as their file modes allow (libvirt runs QEMU as its own user: docs/libvirt.md)."`
 	replicationFlags
+	activityFlags
 	logFlags
 }
 
@@ -33,8 +34,12 @@ func (c *mountCmd) Run() error {
 	if err != nil {
 		return err
 	}
+	act, err := c.activityFlags.options()
+	if err != nil {
+		return err
+	}
 	return agent.RunMount(agent.MountOptions{Source: c.Source, Mountpoint: c.Mountpoint, State: c.State,
-		BlockSize: c.BlockSize, Debug: c.Debug, AllowOther: c.AllowOther, Replication: repl}, stop)
+		BlockSize: c.BlockSize, Activity: act, Debug: c.Debug, AllowOther: c.AllowOther, Replication: repl}, stop)
 }
 
 // replicationFlags are the mount's flags for shipping to a target.
