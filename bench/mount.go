@@ -46,6 +46,9 @@ const (
 	// TargetDRFSNoInFlight is the drfs mount with a change log that keeps
 	// no in-flight table: with TargetDRFS it gives the table's cost.
 	TargetDRFSNoInFlight = "drfs-no-inflight"
+	// TargetDRFSNoActivity is the drfs mount with a change log that keeps
+	// no activity log: with TargetDRFS it gives the activity log's cost.
+	TargetDRFSNoActivity = "drfs-no-activity"
 	// TargetPassthroughHP is libfuse's reference server passthrough_hp, in
 	// its own process, with kernel passthrough off where it has it
 	// (--nopassthrough), so that every request reaches the daemon: what the
@@ -54,7 +57,7 @@ const (
 )
 
 // targets are the known targets.
-var targets = []string{TargetNative, TargetLoopback, TargetDRFS, TargetDRFSUntracked, TargetDRFSNoInFlight, TargetPassthroughHP}
+var targets = []string{TargetNative, TargetLoopback, TargetDRFS, TargetDRFSUntracked, TargetDRFSNoInFlight, TargetDRFSNoActivity, TargetPassthroughHP}
 
 // DefaultTargets are the targets of "drfs bench mount", in the order they run.
 var DefaultTargets = []string{TargetNative, TargetLoopback, TargetDRFS}
@@ -530,12 +533,12 @@ func mountTarget(target, dir string, blockSize int, hpBin string, logw io.Writer
 			return nil, err
 		}
 		m.pid, m.close = hp.cmd.Process.Pid, func() error { return hp.stop(mnt) }
-	case TargetDRFS, TargetDRFSNoInFlight:
+	case TargetDRFS, TargetDRFSNoInFlight, TargetDRFSNoActivity:
 		m.state = filepath.Join(dir, "state")
 		m.files = append(m.files, m.state)
 		m.logFS = &countingFS{FS: vfs.Default}
 		changeLog, err := tracker.Open(tracker.Options{Dir: m.state, Source: src, BlockSize: blockSize, FS: m.logFS,
-			NoInFlight: target == TargetDRFSNoInFlight})
+			NoInFlight: target == TargetDRFSNoInFlight, NoActivity: target == TargetDRFSNoActivity})
 		if err != nil {
 			return nil, fmt.Errorf("opening the change log: %w", err)
 		}

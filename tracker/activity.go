@@ -50,8 +50,15 @@ const (
 	// activityPins bounds the changes in flight at once, as tableSlots.
 	activityPins = 1024
 	// coolEvery is how often the log and the files of the hot disks are
-	// synced so that their extents can cool.
+	// synced so that their extents can cool (sooner when the table is half
+	// full).
 	coolEvery = 5 * time.Second
+	// aheadExtents is how many extents past its own a change makes hot
+	// when the extent before it is hot already (a sequential writer) and
+	// fewer than half of those are: in a commit it does not wait for, one
+	// every aheadExtents/2 extents. The writer then finds its next extents
+	// durable already.
+	aheadExtents = 64
 )
 
 // extentKey is an extent of a disk.
@@ -104,6 +111,8 @@ type activity struct {
 		pins   [activityPins + 1]pin // by pin token; 0 is no pin
 	}
 	freePins chan uint32
+	// wake asks the cooler for a cooling sync now: the table is half full.
+	wake chan struct{}
 }
 
 // activityState is what the activity log of the previous process holds.
@@ -216,7 +225,7 @@ func mergeExtents(rs []Extent) []Extent {
 // openActivity creates (or empties) the activity log at path: both copies
 // empty, synced.
 func openActivity(fs vfs.FS, path string, extent int64, slots int) (*activity, error) {
-	a := &activity{fs: fs, path: path, slots: slots, freePins: make(chan uint32, activityPins)}
+	a := &activity{fs: fs, path: path, slots: slots, freePins: make(chan uint32, activityPins), wake: make(chan struct{}, 1)}
 	for extent > 1<<a.shift {
 		a.shift++
 	}
@@ -305,6 +314,10 @@ func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost fu
 			if h == nil {
 				h = &hotExtent{}
 				a.mu.hot[k] = h
+			}
+			if h.seq == 0 {
+				// Not committed yet (new, or made hot ahead by a
+				// begin that then waited for cooling).
 				added = append(added, h)
 			}
 			h.pins++
@@ -313,8 +326,28 @@ func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost fu
 				break
 			}
 		}
+		ahead := 0
+		if first != wholeDisk && first > 0 && a.mu.hot[extentKey{disk, first - 1}] != nil &&
+			a.mu.hot[extentKey{disk, last + aheadExtents/2}] == nil {
+			// A sequential writer: the next extents are made hot,
+			// unpinned, in this commit or one of their own.
+			for e := last + 1; e <= last+aheadExtents; e++ {
+				if k := (extentKey{disk, e}); a.mu.hot[k] == nil {
+					h := &hotExtent{}
+					a.mu.hot[k] = h
+					added = append(added, h)
+					ahead++
+				}
+			}
+		}
 		if len(added) > 0 && len(a.mu.hot) > a.slots {
 			a.coolLocked()
+		}
+		if len(a.mu.hot) > a.slots/2 {
+			select {
+			case a.wake <- struct{}{}:
+			default:
+			}
 		}
 		if len(a.mu.hot) > a.slots {
 			// Full of extents that have not cooled yet: unpin, sync so
@@ -348,7 +381,26 @@ func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost fu
 			}
 			need = a.mu.seq
 		}
+		if need > a.mu.durable && len(added) > ahead {
+			// An extent of this change is new: wait for its commit.
+			if err := a.commitLocked(need); err != nil {
+				a.mu.Unlock()
+				lost(err)
+				a.mu.Lock()
+			}
+			return tok
+		}
+		if len(added) > 0 && !a.mu.committing {
+			// Only extents ahead are new: commit them meanwhile.
+			go func() {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				a.commitLocked(a.mu.seq)
+			}()
+		}
 		if need > a.mu.durable {
+			// An extent of this change was added by another change
+			// and is not durable yet.
 			if err := a.commitLocked(need); err != nil {
 				a.mu.Unlock()
 				lost(err)
@@ -435,7 +487,9 @@ func (a *activity) write(seq uint64, entries []extentKey) error {
 	if _, err := a.f.WriteAt(a.encode(seq, entries), int64(seq&1)*a.copySize); err != nil {
 		return err
 	}
-	return a.f.Sync()
+	// The file's size never changes after openActivity: its data is all
+	// there is to sync.
+	return a.f.SyncData()
 }
 
 // coolLocked drops from the table in memory the extents that cooled: not

@@ -106,13 +106,25 @@ func (l *Log) cooler() {
 	defer close(l.coolDone)
 	tick := time.NewTicker(coolEvery)
 	defer tick.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-l.stopCool:
 			return
+		case <-l.activity.wake:
+			// At most one early cooling a second: extents written all
+			// the time do not cool, however often the disks are synced.
+			select {
+			case <-l.stopCool:
+				return
+			case <-time.After(time.Until(last.Add(time.Second))):
+			}
+			l.settle()
+			last = time.Now()
 		case <-tick.C:
 			if disks, _ := l.activity.settling(); len(disks) > 0 {
 				l.settle()
+				last = time.Now()
 			}
 		}
 	}
