@@ -53,11 +53,10 @@ const (
 	// synced so that their extents can cool (sooner when the table is half
 	// full).
 	coolEvery = 5 * time.Second
-	// aheadExtents is how many extents past its own a change makes hot
-	// when the extent before it is hot already (a sequential writer) and
-	// fewer than half of those are: in a commit it does not wait for, one
-	// every aheadExtents/2 extents. The writer then finds its next extents
-	// durable already.
+	// aheadExtents is how many extents past its own a change of a
+	// sequential writer makes hot when fewer than half of those are: in a
+	// commit it does not wait for, one every aheadExtents/2 extents. The
+	// writer then finds its next extents durable already.
 	aheadExtents = 64
 )
 
@@ -109,10 +108,37 @@ type activity struct {
 		// extents.
 		broken error
 		pins   [activityPins + 1]pin // by pin token; 0 is no pin
+		// streams tell sequential writers, per disk: the last extent
+		// a change began in, and how many extent boundaries in a row
+		// the changes crossed forward by one.
+		streams map[uint32]stream
 	}
 	freePins chan uint32
 	// wake asks the cooler for a cooling sync now: the table is half full.
 	wake chan struct{}
+}
+
+// stream is the recent path of the changes of a disk through its extents.
+type stream struct {
+	last  uint64
+	steps int
+}
+
+// sequential records a change of extents first..last of disk and reports
+// whether the disk's changes look sequential: they crossed two extent
+// boundaries in a row, each to the next extent.
+func (a *activity) sequentialLocked(disk uint32, first, last uint64) bool {
+	s := a.mu.streams[disk]
+	switch {
+	case first == s.last:
+	case first == s.last+1:
+		s.steps++
+	default:
+		s.steps = 0
+	}
+	s.last = last
+	a.mu.streams[disk] = s
+	return s.steps >= 2
 }
 
 // activityState is what the activity log of the previous process holds.
@@ -124,6 +150,7 @@ type activityState struct {
 	ranges map[uint32][]Extent
 	count  map[uint32]int
 	whole  map[uint32]bool
+	extent int64 // the smallest extent size of the copies
 }
 
 // Extent is a byte range of a disk.
@@ -155,6 +182,9 @@ func readActivity(fs vfs.FS, path string) activityState {
 		}
 		st.valid = true
 		st.seq = max(st.seq, seq)
+		if st.extent == 0 || extSize < st.extent {
+			st.extent = extSize
+		}
 		for _, k := range entries {
 			if k.ext == wholeDisk {
 				st.whole[k.disk] = true
@@ -232,6 +262,7 @@ func openActivity(fs vfs.FS, path string, extent int64, slots int) (*activity, e
 	a.copySize = (activityHeader + int64(slots)*activityEntry + 4095) / 4096 * 4096
 	a.mu.cond.L = &a.mu
 	a.mu.hot = make(map[extentKey]*hotExtent)
+	a.mu.streams = make(map[uint32]stream)
 	for i := uint32(1); i <= activityPins; i++ {
 		a.freePins <- i
 	}
@@ -305,6 +336,7 @@ func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost fu
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.mu.pins[tok] = p
+	seq := first != wholeDisk && a.sequentialLocked(disk, first, last)
 	for {
 		var added []*hotExtent
 		need := uint64(0)
@@ -327,8 +359,7 @@ func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost fu
 			}
 		}
 		ahead := 0
-		if first != wholeDisk && first > 0 && a.mu.hot[extentKey{disk, first - 1}] != nil &&
-			a.mu.hot[extentKey{disk, last + aheadExtents/2}] == nil {
+		if seq && a.mu.hot[extentKey{disk, last + aheadExtents/2}] == nil {
 			// A sequential writer: the next extents are made hot,
 			// unpinned, in this commit or one of their own.
 			for e := last + 1; e <= last+aheadExtents; e++ {

@@ -235,18 +235,32 @@ func (l *Log) recoverHot(disks []*Disk, st activityState) {
 				reasonOutside, stamp(fst.ctime), stamp(boot)))
 		case st.whole[d.id]:
 			l.markResync(d, reasonDirty+" (a change of the whole disk was in flight at the crash of the host)")
-		case len(st.ranges[d.id]) > 0:
-			rs := st.ranges[d.id]
+		case len(clipExtents(st.ranges[d.id], fst.size)) > 0:
+			// Extents past the end of the file (made hot ahead of a
+			// sequential writer) hold nothing to compare.
+			rs := clipExtents(st.ranges[d.id], fst.size)
 			var bytes int64
 			for _, r := range rs {
 				bytes += r.Len
 			}
-			n := st.count[d.id]
+			n := min(st.count[d.id], int((bytes+st.extent-1)/st.extent))
 			l.recovered.HotExtents += n
 			l.recovered.HotBytes += bytes
 			l.markHot(d, rs, HotReason(n, bytes))
 		}
 	}
+}
+
+// clipExtents returns the part of rs before size.
+func clipExtents(rs []Extent, size int64) []Extent {
+	var out []Extent
+	for _, r := range rs {
+		if r.Off >= size {
+			break
+		}
+		out = append(out, Extent{r.Off, min(r.Len, size-r.Off)})
+	}
+	return out
 }
 
 // markHot flags d to compare only the byte ranges rs, unless it is

@@ -136,6 +136,9 @@ func hostCrashRound(t *testing.T, rng *rand.Rand) {
 			}
 		}
 		after[rel] = out
+		if err := os.WriteFile(filepath.Join(src, rel), out, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	boot, btime := bootID, bootTime
 	bootID = func() string { return "another boot" }
