@@ -54,7 +54,7 @@ const (
 	// full).
 	coolEvery = 5 * time.Second
 	// aheadExtents is how many extents past its own a change of a
-	// sequential writer makes hot when fewer than half of those are: in a
+	// sequential writer (seqRun) makes hot when fewer than half of those are: in a
 	// commit it does not wait for, one every aheadExtents/2 extents. The
 	// writer then finds its next extents durable already.
 	aheadExtents = 64
@@ -118,27 +118,29 @@ type activity struct {
 	wake chan struct{}
 }
 
-// stream is the recent path of the changes of a disk through its extents.
+// stream is the recent path of the changes of a disk: where the last one
+// ended, and how many in a row began where the one before ended.
 type stream struct {
-	last  uint64
-	steps int
+	end int64
+	run int
 }
 
-// sequential records a change of extents first..last of disk and reports
-// whether the disk's changes look sequential: they crossed two extent
-// boundaries in a row, each to the next extent.
-func (a *activity) sequentialLocked(disk uint32, first, last uint64) bool {
+// seqRun is how many changes in a row must each begin where the one
+// before ended for their disk's writer to be taken as sequential.
+const seqRun = 4
+
+// sequentialLocked records a change of disk's [off, off+n) and reports
+// whether the disk's writer is sequential.
+func (a *activity) sequentialLocked(disk uint32, off, n int64) bool {
 	s := a.mu.streams[disk]
-	switch {
-	case first == s.last:
-	case first == s.last+1:
-		s.steps++
-	default:
-		s.steps = 0
+	if off == s.end {
+		s.run++
+	} else {
+		s.run = 0
 	}
-	s.last = last
+	s.end = off + n
 	a.mu.streams[disk] = s
-	return s.steps >= 2
+	return s.run >= seqRun
 }
 
 // activityState is what the activity log of the previous process holds.
@@ -336,7 +338,7 @@ func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost fu
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.mu.pins[tok] = p
-	seq := first != wholeDisk && a.sequentialLocked(disk, first, last)
+	seq := first != wholeDisk && n > 0 && a.sequentialLocked(disk, off, n)
 	for {
 		var added []*hotExtent
 		need := uint64(0)
