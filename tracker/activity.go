@@ -54,7 +54,7 @@ const (
 	// full).
 	coolEvery = 5 * time.Second
 	// aheadExtents is how many extents past its own a change of a
-	// sequential writer (seqRun) makes hot when fewer than half of those are: in a
+	// sequential writer (seqExtents) makes hot when fewer than half of those are: in a
 	// commit it does not wait for, one every aheadExtents/2 extents. The
 	// writer then finds its next extents durable already.
 	aheadExtents = 64
@@ -119,28 +119,29 @@ type activity struct {
 }
 
 // stream is the recent path of the changes of a disk: where the last one
-// ended, and how many in a row began where the one before ended.
+// ended, and how many bytes the changes in a row that each began where
+// the one before ended covered.
 type stream struct {
-	end int64
-	run int
+	end, run int64
 }
 
-// seqRun is how many changes in a row must each begin where the one
-// before ended for their disk's writer to be taken as sequential.
-const seqRun = 4
+// seqExtents is how many extents a run of changes must cover, each
+// beginning where the one before ended, for their disk's writer to be
+// taken as sequential (a guest's short bursts of contiguous writes are
+// not).
+const seqExtents = 2
 
 // sequentialLocked records a change of disk's [off, off+n) and reports
 // whether the disk's writer is sequential.
 func (a *activity) sequentialLocked(disk uint32, off, n int64) bool {
 	s := a.mu.streams[disk]
-	if off == s.end {
-		s.run++
-	} else {
+	if off != s.end {
 		s.run = 0
 	}
+	s.run += n
 	s.end = off + n
 	a.mu.streams[disk] = s
-	return s.run >= seqRun
+	return s.run >= seqExtents<<a.shift
 }
 
 // activityState is what the activity log of the previous process holds.

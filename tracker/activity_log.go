@@ -28,6 +28,12 @@ func IsHotReason(reason string) bool {
 	return strings.HasPrefix(reason, reasonHot) && strings.HasSuffix(reason, "after a crash of the host")
 }
 
+// bootSlack is how far after the host's start a disk's ctime may be and
+// still be taken as from before the crash: the boot time the kernel gives
+// comes from a clock read at boot, in whole seconds on a PC's RTC, and a
+// virtual machine may be back within a second of its crash.
+const bootSlack = int64(2 * time.Second)
+
 // bootTime is when this boot of the host began, Unix nanoseconds; 0 when
 // the system does not say. Tests replace it to simulate a reboot, or set
 // DRFS_TEST_BOOT_TIME (Unix nanoseconds) for the binary. Not for use
@@ -218,7 +224,8 @@ func (l *Log) beginActivity(d *Disk, off, n int64) uint32 {
 // recoverHot finishes the recovery from a crash of the host when the
 // previous process kept an activity log: a disk with hot extents is
 // flagged to compare only them; one hot whole, or changed since this boot
-// began (drfs was down), is flagged whole; the others lost nothing.
+// began (drfs was down; a change in the first bootSlack is not told from
+// one before the crash), is flagged whole; the others lost nothing.
 func (l *Log) recoverHot(disks []*Disk, st activityState) {
 	l.recovered = Recovery{HostCrash: true, Pending: l.opts.ReadOnly}
 	boot := bootTime()
@@ -230,7 +237,7 @@ func (l *Log) recoverHot(disks []*Disk, st activityState) {
 		switch {
 		case !ok:
 			l.markResync(d, reasonOutside+" while drfs was down: the file is missing")
-		case boot > 0 && fst.ctime >= boot:
+		case boot > 0 && fst.ctime > boot+bootSlack:
 			l.markResync(d, fmt.Sprintf("%s while drfs was down: inode changed %s (ctime), after the host started at %s",
 				reasonOutside, stamp(fst.ctime), stamp(boot)))
 		case st.whole[d.id]:
