@@ -563,6 +563,11 @@ func testHostCrashRestart(t *testing.T, activity bool) {
 	if v.State == orchestrator.Resynchronizing && !strings.Contains(v.ResyncReason, want) {
 		t.Errorf("resynchronizing after a crash, for the reason %q, want %q", v.ResyncReason, want)
 	}
+	if activity && v.State == orchestrator.Resynchronizing && v.Health.Level == orchestrator.Critical {
+		// The hot extents are compared at once: a consistent point is
+		// on its way, whatever the resync window.
+		t.Errorf("health while the hot extents are compared: %s (%s)", v.Health.Level, v.Health.Reason)
+	}
 	v = ta.until("protected again", func(v VMView) bool { return v.State == orchestrator.Protected && v.Job == nil })
 	if v.Health.Level != orchestrator.Normal {
 		t.Errorf("after the resync: health %s (%s)", v.Health.Level, v.Health.Reason)

@@ -926,9 +926,9 @@ func (a *agent) runRound(ctx context.Context, p *protection) {
 	whole := p.state() == orchestrator.InitialReplication && a.mount != nil && !a.targetHolds(ctx, p)
 	if reason := a.flagged(p.name); reason != "" && !whole {
 		// Tracking was lost on a disk: this round (or the first in the
-		// resync window) compares it.
+		// resync window; at once for hot extents) compares it.
 		p.mu.Lock()
-		p.mu.vm.Apply(a.clock.Now(), orchestrator.ResyncRequired{Reason: reason})
+		p.mu.vm.Apply(a.clock.Now(), orchestrator.ResyncRequired{Reason: reason, Now: a.onlyHot(p.name)})
 		p.mu.Unlock()
 	}
 	state := p.state()
@@ -1181,7 +1181,9 @@ func (a *agent) afterRound(p *protection, id uint64, res roundResult) {
 	if flagged != "" {
 		// Tracking was lost on a disk (or its log grew past the
 		// threshold): the VM resynchronizes.
-		vm.Apply(now, orchestrator.ResyncRequired{Reason: flagged})
+		// Hot extents after a crash of the host are compared at once,
+		// whatever the resync window.
+		vm.Apply(now, orchestrator.ResyncRequired{Reason: flagged, Now: a.onlyHot(p.name)})
 	}
 	status := vm.Status(now)
 	after, desc := vm.State(), vm.Describe()
@@ -1226,6 +1228,22 @@ func (a *agent) flagged(vm string) string {
 		}
 	}
 	return ""
+}
+
+// onlyHot reports whether every disk of vm that lost its tracking has only
+// its hot extents to compare after a crash of the host.
+func (a *agent) onlyHot(vm string) bool {
+	for _, st := range a.log.Status() {
+		if st.Name != vm {
+			continue
+		}
+		for _, d := range st.Disks {
+			if d.Resync && !d.Removed && lostTracking(d.Reason) && !tracker.IsHotReason(d.Reason) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // anyFlagged reports whether a disk of vm is flagged for resynchronization
