@@ -28,7 +28,7 @@ import (
 //
 // The file holds two copies of the table, written in turn, each with its
 // own sequence number and checksum: a commit torn by the crash leaves the
-// other copy whole, and the union of the whole copies is read. A copy is a
+// other copy whole, and the newest whole copy is read. A copy is a
 // 64-byte header and the hot extents, 16 bytes each; docs/log-format.md
 // gives the layout.
 const (
@@ -97,8 +97,10 @@ type activity struct {
 		cond sync.Cond
 		hot  map[extentKey]*hotExtent
 		// clock counts the ends of changes; settled is its value when
-		// the last cooling sync began.
-		clock, settled uint64
+		// the last cooling sync began, idle when the one before began:
+		// an extent last changed before idle was not changed for a
+		// whole cooling period.
+		clock, settled, idle uint64
 		// seq counts the changes of the table in memory, durable the
 		// last one written and synced; committing: a commit is being
 		// written.
@@ -153,14 +155,17 @@ type activityState struct {
 	ranges map[uint32][]Extent
 	count  map[uint32]int
 	whole  map[uint32]bool
-	extent int64 // the smallest extent size of the copies
+	extent int64 // the extent size
 }
 
 // Extent is a byte range of a disk.
 type Extent struct{ Off, Len int64 }
 
 // readActivity reads the activity log at path, as the last process left
-// it: the union of its whole copies.
+// it: its newest whole copy. A copy is written only after the one before
+// was synced, and a change waits for the copy that names its extents: a
+// newer copy torn by the crash was needed by no change made yet, and a
+// whole one holds every extent still hot (those it leaves out had cooled).
 func readActivity(fs vfs.FS, path string) activityState {
 	st := activityState{ranges: map[uint32][]Extent{}, count: map[uint32]int{}, whole: map[uint32]bool{}}
 	f, err := fs.Open(path)
@@ -177,44 +182,25 @@ func readActivity(fs vfs.FS, path string) activityState {
 		return st
 	}
 	half := int64(len(b) / 2)
+	var entries []extentKey
 	for c := int64(0); c < 2; c++ {
-		cp := b[c*half : (c+1)*half]
-		seq, extSize, entries, ok := decodeActivityCopy(cp)
-		if !ok {
+		seq, extSize, es, ok := decodeActivityCopy(b[c*half : (c+1)*half])
+		if ok && (!st.valid || seq > st.seq) {
+			st.valid, st.seq, st.extent, entries = true, seq, extSize, es
+		}
+	}
+	for _, k := range entries {
+		if k.ext == wholeDisk {
+			st.whole[k.disk] = true
 			continue
 		}
-		st.valid = true
-		st.seq = max(st.seq, seq)
-		if st.extent == 0 || extSize < st.extent {
-			st.extent = extSize
-		}
-		for _, k := range entries {
-			if k.ext == wholeDisk {
-				st.whole[k.disk] = true
-				continue
-			}
-			st.ranges[k.disk] = append(st.ranges[k.disk], Extent{int64(k.ext) * extSize, extSize})
-		}
+		st.ranges[k.disk] = append(st.ranges[k.disk], Extent{int64(k.ext) * st.extent, st.extent})
+		st.count[k.disk]++
 	}
 	for d, rs := range st.ranges {
-		// The copies may have different extent sizes: count extents of
-		// the smallest.
-		ext := extentOf(rs)
 		st.ranges[d] = mergeExtents(rs)
-		for _, r := range st.ranges[d] {
-			st.count[d] += int((r.Len + ext - 1) / ext)
-		}
 	}
 	return st
-}
-
-// extentOf returns the smallest length among rs, taken as their extent size.
-func extentOf(rs []Extent) int64 {
-	m := rs[0].Len
-	for _, r := range rs {
-		m = min(m, r.Len)
-	}
-	return m
 }
 
 // decodeActivityCopy decodes one copy of the table.
@@ -375,7 +361,7 @@ func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost fu
 			}
 		}
 		if len(added) > 0 && len(a.mu.hot) > a.slots {
-			a.coolLocked()
+			a.coolLocked(a.mu.settled)
 		}
 		if len(a.mu.hot) > a.slots/2 {
 			select {
@@ -527,11 +513,12 @@ func (a *activity) write(seq uint64, entries []extentKey) error {
 }
 
 // coolLocked drops from the table in memory the extents that cooled: not
-// in flight, and last changed before the last cooling sync began.
-func (a *activity) coolLocked() int {
+// in flight, and last changed before bound (at most settled: the last
+// cooling sync began after their last change ended).
+func (a *activity) coolLocked(bound uint64) int {
 	n := 0
 	for k, h := range a.mu.hot {
-		if h.pins == 0 && h.last <= a.mu.settled {
+		if h.pins == 0 && h.last <= bound {
 			delete(a.mu.hot, k)
 			n++
 		}
@@ -559,7 +546,8 @@ func (a *activity) settling() (map[uint32]bool, uint64) {
 
 // settledAt records that every change ended by clock is durable in the
 // disks' files and the log (except those of failed disks, which stay
-// hot), and writes the table without the extents that cooled.
+// hot), and writes the table without the extents that were not changed
+// since the sync before.
 func (a *activity) settledAt(clock uint64, failed map[uint32]bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -572,8 +560,11 @@ func (a *activity) settledAt(clock uint64, failed map[uint32]bool) error {
 			}
 		}
 	}
-	a.mu.settled = max(a.mu.settled, clock)
-	if a.coolLocked() == 0 || a.mu.broken != nil {
+	// Lazily: only the extents idle for a whole period leave the table,
+	// so that one written all the time does not cost a commit each
+	// period; a full table cools all it can (begin).
+	a.mu.idle, a.mu.settled = a.mu.settled, max(a.mu.settled, clock)
+	if a.coolLocked(a.mu.idle) == 0 || a.mu.broken != nil {
 		return nil
 	}
 	return a.commitLocked(a.mu.seq)
