@@ -570,6 +570,13 @@ func (a *activity) settledAt(clock uint64, failed map[uint32]bool) error {
 	return a.commitLocked(a.mu.seq)
 }
 
+// hotCount returns how many extents are in the table.
+func (a *activity) hotCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.mu.hot)
+}
+
 // close closes the file.
 func (a *activity) close() error {
 	a.commitMu.Lock()

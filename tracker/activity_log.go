@@ -128,7 +128,9 @@ func (l *Log) cooler() {
 			l.settle()
 			last = time.Now()
 		case <-tick.C:
-			if disks, _ := l.activity.settling(); len(disks) > 0 {
+			// Also with nothing changed since the last sync: the
+			// extents idle since then cool now.
+			if l.activity.hotCount() > 0 {
 				l.settle()
 				last = time.Now()
 			}
