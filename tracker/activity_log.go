@@ -166,13 +166,7 @@ func (l *Log) settle() error {
 			l.markResync(d, fmt.Sprintf("syncing the disk's file failed: %v", err))
 		}
 	}
-	l.mu.Lock()
-	vms := make([]*vm, 0, len(l.mu.vmByID))
-	for _, v := range l.mu.vmByID {
-		vms = append(vms, v)
-	}
-	l.mu.Unlock()
-	for _, v := range vms {
+	for _, v := range l.allVMs() {
 		v.mu.Lock()
 		gens := append([]*generation(nil), v.mu.unsynced...)
 		v.mu.Unlock()

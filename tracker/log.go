@@ -542,6 +542,17 @@ func (l *Log) load() error {
 	return nil
 }
 
+// allVMs returns every VM of the log, in no order.
+func (l *Log) allVMs() []*vm {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	vms := make([]*vm, 0, len(l.mu.vmByID))
+	for _, v := range l.mu.vmByID {
+		vms = append(vms, v)
+	}
+	return vms
+}
+
 func (l *Log) sortedDisks() []*Disk {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -836,13 +847,7 @@ func (l *Log) Close() error {
 				ok = false
 			}
 		}
-		l.mu.Lock()
-		vms := make([]*vm, 0, len(l.mu.vmByID))
-		for _, v := range l.mu.vmByID {
-			vms = append(vms, v)
-		}
-		l.mu.Unlock()
-		for _, v := range vms {
+		for _, v := range l.allVMs() {
 			v.rotMu.Lock()
 			v.rw.Lock() // waits for changes in flight
 			if g := v.active; g != nil {
