@@ -54,10 +54,14 @@ const (
 	// full).
 	coolEvery = 5 * time.Second
 	// aheadExtents is how many extents past its own a change of a
-	// sequential writer (seqExtents) makes hot when fewer than half of those are: in a
-	// commit it does not wait for, one every aheadExtents/2 extents. The
-	// writer then finds its next extents durable already.
-	aheadExtents = 64
+	// sequential writer (seqExtents) makes hot when the one half way there
+	// is not: in a commit it does not wait for, one every aheadExtents/2
+	// extents, never past the end of the disk unless the change grows it.
+	// The writer then finds its next extents durable already: a commit
+	// waits for a flush of the device, which takes up to 0.7 s here while
+	// the kernel writes a disk's file back, when the writer moves 1 GB/s
+	// (docs/benchmarks.md).
+	aheadExtents = 128
 )
 
 // extentKey is an extent of a disk.
@@ -86,6 +90,7 @@ type activity struct {
 	path     string
 	shift    uint // log2 of the extent size
 	slots    int
+	ahead    uint64 // aheadExtents, at most an eighth of the slots
 	copySize int64
 
 	// commitMu serializes writes of the file.
@@ -97,10 +102,11 @@ type activity struct {
 		cond sync.Cond
 		hot  map[extentKey]*hotExtent
 		// clock counts the ends of changes; settled is its value when
-		// the last cooling sync began, idle when the one before began:
-		// an extent last changed before idle was not changed for a
-		// whole cooling period.
-		clock, settled, idle uint64
+		// the last sync of the disks and the log began (every change
+		// ended by then is durable), ticked when the cooler last
+		// looked: an extent last changed before ticked was not changed
+		// for a whole cooling period.
+		clock, settled, ticked uint64
 		// seq counts the changes of the table in memory, durable the
 		// last one written and synced; committing: a commit is being
 		// written.
@@ -120,28 +126,35 @@ type activity struct {
 	wake chan struct{}
 }
 
-// stream is the recent path of the changes of a disk: where the last one
-// ended, and how many bytes the changes in a row that each began where
-// the one before ended covered.
+// stream is the recent path of the changes of a disk: the furthest end of
+// a run of changes that each began near the end of the ones before, and
+// how far the run moved that end forward.
 type stream struct {
 	end, run int64
 }
 
-// seqExtents is how many extents a run of changes must cover, each
-// beginning where the one before ended, for their disk's writer to be
-// taken as sequential (a guest's short bursts of contiguous writes are
-// not).
+// seqExtents is how far forward a run of changes must move, each
+// beginning near where the ones before ended, for their disk's writer to
+// be taken as sequential (a guest's short bursts of contiguous writes are
+// not, nor a random writer: only the changes past the end move it).
 const seqExtents = 2
+
+// seqNear is how far from the end of its run a change may begin and still
+// continue it: the kernel splits a large write into requests of at most
+// 1 MiB and sends them at once, and they reach begin in any order.
+const seqNear = 1 << 20
 
 // sequentialLocked records a change of disk's [off, off+n) and reports
 // whether the disk's writer is sequential.
 func (a *activity) sequentialLocked(disk uint32, off, n int64) bool {
 	s := a.mu.streams[disk]
-	if off != s.end {
-		s.run = 0
+	if off < s.end-seqNear || off > s.end+seqNear {
+		s = stream{end: off}
 	}
-	s.run += n
-	s.end = off + n
+	if end := off + n; end > s.end {
+		s.run += end - s.end
+		s.end = end
+	}
 	a.mu.streams[disk] = s
 	return s.run >= seqExtents<<a.shift
 }
@@ -244,7 +257,8 @@ func mergeExtents(rs []Extent) []Extent {
 // openActivity creates (or empties) the activity log at path: both copies
 // empty, synced.
 func openActivity(fs vfs.FS, path string, extent int64, slots int) (*activity, error) {
-	a := &activity{fs: fs, path: path, slots: slots, freePins: make(chan uint32, activityPins), wake: make(chan struct{}, 1)}
+	a := &activity{fs: fs, path: path, slots: slots, ahead: uint64(max(1, min(aheadExtents, slots/8))),
+		freePins: make(chan uint32, activityPins), wake: make(chan struct{}, 1)}
 	for extent > 1<<a.shift {
 		a.shift++
 	}
@@ -313,12 +327,13 @@ func (a *activity) extents(off, n int64) (first, last uint64) {
 }
 
 // begin makes the extents of a change of disk's [off, off+n) hot, durably,
-// and pins them until end; it returns the pin's token. It waits for a
+// and pins them until end; it returns the pin's token. size is the disk's
+// size before the change. It waits for a
 // commit of the table when an extent is not in it yet, and for cooling
 // when the table is full (settle syncs the files and the log). lost is
 // called, and begin returns without waiting, when the table cannot be
 // written: the change is then not covered.
-func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost func(error)) uint32 {
+func (a *activity) begin(disk uint32, off, n, size int64, settle func() error, lost func(error)) uint32 {
 	first, last := a.extents(off, n)
 	tok := <-a.freePins
 	p := pin{disk, first, last}
@@ -348,10 +363,14 @@ func (a *activity) begin(disk uint32, off, n int64, settle func() error, lost fu
 			}
 		}
 		ahead := 0
-		if seq && a.mu.hot[extentKey{disk, last + aheadExtents/2}] == nil {
+		stop := last + a.ahead
+		if off+n <= size {
+			stop = min(stop, uint64(size-1)>>a.shift)
+		}
+		if mid := min(last+a.ahead/2, stop); seq && mid > last && a.mu.hot[extentKey{disk, mid}] == nil {
 			// A sequential writer: the next extents are made hot,
 			// unpinned, in this commit or one of their own.
-			for e := last + 1; e <= last+aheadExtents; e++ {
+			for e := last + 1; e <= stop; e++ {
 				if k := (extentKey{disk, e}); a.mu.hot[k] == nil {
 					h := &hotExtent{}
 					a.mu.hot[k] = h
@@ -529,9 +548,9 @@ func (a *activity) coolLocked(bound uint64) int {
 	return n
 }
 
-// settling starts a cooling sync: it returns the disks with extents that
-// may cool once their files and the log are synced, and the clock to pass
-// to settled.
+// settling starts a sync of the disks and the log: it returns the disks
+// with extents changed since the last one (or in flight), and the clock to
+// pass to settledAt.
 func (a *activity) settling() (map[uint32]bool, uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -545,10 +564,9 @@ func (a *activity) settling() (map[uint32]bool, uint64) {
 }
 
 // settledAt records that every change ended by clock is durable in the
-// disks' files and the log (except those of failed disks, which stay
-// hot), and writes the table without the extents that were not changed
-// since the sync before.
-func (a *activity) settledAt(clock uint64, failed map[uint32]bool) error {
+// disks' files and the log, except those of failed disks, whose extents
+// stay hot.
+func (a *activity) settledAt(clock uint64, failed map[uint32]bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(failed) > 0 {
@@ -560,11 +578,43 @@ func (a *activity) settledAt(clock uint64, failed map[uint32]bool) error {
 			}
 		}
 	}
-	// Lazily: only the extents idle for a whole period leave the table,
-	// so that one written all the time does not cost a commit each
-	// period; a full table cools all it can (begin).
-	a.mu.idle, a.mu.settled = a.mu.settled, max(a.mu.settled, clock)
-	if a.coolLocked(a.mu.idle) == 0 || a.mu.broken != nil {
+	a.mu.settled = max(a.mu.settled, clock)
+}
+
+// tick starts a cooling period. It returns the bound of the period that
+// ended (an extent last changed by it was idle for the whole period) and
+// whether one of the idle extents needs a sync before it can cool: it
+// changed since the last one. An extent written all the time is never
+// idle, so a sequential writer that sweeps a disk faster than a period,
+// or a random one all over it, costs no sync and no commit.
+func (a *activity) tick() (bound uint64, sync bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	bound, a.mu.ticked = a.mu.ticked, a.mu.clock
+	for _, h := range a.mu.hot {
+		if h.pins == 0 && h.last > a.mu.settled && h.last <= bound {
+			return bound, true
+		}
+	}
+	return bound, false
+}
+
+// lastSettled returns the clock of the last sync of the disks and the log.
+func (a *activity) lastSettled() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.mu.settled
+}
+
+// cool writes the table without the extents that were not in flight and
+// last changed by bound, among those a sync covered. Lazily: an extent
+// leaves the table only after a whole period without changes, so that one
+// written all the time does not cost a commit each period; a full table
+// cools all it can (begin).
+func (a *activity) cool(bound uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.coolLocked(min(bound, a.mu.settled)) == 0 || a.mu.broken != nil {
 		return nil
 	}
 	return a.commitLocked(a.mu.seq)

@@ -106,10 +106,13 @@ func (l *Log) stopActivity(clean bool) {
 	}
 }
 
-// cooler syncs the hot disks and the log every coolEvery, so that their
-// extents cool, until Close.
+// cooler cools the extents of the activity log until Close: every
+// coolEvery those idle for a whole period (syncing the hot disks and the
+// log first if one of them changed since the last sync), and sooner when
+// the table is half full.
 func (l *Log) cooler() {
 	defer close(l.coolDone)
+	a := l.activity
 	tick := time.NewTicker(coolEvery)
 	defer tick.Stop()
 	var last time.Time
@@ -117,7 +120,7 @@ func (l *Log) cooler() {
 		select {
 		case <-l.stopCool:
 			return
-		case <-l.activity.wake:
+		case <-a.wake:
 			// At most one early cooling a second: extents written all
 			// the time do not cool, however often the disks are synced.
 			select {
@@ -125,22 +128,33 @@ func (l *Log) cooler() {
 				return
 			case <-time.After(time.Until(last.Add(time.Second))):
 			}
+			// Those not changed since the sync before this one.
+			bound := a.lastSettled()
+			// A disk that failed to sync stays hot (settle).
 			l.settle()
+			a.cool(bound)
 			last = time.Now()
 		case <-tick.C:
-			// Also with nothing changed since the last sync: the
-			// extents idle since then cool now.
-			if l.activity.hotCount() > 0 {
-				l.settle()
-				last = time.Now()
-			}
+			l.coolIdle()
 		}
 	}
 }
 
+// coolIdle ends a cooling period: the extents not changed during it cool,
+// after a sync of the disks and the log if one of them changed since the
+// last sync.
+func (l *Log) coolIdle() error {
+	bound, sync := l.activity.tick()
+	var err error
+	if sync {
+		err = l.settle() // a disk that failed to sync stays hot
+	}
+	return errors.Join(err, l.activity.cool(bound))
+}
+
 // settle makes every change that has ended durable in the disks' files
-// and in the log, and cools the extents whose last change it covered. A
-// disk whose file cannot be synced is flagged (the kernel may have dropped
+// and in the log, so that the extents it covered can cool. A disk whose
+// file cannot be synced is flagged (the kernel may have dropped
 // its unwritten pages), and its extents stay hot.
 func (l *Log) settle() error {
 	a := l.activity
@@ -186,9 +200,7 @@ func (l *Log) settle() error {
 			}
 		}
 	}
-	if err := a.settledAt(clock, failed); err != nil {
-		errs = append(errs, err)
-	}
+	a.settledAt(clock, failed)
 	return errors.Join(errs...)
 }
 
@@ -210,7 +222,10 @@ func (l *Log) syncFile(rel string) error {
 
 // beginActivity makes the extents of a change of d hot (see activity).
 func (l *Log) beginActivity(d *Disk, off, n int64) uint32 {
-	return l.activity.begin(d.id, off, n, l.settle, func(err error) {
+	d.mu.Lock()
+	size := d.mu.size
+	d.mu.Unlock()
+	return l.activity.begin(d.id, off, n, size, l.settle, func(err error) {
 		if !d.flagged.Load() {
 			l.markResync(d, fmt.Sprintf("activity log write failed: %v", err))
 		}

@@ -109,7 +109,13 @@ func hostCrashRound(t *testing.T, rng *rand.Rand) {
 				t.Fatal(err)
 			}
 		default:
-			if err := l.settle(); err != nil {
+			// A sync of the disks and the log, as a full table or a
+			// half-full one asks for, or the end of a cooling period.
+			cool := l.settle
+			if rng.IntN(2) == 0 {
+				cool = l.coolIdle
+			}
+			if err := cool(); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -192,4 +198,160 @@ func hostCrashRound(t *testing.T, rng *rand.Rand) {
 		}
 	}
 	t.Logf("%d steps; recovered %+v", steps, rec)
+}
+
+// TestCoolIdle: at the end of a cooling period the extents not changed
+// during it cool, after a sync of the disks only if one of them changed
+// since the last sync; a disk written all the time costs no sync.
+func TestCoolIdle(t *testing.T) {
+	const bs = 4096
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "vm"), 0o755)
+	imgs := map[string]*image{}
+	var mu sync.Mutex
+	synced := map[string]int{}
+	opts := Options{Dir: "/state", Source: src, FS: vfs.NewMem(), BlockSize: bs,
+		SyncFile: func(rel string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			synced[rel]++
+			return nil
+		}}
+	l, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	disks := map[string]*Disk{}
+	for _, rel := range []string{"vm/busy.img", "vm/idle.img"} {
+		imgs[rel] = &image{b: make([]byte, 64*bs)}
+		if disks[rel], err = l.OpenDisk(rel, 64*bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(rel string) {
+		p := bytes.Repeat([]byte{1}, bs)
+		tok := disks[rel].Begin(0, bs)
+		imgs[rel].writeAt(p, 0)
+		disks[rel].Written(0, p, imgs[rel])
+		disks[rel].End(tok)
+	}
+	check := func(step string, hot int, busy, idle int) {
+		t.Helper()
+		mu.Lock()
+		defer mu.Unlock()
+		if got := l.activity.hotCount(); got != hot || synced["vm/busy.img"] != busy || synced["vm/idle.img"] != idle {
+			t.Fatalf("%s: %d extent(s) hot, syncs %v; want %d hot, syncs busy %d idle %d", step, got, synced, hot, busy, idle)
+		}
+	}
+	tick := func() {
+		if err := l.coolIdle(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("vm/busy.img")
+	write("vm/idle.img")
+	tick()
+	check("both written during the first period", 2, 0, 0)
+	write("vm/busy.img")
+	tick()
+	check("one idle for a period", 1, 1, 1)
+	for i := 0; i < 3; i++ {
+		write("vm/busy.img")
+		tick()
+		check("written in every period", 1, 1, 1)
+	}
+	tick()
+	check("idle for a period at last", 0, 2, 1)
+	tick()
+	check("nothing hot", 0, 2, 1)
+	// What the file names after a crash now: nothing.
+	if st := readActivity(opts.FS, l.activityPath()); !st.valid || len(st.count) != 0 {
+		t.Fatalf("activity log after cooling: %+v, want valid and empty", st)
+	}
+}
+
+// TestSequentialWriter: a writer is taken as sequential once its changes
+// moved forward by seqExtents extents, each beginning near where the ones
+// before ended, in whatever order the pieces of one large write arrive; a
+// random writer, over a small region or a large one, never is.
+func TestSequentialWriter(t *testing.T) {
+	const extent = 4 << 20
+	rng := rand.New(rand.NewPCG(testSeed(t), 3))
+	a, err := openActivity(vfs.NewMem(), "/activity", extent, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	seq := func(disk uint32, off, n int64) bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.sequentialLocked(disk, off, n)
+	}
+	// 1 MiB writes, each split into four requests of 256 KiB that arrive
+	// in a random order.
+	const piece = 256 << 10
+	var got bool
+	var at int64
+	for off := int64(0); off < 3*extent; off += 4 * piece {
+		for _, i := range rng.Perm(4) {
+			got = seq(1, off+int64(i)*piece, piece)
+		}
+		if got {
+			at = off + 4*piece
+			break
+		}
+	}
+	if !got || at != seqExtents*extent {
+		t.Fatalf("sequential writer in pieces: taken as sequential after %d bytes (%v), want %d", at, got, seqExtents*extent)
+	}
+	for i := 0; i < 100000; i++ {
+		if seq(2, rng.Int64N(2*extent/4096)*4096, 4096) {
+			t.Fatalf("random writer in a region of 2 extents taken as sequential after %d writes", i+1)
+		}
+		if seq(3, rng.Int64N(1<<30/4096)*4096, 4096) {
+			t.Fatalf("random writer over 1 GiB taken as sequential after %d writes", i+1)
+		}
+	}
+}
+
+// TestAheadStopsAtEnd: a sequential writer's extents ahead stay inside the
+// disk, unless its changes grow the disk.
+func TestAheadStopsAtEnd(t *testing.T) {
+	const extent = 1 << 20
+	a, err := openActivity(vfs.NewMem(), "/activity", extent, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	settle := func() error { return nil }
+	lost := func(err error) { t.Fatal(err) }
+	maxHot := func(disk uint32) uint64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		m := uint64(0)
+		for k := range a.mu.hot {
+			if k.disk == disk {
+				m = max(m, k.ext)
+			}
+		}
+		return m
+	}
+	const size = 40 * extent
+	for off := int64(0); off < size; off += 256 << 10 {
+		a.end(a.begin(1, off, 256<<10, size, settle, lost))
+		if m := maxHot(1); m >= size/extent {
+			t.Fatalf("writing at %d of a disk of %d: extent %d is hot", off, size, m)
+		}
+	}
+	if m := maxHot(1); m != size/extent-1 {
+		t.Fatalf("after a sequential pass the last hot extent is %d, want %d", m, size/extent-1)
+	}
+	// A writer that appends: its extents ahead lie past the end.
+	for off := int64(0); off < 8*extent; off += 256 << 10 {
+		a.end(a.begin(2, off, 256<<10, off, settle, lost))
+	}
+	if m := maxHot(2); m < 8+aheadExtents/2 {
+		t.Fatalf("an appending writer at 8 extents made extents up to %d hot, want %d or more", m, 8+aheadExtents/2)
+	}
 }
