@@ -328,11 +328,11 @@ func (a *activity) extents(off, n int64) (first, last uint64) {
 
 // begin makes the extents of a change of disk's [off, off+n) hot, durably,
 // and pins them until end; it returns the pin's token. size is the disk's
-// size before the change. It waits for a
-// commit of the table when an extent is not in it yet, and for cooling
-// when the table is full (settle syncs the files and the log). lost is
-// called, and begin returns without waiting, when the table cannot be
-// written: the change is then not covered.
+// size before the change. It waits for a commit of the table when an
+// extent is not in it yet, and for cooling when the table is full (settle
+// syncs the files and the log). lost is called, and begin returns without
+// waiting, when the table cannot be written: the change is then not
+// covered.
 func (a *activity) begin(disk uint32, off, n, size int64, settle func() error, lost func(error)) uint32 {
 	first, last := a.extents(off, n)
 	tok := <-a.freePins
